@@ -1,0 +1,3 @@
+from orthrus.cli import main
+
+raise SystemExit(main())

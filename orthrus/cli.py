@@ -1,0 +1,167 @@
+"""Command line: ``python -m orthrus {generate,train,bench,...}``.
+
+Errors a user can cause print one sentence on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orthrus.errors import UserInputError
+
+COLOURS = ("\033[38;5;33m", "\033[38;5;208m")  # alternating per committed block
+RESET = "\033[0m"
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise UserInputError(f"--prompt-ids must be comma-separated integers, got {text!r}.") from err
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from orthrus.engines import build_engine
+    from orthrus.models import load_causal_lm, resolve_model_path
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    model = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
+    tokenizer = None
+    model_dir = resolve_model_path(args.model)
+    if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise UserInputError(f"{args.model} has no tokenizer files; pass --prompt-ids instead of --prompt.")
+        prompt_ids = tokenizer(args.prompt)["input_ids"]
+    else:
+        prompt_ids = _parse_ids(args.prompt_ids)
+    options: dict[str, Any] = {}
+    if args.block_size is not None:
+        if args.engine != "orthrus":
+            raise UserInputError(f"--block-size applies to engine 'orthrus' only, not {args.engine!r}.")
+        options["block_size"] = args.block_size
+    engine = build_engine(args.engine, model, **options)
+    eos = args.eos_token_id
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if not args.json and tokenizer is not None:
+        engine.listener = _text_streamer(tokenizer, args.show_cycles)
+    result = engine.generate(
+        prompt_ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        eos_token_id=eos,
+    )
+    if args.json:
+        record = result.to_dict()
+        out = {
+            "tokens": result.tokens,
+            "forward_passes": record["forward_passes_by_kind"],
+            "accepted_per_cycle": result.accepted_per_cycle,
+        }
+        out.update(
+            {
+                k: record[k]
+                for k in (
+                    "new_tokens",
+                    "tokens_per_forward",
+                    "acceptance_length",
+                    "e2e_ms",
+                    "ttft_ms",
+                    "kv_cache_bytes_peak",
+                    "stop_reason",
+                )
+            }
+        )
+        print(json.dumps(out))
+        return 0
+    if tokenizer is None:
+        print(" ".join(map(str, result.tokens)))
+    else:
+        print()
+    tpf = result.tokens_per_forward
+    print(
+        f"[{args.engine}] {result.new_tokens} tokens, {result.total_forward_passes} forward passes "
+        f"({tpf:.2f} tokens/forward), {result.e2e_ms:.0f} ms",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _text_streamer(tokenizer: Any, show_cycles: bool) -> Callable[[list[int]], None]:
+    """Prints text as it is committed; with show_cycles, each commit in an alternating colour."""
+    state = {"ids": [], "printed": 0, "block": 0}
+
+    def listen(new: list[int]) -> None:
+        state["ids"].extend(new)
+        text = tokenizer.decode(state["ids"], skip_special_tokens=False)
+        piece = text[state["printed"] :]
+        state["printed"] = len(text)
+        if show_cycles:
+            piece = f"{COLOURS[state['block'] % 2]}{piece}{RESET}"
+            state["block"] += 1
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    return listen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orthrus", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="decode one prompt with one engine")
+    gen.add_argument("--model", required=True, help="checkpoint directory or zoo name (e.g. tiny-orthrus)")
+    gen.add_argument("--engine", default="orthrus")
+    gen.add_argument("--block-size", type=int)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--eos-token-id", type=int)
+    gen.add_argument("--dtype", default="float32")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt")
+    prompt.add_argument("--prompt-ids")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    gen.add_argument("--show-cycles", action="store_true", help="colour each committed block")
+    gen.set_defaults(func=cmd_generate)
+
+    sub.add_parser("train", help="train the tokenizer and the zoo models (see: train --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            from orthrus.train.cli import main as train_main
+
+            return int(train_main(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _quiet_transformers()
+        return int(args.func(args) or 0)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()

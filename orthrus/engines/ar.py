@@ -1,0 +1,150 @@
+"""Autoregressive baselines: our own KV-cache loop, and transformers' generate() as the reference."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers.generation.streamers import BaseStreamer
+
+from orthrus.engines.base import Engine, GenerationResult, SamplingSettings, pick_token, sync
+from orthrus.errors import UserInputError
+from orthrus.models.modeling_orthrus import cache_storage_bytes, is_diffusion_param
+
+
+class AREngine(Engine):
+    """Prefill, then one token per forward pass over a preallocated KV cache (gpt-fast style)."""
+
+    name = "ar"
+
+    def __init__(self, model: Any, cache: str = "static", **options: Any) -> None:
+        super().__init__(model, **options)
+        if cache not in ("static", "dynamic"):
+            raise UserInputError(f"cache must be 'static' or 'dynamic', got {cache!r}.")
+        self.cache_kind = cache
+
+    @torch.inference_mode()
+    def _generate(self, prompt, max_new_tokens, settings, generator, seed, eos_token_id) -> GenerationResult:
+        model, device = self.model, self.device
+        result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
+        cache = model.new_cache(len(prompt) + max_new_tokens if self.cache_kind == "static" else None)
+        sync(device)
+        result.start_time = time.perf_counter()
+        logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0)
+        result.forward_passes["prefill"] += 1
+        past = len(prompt)
+        peak = cache_storage_bytes(cache)
+        while True:
+            token = pick_token(logits[0, -1], settings, generator)
+            value = int(token)
+            result.tokens.append(value)
+            result.commit(1)
+            if value == eos_token_id:
+                result.stop_reason = "eos"
+                break
+            if len(result.tokens) >= max_new_tokens:
+                break
+            logits = model.forward_ar(token.view(1, 1), cache, past)
+            result.forward_passes["decode"] += 1
+            past += 1
+            if self.cache_kind == "dynamic":
+                peak = max(peak, cache_storage_bytes(cache))
+        result.end_time = time.perf_counter()
+        result.kv_cache_bytes_peak = max(peak, cache_storage_bytes(cache))
+        return result
+
+
+class _TimingStreamer(BaseStreamer):
+    """Records when generate() hands each new token to the host."""
+
+    def __init__(self, result: GenerationResult) -> None:
+        self.result = result
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first put() is the prompt
+            self.prompt_seen = True
+            return
+        self.result.tokens.extend(value.view(-1).tolist())
+        self.result.commit(int(value.numel()))
+
+    def end(self) -> None:
+        pass
+
+
+def as_qwen3(model: Any) -> Qwen3ForCausalLM:
+    """The AR view as a transformers Qwen3ForCausalLM sharing the same weight tensors."""
+    config_dict = model.config.to_dict()
+    if config_dict.get("lm_head_size"):
+        raise UserInputError("hf_generate cannot run a model whose mask token was added as an extra row.")
+    for key in ("model_type", "architectures", "block_size", "mask_token_id", "lm_head_size"):
+        config_dict.pop(key, None)
+    config = Qwen3Config(**config_dict)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        hf = Qwen3ForCausalLM(config)
+    state = {k: v for k, v in model.state_dict().items() if not is_diffusion_param(k)}
+    hf.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        hf.lm_head.weight = hf.model.embed_tokens.weight
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=config).to(model.device)
+    return hf.eval()
+
+
+class HFGenerateEngine(Engine):
+    """transformers' generate() on the same weights: the reference implementation."""
+
+    name = "hf_generate"
+
+    def __init__(self, model: Any, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.hf_model = model if isinstance(model, Qwen3ForCausalLM) else as_qwen3(model)
+
+    @torch.inference_mode()
+    def _generate(self, prompt, max_new_tokens, settings, generator, seed, eos_token_id) -> GenerationResult:
+        result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
+        return run_hf_generate(self.hf_model, prompt, max_new_tokens, settings, seed, eos_token_id, result, {})
+
+
+def run_hf_generate(
+    hf_model: Any,
+    prompt: list[int],
+    max_new_tokens: int,
+    settings: SamplingSettings,
+    seed: int | None,
+    eos_token_id: int | None,
+    result: GenerationResult,
+    extra_kwargs: dict[str, Any],
+) -> GenerationResult:
+    """Call generate() with explicit settings and fill ``result`` (shared by the transformers engines)."""
+    device = hf_model.device
+    input_ids = torch.tensor([prompt], device=device)
+    kwargs: dict[str, Any] = dict(
+        attention_mask=torch.ones_like(input_ids),  # explicit: never inferred from the pad id
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=not settings.greedy,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id if eos_token_id is not None else 0,
+        return_dict_in_generate=True,
+        streamer=_TimingStreamer(result),
+        **extra_kwargs,
+    )
+    if settings.greedy:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    else:
+        kwargs.update(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p)
+        torch.manual_seed(0 if seed is None else seed)
+    sync(device)
+    result.start_time = time.perf_counter()
+    out = hf_model.generate(input_ids, **kwargs)
+    sync(device)
+    result.end_time = time.perf_counter()
+    result.tokens = out.sequences[0, len(prompt) :].tolist()
+    if eos_token_id is not None and eos_token_id in result.tokens:
+        result.stop_reason = "eos"
+    cache = getattr(out, "past_key_values", None)
+    result.kv_cache_bytes_peak = cache_storage_bytes(cache) if cache is not None else None
+    return result

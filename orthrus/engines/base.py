@@ -1,0 +1,250 @@
+"""The one small interface every decoding method implements, and the record it returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from orthrus.errors import UserInputError
+
+FORWARD_KINDS = ("prefill", "draft", "verify", "decode", "denoise")
+
+
+@dataclass
+class GenerationResult:
+    """What one ``generate`` call produced and how; metric names as in METRICS.md."""
+
+    tokens: list[int]
+    prompt_tokens: int
+    forward_passes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FORWARD_KINDS, 0))
+    drafted_per_cycle: list[int] = field(default_factory=list)
+    accepted_per_cycle: list[int] = field(default_factory=list)
+    start_time: float = 0.0
+    # (host time, tokens committed at that moment), one entry per commit event
+    commits: list[tuple[float, int]] = field(default_factory=list)
+    end_time: float = 0.0
+    kv_cache_bytes_peak: int | None = None
+    stop_reason: str = "max_new_tokens"
+    extra: dict[str, Any] = field(default_factory=dict)
+    # called with the newly committed tokens at each commit (streaming); not part of the record
+    listener: Callable[[list[int]], None] | None = field(default=None, repr=False, compare=False)
+
+    # ----------------------------------------------------------- derived metrics
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def total_forward_passes(self) -> int:
+        return sum(self.forward_passes.values())
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / max(self.total_forward_passes, 1)
+
+    @property
+    def cycles(self) -> int:
+        return len(self.accepted_per_cycle)
+
+    @property
+    def acceptance_length(self) -> float | None:
+        if not self.accepted_per_cycle:
+            return None
+        return sum(self.accepted_per_cycle) / len(self.accepted_per_cycle)
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """Fraction of cycles that drafted position j (1-based, index j-1) in which it was accepted."""
+        width = max(self.drafted_per_cycle, default=0)
+        rates = []
+        for j in range(1, width + 1):
+            tried = sum(1 for d in self.drafted_per_cycle if d >= j)
+            kept = sum(1 for d, a in zip(self.drafted_per_cycle, self.accepted_per_cycle) if d >= j and a >= j)
+            rates.append(kept / tried)
+        return rates
+
+    @property
+    def e2e_ms(self) -> float:
+        return (self.end_time - self.start_time) * 1e3
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return (self.commits[0][0] - self.start_time) * 1e3 if self.commits else None
+
+    @property
+    def itl_ms(self) -> list[float]:
+        """Gaps between consecutive token commits; a block committed at once gives one gap and zeros."""
+        gaps: list[float] = []
+        previous = None
+        for when, count in self.commits:
+            if previous is not None:
+                gaps.append((when - previous) * 1e3)
+                gaps.extend([0.0] * (count - 1))
+            else:
+                gaps.extend([0.0] * (count - 1))
+            previous = when
+        return gaps
+
+    @property
+    def tpot_ms(self) -> float | None:
+        if self.new_tokens < 2 or self.ttft_ms is None:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.new_tokens - 1)
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        if self.new_tokens < 2 or self.ttft_ms is None or self.e2e_ms <= self.ttft_ms:
+            return None
+        return (self.new_tokens - 1) / ((self.e2e_ms - self.ttft_ms) / 1e3)
+
+    def commit(self, count: int) -> None:
+        """Record that ``count`` tokens became available on the host now."""
+        if count > 0:
+            self.commits.append((time.perf_counter(), count))
+            if self.listener is not None:
+                self.listener(self.tokens[-count:])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record: raw fields plus every derived metric."""
+        return {
+            "tokens": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "forward_passes": self.total_forward_passes,
+            "forward_passes_by_kind": dict(self.forward_passes),
+            "tokens_per_forward": self.tokens_per_forward,
+            "cycles": self.cycles,
+            "drafted_per_cycle": self.drafted_per_cycle,
+            "accepted_per_cycle": self.accepted_per_cycle,
+            "acceptance_length": self.acceptance_length,
+            "acceptance_by_position": self.acceptance_by_position,
+            "ttft_ms": self.ttft_ms,
+            "tpot_ms": self.tpot_ms,
+            "itl_ms": self.itl_ms,
+            "e2e_ms": self.e2e_ms,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "kv_cache_bytes_peak": self.kv_cache_bytes_peak,
+            "stop_reason": self.stop_reason,
+            **self.extra,
+        }
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise UserInputError(f"temperature must be >= 0, got {self.temperature}.")
+        if self.top_k < 0:
+            raise UserInputError(f"top_k must be >= 0 (0 = off), got {self.top_k}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserInputError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+def warp_probs(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p (the same rule for every engine and view)."""
+    logits = logits.float() / settings.temperature
+    if settings.top_k > 0 and settings.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, settings.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if settings.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= settings.top_p  # keep the first past p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def pick_token(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy argmax or one sample per row of ``logits`` [..., V] -> [...]."""
+    if settings.greedy:
+        return logits.argmax(-1)
+    probs = warp_probs(logits, settings)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+class Engine:
+    """A decoding method. Subclasses implement ``_generate``; ``generate`` checks the input."""
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = True
+
+    def __init__(self, model: Any, **options: Any) -> None:
+        self.model = model
+        self.options = options
+        self.listener: Callable[[list[int]], None] | None = None  # streaming hook, see GenerationResult
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+
+    def generate(
+        self,
+        prompt_ids: list[int] | torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> GenerationResult:
+        prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
+        if not prompt:
+            raise UserInputError("the prompt is empty; give at least one token.")
+        if max_new_tokens < 1:
+            raise UserInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        if len(prompt) + max_new_tokens > self.max_positions:
+            raise UserInputError(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
+                f"of {self.max_positions} tokens; shorten the prompt or lower max_new_tokens."
+            )
+        vocab = self.model.config.vocab_size
+        if max(prompt) >= vocab or min(prompt) < 0:
+            raise UserInputError(f"prompt token ids must be in [0, {vocab}); got {min(prompt)}..{max(prompt)}.")
+        settings = SamplingSettings(temperature, top_k, top_p)
+        settings.validate()
+        generator = None
+        if not settings.greedy:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else seed)
+        return self._generate(prompt, max_new_tokens, settings, generator, seed, eos_token_id)
+
+    def _generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+        seed: int | None,
+        eos_token_id: int | None,
+    ) -> GenerationResult:
+        raise NotImplementedError
+
+
+def truncate_at_eos(tokens: list[int], eos_token_id: int | None) -> tuple[list[int], bool]:
+    """Tokens up to and including the first EOS, and whether an EOS was found."""
+    if eos_token_id is not None and eos_token_id in tokens:
+        return tokens[: tokens.index(eos_token_id) + 1], True
+    return tokens, False
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,445 @@
+"""The Orthrus dual-view model: a frozen Qwen3 causal LM plus a diffusion view of itself.
+
+Both views run the same decoder stack (embeddings, RMSNorms, MLPs, final norm, LM head are
+shared and frozen) and read one KV cache. They differ only in the attention projections:
+
+* AR view: ``q_proj k_proj v_proj o_proj q_norm k_norm`` (the base model's), causal, appends its
+  K/V to the cache.
+* Diffusion view: ``q_proj_diff k_proj_diff v_proj_diff o_proj_diff q_norm_diff k_norm_diff``,
+  bidirectional inside the block, full attention over the cached prefix, writes nothing.
+
+Parameter names match the released Orthrus-Qwen3 checkpoints (Qwen3 names plus ``*_diff``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel, Qwen3Config
+from transformers.cache_utils import Cache, DynamicCache, StaticCache, StaticLayer
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3MLP,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+from orthrus.errors import UserInputError
+
+DIFF_SUFFIXES = ("q_proj_diff", "k_proj_diff", "v_proj_diff", "o_proj_diff", "q_norm_diff", "k_norm_diff")
+
+
+class OrthrusConfig(Qwen3Config):
+    """A Qwen3 config plus the two Orthrus fields."""
+
+    model_type = "orthrus"
+
+    def __init__(self, block_size: int = 32, mask_token_id: int | None = None, **kwargs: Any) -> None:
+        self.block_size = block_size
+        self.mask_token_id = mask_token_id
+        super().__init__(**kwargs)
+
+
+class OrthrusAttention(nn.Module):
+    """Qwen3 attention with a second (diffusion) set of projections and norms."""
+
+    def __init__(self, config: OrthrusConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        bias = config.attention_bias
+        q_out, kv_out = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        for suffix in ("", "_diff"):
+            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_out, bias=bias))
+            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=bias))
+            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=bias))
+            setattr(self, f"o_proj{suffix}", nn.Linear(q_out, config.hidden_size, bias=bias))
+            setattr(self, f"q_norm{suffix}", Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+
+    def project(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, suffix: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, H, T, D], k and v [B, Hkv, T, D] of one view, RoPE applied."""
+        shape = (*hidden.shape[:-1], -1, self.head_dim)
+        q = getattr(self, f"q_norm{suffix}")(getattr(self, f"q_proj{suffix}")(hidden).view(shape)).transpose(1, 2)
+        k = getattr(self, f"k_norm{suffix}")(getattr(self, f"k_proj{suffix}")(hidden).view(shape)).transpose(1, 2)
+        v = getattr(self, f"v_proj{suffix}")(hidden).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, suffix: str
+    ) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            scale=self.scaling,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        out = out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1)
+        return getattr(self, f"o_proj{suffix}")(out)
+
+
+class OrthrusDecoderLayer(nn.Module):
+    def __init__(self, config: OrthrusConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = OrthrusAttention(config, layer_idx)
+        self.mlp = Qwen3MLP(config)
+        self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def feed_forward(self, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        hidden = hidden + attn_out
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class OrthrusModel(nn.Module):
+    def __init__(self, config: OrthrusConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(OrthrusDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen3RotaryEmbedding(config=config)
+
+
+def _layer_keys(cache: Cache, layer_idx: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``length`` cached K/V of one layer, without copying (None when empty)."""
+    layer = cache.layers[layer_idx]
+    if length == 0 or not layer.is_initialized:
+        return None
+    return layer.keys[:, :, :length], layer.values[:, :, :length]
+
+
+def _with_prefix(
+    cache: Cache | None, layer_idx: int, past_len: int, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys/values of the cached prefix followed by the block's own (diffusion) K/V.
+
+    The committed cache is never modified. With a preallocated (static) cache the block's K/V go
+    into the free slots right after the committed length, which the next verify pass overwrites
+    anyway, so no copy of the prefix is made; with a dynamic cache the prefix is concatenated.
+    """
+    if cache is None or past_len == 0 or not cache.layers[layer_idx].is_initialized:
+        return k, v
+    layer = cache.layers[layer_idx]
+    end = past_len + k.shape[2]
+    if isinstance(layer, StaticLayer) and end <= layer.max_cache_len:
+        layer.keys[:, :, past_len:end] = k
+        layer.values[:, :, past_len:end] = v
+        return layer.keys[:, :, :end], layer.values[:, :, :end]
+    return torch.cat([layer.keys[:, :, :past_len], k], dim=2), torch.cat([layer.values[:, :, :past_len], v], dim=2)
+
+
+def cache_storage_bytes(cache: Cache) -> int:
+    """Bytes of memory the cache's K/V tensors hold (their storage, not just the used length)."""
+    total = 0
+    for layer in cache.layers:
+        if layer.is_initialized:
+            total += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
+    return total
+
+
+class OrthrusPreTrainedModel(PreTrainedModel):
+    config_class = OrthrusConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["OrthrusDecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, Qwen3RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class OrthrusForCausalLM(OrthrusPreTrainedModel):
+    """Qwen3 causal LM with an Orthrus diffusion view.
+
+    ``forward_ar`` is exactly the Qwen3 forward pass (same weights, same math).
+    ``forward_diffusion`` drafts a block from the shared cache without modifying it.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: OrthrusConfig) -> None:
+        super().__init__(config)
+        self.model = OrthrusModel(config)
+        head_rows = getattr(config, "lm_head_size", None) or config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, head_rows, bias=False)
+        self.post_init()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *args: Any, dtype: torch.dtype | None = None, **kwargs: Any):
+        """Load a directory in the Orthrus-Qwen3 layout (no remote code)."""
+        path = Path(resolve_model_path(path))
+        config_dict = read_config(path)
+        state = load_state_dict(path)
+        if not any(name.endswith("_diff.weight") for name in state):
+            raise UserInputError(
+                f"{path} is a plain Qwen3 checkpoint without a diffusion view; "
+                "use OrthrusForCausalLM.from_base(path) (or engine 'ar') for it."
+            )
+        config = OrthrusConfig(**{k: v for k, v in config_dict.items() if k not in ("model_type", "architectures")})
+        if config.mask_token_id is None:
+            raise UserInputError(f"{path}/config.json has no mask_token_id; add the id of the mask token to it.")
+        model = cls._from_state(config, state, dtype)
+        return model
+
+    @classmethod
+    def _from_state(cls, config: OrthrusConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None):
+        with torch.device("meta"):
+            model = cls(config)
+        if "lm_head.weight" not in state and config.tie_word_embeddings:
+            state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+        target = dtype or next(iter(state.values())).dtype
+        state = {k: v.to(target) for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        missing = [m for m in missing if m != "lm_head.weight"]
+        if missing or unexpected:
+            raise UserInputError(
+                f"checkpoint weights do not match the Orthrus-Qwen3 layout (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); check that the directory holds a Qwen3/Orthrus model."
+            )
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.model.rotary_emb = Qwen3RotaryEmbedding(config=config)  # non-persistent buffers, off meta
+        model.model.rotary_emb.to(target)
+        model.requires_grad_(False)
+        for name, param in model.named_parameters():
+            if is_diffusion_param(name):
+                param.requires_grad_(True)
+        return model.eval()
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str | Path | nn.Module,
+        block_size: int = 32,
+        mask_token_id: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> OrthrusForCausalLM:
+        """Attach a fresh diffusion view (copies of the AR attention weights) to a Qwen3 model."""
+        if block_size < 1:
+            raise UserInputError(f"block_size must be >= 1, got {block_size}.")
+        if isinstance(base, nn.Module):
+            config_dict = base.config.to_dict()
+            state = {k: v.detach() for k, v in base.state_dict().items()}
+        else:
+            path = Path(resolve_model_path(base))
+            config_dict = read_config(path)
+            state = load_state_dict(path)
+        state = {k: v for k, v in state.items() if not is_diffusion_param(k)}
+        config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures")}
+        if mask_token_id is None:
+            mask_token_id = config_dict.get("mask_token_id")
+        embed = state["model.embed_tokens.weight"]
+        if mask_token_id is None and not isinstance(base, nn.Module):
+            mask_token_id = _first_unused_row(Path(resolve_model_path(base)), embed.shape[0])
+        if mask_token_id is None:
+            # The vocabulary has no spare row: add one for the mask token. The LM head keeps the
+            # original rows (untied), so the AR view still computes exactly the base model's logits.
+            mask_token_id = embed.shape[0]
+            state["lm_head.weight"] = state.get("lm_head.weight", embed).clone()
+            state["model.embed_tokens.weight"] = torch.cat([embed, embed.mean(0, keepdim=True)])
+            config_dict.update(vocab_size=mask_token_id + 1, lm_head_size=mask_token_id, tie_word_embeddings=False)
+        config_dict.update(block_size=block_size, mask_token_id=mask_token_id)
+        for name in list(state):
+            for twin in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
+                marker = f".self_attn.{twin}."
+                if marker in name:
+                    state[name.replace(marker, f".self_attn.{twin}_diff.")] = state[name].clone()
+        return cls._from_state(OrthrusConfig(**config_dict), state, dtype)
+
+    # ------------------------------------------------------------------ passes
+    def new_cache(self, max_len: int | None = None) -> Cache:
+        """A cache the passes below can share: static (preallocated) when max_len is given."""
+        if max_len is None:
+            return DynamicCache(config=self.config)
+        return StaticCache(config=self.config, max_cache_len=max_len)
+
+    def _rope(self, hidden: torch.Tensor, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(start, start + length, device=hidden.device).unsqueeze(0)
+        return self.model.rotary_emb(hidden, positions)
+
+    def forward_ar(self, input_ids: torch.Tensor, cache: Cache | None, past_len: int) -> torch.Tensor:
+        """AR view over ``input_ids`` [B, T] at positions past_len.., appending K/V to ``cache``.
+
+        Returns logits [B, T, V]; row j predicts the token after input j.
+        """
+        hidden = self.model.embed_tokens(input_ids)
+        steps = input_ids.shape[1]
+        cos, sin = self._rope(hidden, past_len, steps)
+        mask, causal = None, False
+        if steps > 1 and past_len == 0:
+            causal = True
+        elif steps > 1:
+            rows = torch.arange(steps, device=hidden.device).unsqueeze(1) + past_len
+            mask = torch.arange(past_len + steps, device=hidden.device).unsqueeze(0) <= rows
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            normed = layer.input_layernorm(hidden)
+            q, k, v = attn.project(normed, cos, sin, "")
+            if cache is not None:
+                cache.update(k, v, attn.layer_idx)
+                k, v = _layer_keys(cache, attn.layer_idx, past_len + steps)
+            hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, causal, ""))
+        return self.lm_head(self.model.norm(hidden))
+
+    def forward_diffusion(self, block_ids: torch.Tensor, cache: Cache | None, past_len: int) -> torch.Tensor:
+        """Diffusion view over a block [B, K] at positions past_len.. (anchor first, then masks).
+
+        Attends to the first ``past_len`` cached AR K/V and bidirectionally inside the block.
+        Reads the cache, writes nothing. Returns logits [B, K, V]; row j predicts block position j+1.
+        """
+        hidden = self.model.embed_tokens(block_ids)
+        cos, sin = self._rope(hidden, past_len, block_ids.shape[1])
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            normed = layer.input_layernorm(hidden)
+            q, k, v = attn.project(normed, cos, sin, "_diff")
+            k, v = _with_prefix(cache, attn.layer_idx, past_len, k, v)
+            hidden = layer.feed_forward(hidden, attn.attend(q, k, v, None, False, "_diff"))
+        return self.lm_head(self.model.norm(hidden))
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Plain causal LM logits of the AR view (no cache)."""
+        return self.forward_ar(input_ids, None, 0)
+
+    def forward_distill(
+        self, input_ids: torch.Tensor, anchors: torch.Tensor, block_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training pass for the diffusion view (block-sparse attention, SDPA explicit mask).
+
+        input_ids [B, L] clean text; anchors [B, N] positions (0 < a <= L - K) with K = block_size.
+        Each anchor a gets a block [x_a, MASK x (K-1)] at positions a..a+K-1 that attends to the
+        AR keys/values of positions < a (exactly what the cache holds at inference) and to its own
+        block. Returns (student, teacher) logits, both [B, N, K-1, V]: the diffusion prediction and
+        the frozen AR prediction for positions a+1 .. a+K-1.
+        """
+        k_size = block_size or self.config.block_size
+        batch, length = input_ids.shape
+        n_anchor = anchors.shape[1]
+        device = input_ids.device
+        offsets = torch.arange(k_size, device=device)
+        positions = (anchors.unsqueeze(-1) + offsets).reshape(batch, -1)  # [B, N*K]
+        block_ids = torch.full((batch, n_anchor, k_size), self.config.mask_token_id, device=device)
+        block_ids[:, :, 0] = torch.gather(input_ids, 1, anchors)
+        block_ids = block_ids.reshape(batch, -1)
+
+        # AR stream (frozen): per-layer K/V of the clean text and the teacher logits
+        ar_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad():
+            hidden = self.model.embed_tokens(input_ids)
+            cos, sin = self._rope(hidden, 0, length)
+            for layer in self.model.layers:
+                attn = layer.self_attn
+                q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, "")
+                ar_kv.append((k, v))
+                hidden = layer.feed_forward(hidden, attn.attend(q, k, v, None, True, ""))
+            ar_logits = self.lm_head(self.model.norm(hidden))
+        rows = (anchors.unsqueeze(-1) + offsets[:-1]).reshape(batch, -1)  # AR row p predicts p+1
+        teacher = torch.gather(ar_logits, 1, rows.unsqueeze(-1).expand(-1, -1, ar_logits.shape[-1]))
+
+        # block-sparse mask [B, 1, N*K, L + N*K]: prefix keys < anchor, plus the own block
+        block_of_query = torch.arange(n_anchor, device=device).repeat_interleave(k_size)
+        prefix_ok = torch.arange(length, device=device).view(1, 1, -1) < anchors.repeat_interleave(k_size, 1).unsqueeze(
+            -1
+        )
+        own_block = (block_of_query.unsqueeze(1) == block_of_query.unsqueeze(0)).unsqueeze(0).expand(batch, -1, -1)
+        mask = torch.cat([prefix_ok, own_block], dim=-1).unsqueeze(1)
+
+        hidden = self.model.embed_tokens(block_ids)
+        rope = self.model.rotary_emb(hidden, positions)
+        for layer, (k_ar, v_ar) in zip(self.model.layers, ar_kv):
+            attn = layer.self_attn
+            q, k, v = attn.project(layer.input_layernorm(hidden), *rope, "_diff")
+            k, v = torch.cat([k_ar, k], dim=2), torch.cat([v_ar, v], dim=2)
+            hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, False, "_diff"))
+        student = self.lm_head(self.model.norm(hidden)).view(batch, n_anchor, k_size, -1)[:, :, :-1]
+        return student, teacher.view(batch, n_anchor, k_size - 1, -1)
+
+    def diffusion_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if is_diffusion_param(n)]
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token occupies in the cache, over all layers."""
+        attn = self.model.layers[0].self_attn
+        itemsize = self.model.embed_tokens.weight.element_size()
+        return 2 * len(self.model.layers) * attn.num_kv_heads * attn.head_dim * itemsize
+
+
+def _first_unused_row(path: Path, vocab_rows: int) -> int | None:
+    """len(tokenizer) when the embedding table has padding rows beyond it (as Qwen3 has), else None."""
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+    return size if size < vocab_rows else None
+
+
+def is_diffusion_param(name: str) -> bool:
+    return any(f".{suffix}." in name or name.endswith(f".{suffix}") for suffix in DIFF_SUFFIXES)
+
+
+# ---------------------------------------------------------------------- files
+def resolve_model_path(path: str | Path) -> Path:
+    """A local directory, or the name of a model in the shipped zoo (e.g. 'tiny-orthrus')."""
+    from orthrus.models.zoo_index import zoo_path
+
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        return candidate
+    zoo = zoo_path(str(path))
+    if zoo is not None:
+        return zoo
+    raise UserInputError(
+        f"model {str(path)!r} is neither a local directory nor a zoo model; "
+        "give a path to a Hugging Face checkpoint directory or a zoo name such as 'tiny-orthrus'."
+    )
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserInputError(f"{path} has no config.json; point the model path at a Hugging Face checkpoint directory.")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{config_file} is not valid JSON ({err.msg}); fix or re-download the file.") from err
+    if config.get("model_type") not in ("orthrus", "qwen3"):
+        raise UserInputError(
+            f"{path} holds a {config.get('model_type')!r} model, not Qwen3 or Orthrus; "
+            "point the model path at a Qwen3 or Orthrus-Qwen3 checkpoint directory."
+        )
+    return config
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UserInputError(f"{path} has no *.safetensors weights; save the model with safetensors.")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state

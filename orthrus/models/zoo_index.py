@@ -1,0 +1,16 @@
+"""The tiny models shipped inside the package, resolved by name wherever a model path is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+ZOO_NAMES = ("tiny-base", "tiny-orthrus", "tiny-draft", "tiny-dlm")
+
+
+def zoo_path(name: str) -> Path | None:
+    """Directory of a shipped zoo model, or None if ``name`` is not one (or it is not built yet)."""
+    if name not in ZOO_NAMES:
+        return None
+    path = ZOO_DIR / name
+    return path if (path / "config.json").is_file() else None

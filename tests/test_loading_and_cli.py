@@ -1,0 +1,116 @@
+"""Checkpoint layout (save/load round trip, released config variants, from_base) and CLI behaviour."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from orthrus.cli import main
+from orthrus.engines import build_engine
+from orthrus.models import OrthrusForCausalLM, load_causal_lm
+from tests.conftest import random_qwen3
+
+
+@pytest.fixture(scope="module")
+def saved_orthrus(orthrus_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("orthrus")
+    orthrus_model.save_pretrained(path)
+    return path
+
+
+def test_save_pretrained_round_trips(orthrus_model, saved_orthrus):
+    config = json.loads((saved_orthrus / "config.json").read_text())
+    assert config["model_type"] == "orthrus" and config["block_size"] == 8 and config["mask_token_id"] == 2
+    loaded = OrthrusForCausalLM.from_pretrained(saved_orthrus)
+    original = orthrus_model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    assert any(name.endswith("self_attn.q_proj_diff.weight") for name in original)
+
+
+def test_released_layout_with_qwen3_model_type_loads(saved_orthrus, tmp_path, orthrus_model, prompts):
+    """Released checkpoints say model_type 'qwen3' and add block_size / mask_token_id."""
+    config = json.loads((saved_orthrus / "config.json").read_text())
+    config.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"])
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    state = {k: v.contiguous() for k, v in orthrus_model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model = load_causal_lm(tmp_path)
+    reference = build_engine("orthrus", orthrus_model).generate(prompts[7], 20).tokens
+    assert build_engine("orthrus", model).generate(prompts[7], 20).tokens == reference
+
+
+def test_from_base_adds_a_mask_row_without_changing_the_ar_view(tmp_path, prompts):
+    base = random_qwen3(vocab=64, seed=5)
+    base.save_pretrained(tmp_path)
+    model = OrthrusForCausalLM.from_base(tmp_path, block_size=4)
+    assert model.config.mask_token_id == 64 and model.model.embed_tokens.weight.shape[0] == 65
+    ids = torch.tensor([[3, 9, 27, 40, 11]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids), base(ids).logits, atol=1e-5)
+    ar = build_engine("ar", model).generate([3, 9, 27], 30).tokens
+    assert build_engine("orthrus", model, block_size=4).generate([3, 9, 27], 30).tokens == ar
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_output(capsys, saved_orthrus):
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(saved_orthrus),
+        "--engine",
+        "orthrus",
+        "--block-size",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--prompt-ids",
+        "5,6,7",
+        "--json",
+    )
+    record = json.loads(out)
+    assert code == 0 and len(record["tokens"]) == 12
+    assert sum(record["forward_passes"].values()) >= 1 and isinstance(record["accepted_per_cycle"], list)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--block-size", "0"], "block_size must be >= 1"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--prompt-ids", ",".join(["5"] * 5000)], "exceeds the model's context"),
+        (["--prompt-ids", "5,x"], "--prompt-ids must be comma-separated integers"),
+        (
+            ["--device", "cuda"] if not torch.cuda.is_available() else ["--temperature", "-1"],
+            "no CUDA GPU" if not torch.cuda.is_available() else "temperature must be >= 0",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_sentence_and_exit_2(capsys, saved_orthrus, args, expected):
+    base = ["generate", "--model", str(saved_orthrus), "--prompt-ids", "5,6,7"]
+    code, _, err = run_cli(capsys, *base, *args)
+    assert code == 2
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_rejects_a_directory_that_is_not_qwen3(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "orthrus", "generate", "--model", str(tmp_path), "--prompt-ids", "1,2"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "not Qwen3 or Orthrus" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
