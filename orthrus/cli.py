@@ -31,7 +31,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from orthrus.engines import build_engine
     from orthrus.models import load_causal_lm, resolve_model_path
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
     tokenizer = None
     model_dir = resolve_model_path(args.model)
@@ -99,6 +100,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from orthrus.train.evaluate import evaluate_view, format_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    blocks = _parse_ids(args.block_sizes)
+    if not blocks or min(blocks) < 2:
+        raise UserInputError(f"--block-sizes must be integers >= 2, got {args.block_sizes!r}.")
+    report = evaluate_view(args.model, blocks, args.prompts, args.max_new_tokens, quiet=args.quiet)
+    print(format_report(report))
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
 def _text_streamer(tokenizer: Any, show_cycles: bool) -> Callable[[list[int]], None]:
     """Prints text as it is committed; with show_cycles, each commit in an alternating colour."""
     state = {"ids": [], "printed": 0, "block": 0}
@@ -140,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.add_argument("--show-cycles", action="store_true", help="colour each committed block")
     gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="measure a diffusion view: acceptance, TPF, speedup vs the cost model")
+    ev.add_argument("--model", default="tiny-orthrus")
+    ev.add_argument("--block-sizes", default="4,8,16,32")
+    ev.add_argument("--prompts", type=int, default=50)
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--json-out", help="also write the report as JSON to this file")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
 
     sub.add_parser("train", help="train the tokenizer and the zoo models (see: train --help)", add_help=False)
     return parser

@@ -1,0 +1,254 @@
+"""Train the Orthrus diffusion view by self-distillation from its own frozen AR view.
+
+Recipe (ORTHRUS.md, scaled to a CPU): the training text is the base model's own greedy
+continuations of corpus prompts; every sequence gets many anchors; each anchor a gets a block
+[x_a, MASK x (K-1)] that sees the AR keys/values of positions < a and its own block (one
+block-sparse SDPA pass, see ``OrthrusForCausalLM.forward_distill``); the loss is
+KL(p_AR || p_diff) at every masked position. Only the ``*_diff`` parameters get gradients, so
+the AR view stays bit-identical to the base.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from orthrus.models import OrthrusForCausalLM, resolve_model_path
+from orthrus.train.base import ZOO_DIR, invocation, tokenize_stream
+from orthrus.train.corpus import corpus_documents
+
+
+@dataclass
+class DistillConfig:
+    out_dir: Path = ZOO_DIR / "tiny-orthrus"
+    base: str = "tiny-base"
+    block_size: int = 16  # saved in the config: the default block for inference
+    train_block_sizes: tuple[int, ...] = (8, 16, 16, 32)  # one drawn per step: the view serves 8..32
+    # self-distillation data
+    data_sequences: int = 1536
+    prompt_len: int = 128
+    continuation_len: int = 384
+    gen_batch: int = 64
+    # optimisation
+    steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 4
+    anchors_per_seq: int = 48
+    lr: float = 1e-3
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int = 2
+    checkpoint_minutes: float = 5.0
+    log_every: int = 20
+    resume: bool = False
+    quiet: bool = False
+    command: str = field(default_factory=invocation)
+
+
+def _log(config: DistillConfig, message: str) -> None:
+    if not config.quiet:
+        tqdm.write(message)
+
+
+@torch.no_grad()
+def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config: DistillConfig) -> torch.Tensor:
+    """[N, prompt_len + continuation_len]: corpus prompts + the base model's greedy continuation.
+
+    Batched greedy decoding with the AR view over a shared dynamic cache (all prompts have equal
+    length, so no padding is involved).
+    """
+    stream = tokenize_stream(tokenizer, corpus_documents("train"))
+    generator = torch.Generator().manual_seed(config.seed)
+    starts = torch.randint(0, len(stream) - config.prompt_len, (config.data_sequences,), generator=generator)
+    prompts = torch.stack([stream[s : s + config.prompt_len] for s in starts.tolist()])
+    out = []
+    bar = tqdm(total=len(prompts), desc="self-distillation data", disable=config.quiet, unit="seq")
+    for chunk in prompts.split(config.gen_batch):
+        chunk = chunk.to(config.device)
+        cache = model.new_cache(None)
+        logits = model.forward_ar(chunk, cache, 0)
+        sequence = [chunk]
+        past = chunk.shape[1]
+        for _ in range(config.continuation_len):
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            sequence.append(token)
+            logits = model.forward_ar(token, cache, past)
+            past += 1
+        out.append(torch.cat(sequence, dim=1).cpu())
+        bar.update(len(chunk))
+    bar.close()
+    return torch.cat(out)
+
+
+def learning_rate(config: DistillConfig, progress: float) -> float:
+    if progress < config.warmup_frac:
+        return config.lr * max(progress / config.warmup_frac, 0.01)
+    decay = (progress - config.warmup_frac) / max(1 - config.warmup_frac, 1e-9)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(decay, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def distill_loss(model: OrthrusForCausalLM, batch: torch.Tensor, anchors: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean forward KL(p_AR || p_diff) over all masked positions of all blocks."""
+    student, teacher = model.forward_distill(batch, anchors, block)
+    teacher_logp = F.log_softmax(teacher.float(), dim=-1)
+    student_logp = F.log_softmax(student.float(), dim=-1)
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    return kl.mean()
+
+
+def sample_anchors(
+    batch: int, length: int, block: int, count: int, low: int, generator: torch.Generator
+) -> torch.Tensor:
+    """[B, count] anchor positions in [low, length - block], so every block lies inside the text."""
+    return torch.randint(low, length - block + 1, (batch, count), generator=generator)
+
+
+def _budget_fraction(config: DistillConfig, step: int, elapsed: float) -> float:
+    fractions = []
+    if config.steps:
+        fractions.append(step / config.steps)
+    if config.max_minutes:
+        fractions.append(elapsed / (60 * config.max_minutes))
+    return max(fractions) if fractions else 1.0
+
+
+def train(config: DistillConfig) -> Path:
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    torch.set_num_threads(config.num_threads)
+    if config.steps is None and config.max_minutes is None:
+        config.steps = 500
+    out_dir = Path(config.out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = resolve_model_path(config.base)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    mask_id = tokenizer.mask_token_id
+    model = OrthrusForCausalLM.from_base(
+        base_dir, block_size=config.block_size, mask_token_id=mask_id, dtype=torch.float32
+    ).to(config.device)
+    base_state = {k: v.clone() for k, v in model.state_dict().items() if "_diff" not in k}
+
+    data_file = ckpt_dir / "distill_data.pt"
+    if data_file.exists():
+        data = torch.load(data_file)
+        _log(config, f"reusing {len(data)} self-distillation sequences from {data_file}")
+    else:
+        t0 = time.time()
+        model.eval()
+        data = generate_self_distillation_data(model, tokenizer, config)
+        torch.save(data, data_file)
+        _log(config, f"generated {data.numel():,} tokens of self-distillation text in {time.time() - t0:.0f}s")
+    data_gen_tokens = int(data.shape[0] * config.continuation_len)
+
+    params = model.diffusion_parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    step, elapsed, losses = 0, 0.0, []
+    state_file = ckpt_dir / "state.pt"
+    if config.resume and state_file.exists():
+        saved = torch.load(state_file, weights_only=False)
+        model.load_state_dict(saved["diff"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        step, elapsed, losses = saved["step"], saved["elapsed"], saved["losses"]
+        torch.set_rng_state(saved["rng"])
+        _log(config, f"resumed at step {step} ({elapsed / 60:.1f} min)")
+    generator = torch.Generator().manual_seed(config.seed + step)
+    model.train()
+    start, last_ckpt = time.time() - elapsed, time.time()
+    bar = tqdm(total=config.steps, desc="diffusion view", disable=config.quiet, unit="step")
+    bar.update(step)
+    while (progress := _budget_fraction(config, step, time.time() - start)) < 1.0:
+        lr = learning_rate(config, progress)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        block = config.train_block_sizes[step % len(config.train_block_sizes)]
+        rows = torch.randint(0, len(data), (config.batch_size,), generator=generator)
+        batch = data[rows].to(config.device)
+        anchors = sample_anchors(
+            config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.prompt_len // 2, generator
+        ).to(config.device)
+        loss = distill_loss(model, batch, anchors, block)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % config.log_every == 0:
+            recent = sum(losses[-config.log_every :]) / config.log_every
+            _log(
+                config,
+                f"step {step:5d} | kl {recent:.4f} | lr {lr:.2e} | K {block} | "
+                f"{(time.time() - start) / 60:5.1f} min | {progress:6.1%}",
+            )
+        if time.time() - last_ckpt > 60 * config.checkpoint_minutes:
+            _save_state(model, optimizer, step, time.time() - start, losses, state_file)
+            last_ckpt = time.time()
+    bar.close()
+    elapsed = time.time() - start
+    _save_state(model, optimizer, step, elapsed, losses, state_file)
+    model.eval()
+    for name, tensor in model.state_dict().items():  # the AR view is untouched
+        if name in base_state and not torch.equal(tensor, base_state[name]):
+            raise RuntimeError(f"AR weight {name} changed during diffusion-view training")
+    summary = {
+        "base": str(config.base),
+        "steps": step,
+        "wall_time_min": round(elapsed / 60, 2),
+        "final_kl": round(sum(losses[-50:]) / max(len(losses[-50:]), 1), 4),
+        "self_distillation_sequences": int(data.shape[0]),
+        "self_distillation_generated_tokens": data_gen_tokens,
+        "supervised_positions": step
+        * config.batch_size
+        * config.anchors_per_seq
+        * (sum(config.train_block_sizes) / len(config.train_block_sizes) - 1),
+        "diffusion_parameters": sum(p.numel() for p in params),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    save_zoo_model(model, tokenizer, out_dir)
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    _log(config, f"tiny-orthrus saved to {out_dir} ({step} steps, {elapsed / 60:.1f} min, kl {summary['final_kl']})")
+    return out_dir
+
+
+def _save_state(model, optimizer, step, elapsed, losses, path: Path) -> None:
+    diff = {k: v for k, v in model.state_dict().items() if "_diff" in k}
+    torch.save(
+        {
+            "diff": diff,
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "losses": losses,
+            "rng": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def save_zoo_model(model: OrthrusForCausalLM, tokenizer, out_dir: Path) -> None:
+    """Hugging Face layout with float16 weights (the zoo must stay small); loaded back as fp32."""
+    half = OrthrusForCausalLM._from_state(
+        model.config, {k: v.detach().half() for k, v in model.state_dict().items()}, torch.float16
+    )
+    half.config.architectures = ["OrthrusForCausalLM"]
+    half.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
