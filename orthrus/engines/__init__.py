@@ -6,10 +6,13 @@ from typing import Any
 
 from orthrus.engines.ar import AREngine, HFGenerateEngine
 from orthrus.engines.base import Engine, GenerationResult, SamplingSettings
+from orthrus.engines.dlm import DLMEngine, FastDLLMEngine
 from orthrus.engines.orthrus_engine import OrthrusEngine
 from orthrus.errors import UserInputError
 
-ENGINES: dict[str, type[Engine]] = {cls.name: cls for cls in (AREngine, HFGenerateEngine, OrthrusEngine)}
+ENGINES: dict[str, type[Engine]] = {
+    cls.name: cls for cls in (AREngine, HFGenerateEngine, OrthrusEngine, DLMEngine, FastDLLMEngine)
+}
 
 __all__ = ["ENGINES", "Engine", "GenerationResult", "SamplingSettings", "build_engine", "register_engine"]
 
