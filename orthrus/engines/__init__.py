@@ -8,10 +8,20 @@ from orthrus.engines.ar import AREngine, HFGenerateEngine
 from orthrus.engines.base import Engine, GenerationResult, SamplingSettings
 from orthrus.engines.dlm import DLMEngine, FastDLLMEngine
 from orthrus.engines.orthrus_engine import OrthrusEngine
+from orthrus.engines.speculative import AssistedEngine, PromptLookupEngine
 from orthrus.errors import UserInputError
 
 ENGINES: dict[str, type[Engine]] = {
-    cls.name: cls for cls in (AREngine, HFGenerateEngine, OrthrusEngine, DLMEngine, FastDLLMEngine)
+    cls.name: cls
+    for cls in (
+        AREngine,
+        HFGenerateEngine,
+        OrthrusEngine,
+        DLMEngine,
+        FastDLLMEngine,
+        AssistedEngine,
+        PromptLookupEngine,
+    )
 }
 
 __all__ = ["ENGINES", "Engine", "GenerationResult", "SamplingSettings", "build_engine", "register_engine"]
