@@ -5,6 +5,9 @@ A run directory ``reports/<suite>/<run-id>/`` holds:
   environment.json  package versions, device, CPU, threads, dtype, git commit, suite hash
   results.jsonl     one ``MeasurementRecord`` per line, appended and flushed as measured
   summary.csv/json  one row per cell (aggregated with pandas), see ``SUMMARY_COLUMNS``
+  summary_by_category.csv/json   the same per (cell, prompt category), when prompts have categories
+  prompts.jsonl     one line per prompt used: prompt_id, source, category, context_length, text, ids
+  run.json          run id, suite name, command line, shard, status counts, harness overhead
   plots/*.png, report.html   written by orthrus.report from the files above only
 
 Metric names and meanings are those of METRICS.md; memory fields carry their source in the name
@@ -115,4 +118,5 @@ SUMMARY_COLUMNS = (
     "rss_peak_mib_max",
     "memory_bandwidth_gb_s_median",
     "tokens_per_step_median",
+    "harness_overhead_ms_median",  # time per measurement spent outside generate()
 )
