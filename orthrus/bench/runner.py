@@ -1,0 +1,797 @@
+"""The runner: for each (cell, prompt, repeat) one timed ``generate`` call, trackers alongside, one record.
+
+The runner knows nothing about how an engine decodes: it builds engines by name, feeds them token
+ids and turns each ``GenerationResult`` into a ``MeasurementRecord``. Order of work:
+
+1. expand the suite into cells (reference engine first), take this shard's slice;
+2. build every prompt (so data problems stop the run before anything is written);
+3. per cell: load its model(s) once (kept while later cells need them), build the engine, run the
+   warm-up generations (not recorded), then per prompt the repetitions: at least
+   ``measure.repetitions`` and until their total time reaches ``measure.min_duration_s``;
+4. per measurement: memory trackers around the call, identity against the reference engine's
+   greedy tokens (greedy cells), AR NLL (engines that are not lossless); the record is appended to
+   results.jsonl and fsynced at once;
+5. summary.csv/json, a table on the terminal, and the report hook.
+
+A failure inside a cell (an exception, out of memory, a missing engine or model) becomes a failed
+record with its error and the run goes on; the exit code then says that something failed.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from orthrus.bench.environment import collect_environment, git_commit
+from orthrus.bench.matrix import Cell, expand, shard
+from orthrus.bench.prompts import Prompt, PromptFactory
+from orthrus.bench.records import MeasurementRecord
+from orthrus.bench.schema import DLM_ENGINES, ModelSpec, Suite, engine_class
+from orthrus.bench.store import RESULTS_FILE, ResultsWriter, read_records, record_key, write_json
+from orthrus.bench.summary import format_table, overhead_stats, write_summary
+from orthrus.bench.trackers import MemoryTracker
+from orthrus.errors import UserInputError
+
+CELL_PROMPT = "*"  # prompt_id of a record that fails a whole cell (model, engine or prompts unavailable)
+RECORD_FIELDS = set(MeasurementRecord.__dataclass_fields__)
+
+
+@dataclass
+class RunOptions:
+    out_root: Path = Path("reports")
+    run_id: str | None = None
+    resume_dir: Path | None = None
+    shard: tuple[int, int] | None = None
+    quiet: bool = False
+    argv: list[str] = field(default_factory=list)
+
+
+class CellFailure(Exception):
+    """A whole cell cannot run (its message is the record's error)."""
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return line[:500]
+
+
+# --------------------------------------------------------------------------- models and engines
+class ModelPool:
+    """Loads each (model, loader) once; frees models no remaining cell needs."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], Any] = {}
+        self.failures: dict[tuple[str, str], str] = {}
+        self._weight_bytes: dict[int, int] = {}
+
+    def get(self, spec: ModelSpec, loader: str) -> Any:
+        key = (spec.key, loader)
+        if key in self.failures:
+            raise CellFailure(self.failures[key])
+        if key not in self.models:
+            try:
+                self.models[key] = load_model(spec, loader)
+            except CellFailure as err:
+                self.failures[key] = str(err)
+                raise
+            except Exception as err:  # noqa: BLE001 - any load failure fails the cells of that model
+                self.failures[key] = f"loading model {spec.key!r} failed: {one_line(err)}"
+                raise CellFailure(self.failures[key]) from err
+        return self.models[key]
+
+    def release(self, keep: set[tuple[str, str]]) -> None:
+        dropped = [key for key in self.models if key not in keep]
+        for key in dropped:
+            del self.models[key]
+        if dropped:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def weight_bytes(self, model: Any) -> int:
+        """Bytes of the weights one forward pass reads (unique tensors; the AR view of an Orthrus model)."""
+        if id(model) not in self._weight_bytes:
+            from orthrus.models.modeling_orthrus import is_diffusion_param
+
+            seen: set[int] = set()
+            total = 0
+            for name, param in model.named_parameters():
+                if is_diffusion_param(name) or param.data_ptr() in seen:
+                    continue
+                seen.add(param.data_ptr())
+                total += param.numel() * param.element_size()
+            self._weight_bytes[id(model)] = total
+        return self._weight_bytes[id(model)]
+
+
+def loader_of(engine_name: str) -> str:
+    return "dlm" if engine_name in DLM_ENGINES else "causal"
+
+
+def load_model(spec: ModelSpec, loader: str) -> Any:
+    if spec.resolved is None:
+        raise CellFailure(spec.missing_reason or f"model {spec.key!r} is not available")
+    if loader == "dlm":
+        from orthrus.models.dlm import load_diffusion_lm
+
+        model = load_diffusion_lm(
+            spec.resolved, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code
+        )
+    else:
+        model = _load_causal(spec)
+    if spec.attn_implementation != "sdpa":
+        setter = getattr(model, "set_attn_implementation", None)
+        if setter is None:
+            raise CellFailure(f"model {spec.key!r} cannot switch to attn_implementation {spec.attn_implementation!r}")
+        setter(spec.attn_implementation)
+    model.eval()
+    return model
+
+
+def _load_causal(spec: ModelSpec) -> Any:
+    """load_causal_lm; a plain Qwen3 whose tokenizer names a mask token gets its view with that id.
+
+    (Without it, load_causal_lm adds an extra embedding row for the mask, and the transformers-based
+    engines, which need the plain vocabulary, cannot run the model.)
+    """
+    import json
+
+    from orthrus.models import OrthrusForCausalLM, load_causal_lm, parse_dtype
+
+    assert spec.resolved is not None
+    config = json.loads((spec.resolved / "config.json").read_text())
+    tokenizer_dir = spec.tokenizer or spec.resolved
+    mask_id = None
+    if config.get("model_type") == "qwen3" and "mask_token_id" not in config:
+        tokenizer_config = tokenizer_dir / "tokenizer_config.json"
+        tokenizer_file = tokenizer_dir / "tokenizer.json"
+        if tokenizer_config.is_file() and tokenizer_file.is_file():
+            mask = json.loads(tokenizer_config.read_text()).get("mask_token")
+            mask = mask.get("content") if isinstance(mask, dict) else mask
+            for token in json.loads(tokenizer_file.read_text()).get("added_tokens", []):
+                if mask is not None and token.get("content") == mask:
+                    mask_id = int(token["id"])
+    if mask_id is None or mask_id >= int(config.get("vocab_size", 0)):
+        return load_causal_lm(spec.resolved, dtype=spec.dtype, device=spec.device)
+    model = OrthrusForCausalLM.from_base(
+        spec.resolved, block_size=16, mask_token_id=mask_id, dtype=parse_dtype(spec.dtype)
+    )
+    model.name_or_path = spec.path
+    return model.to(spec.device)
+
+
+def build_cell_engine(cell: Cell, pool: ModelPool) -> Any:
+    from orthrus.engines import build_engine
+
+    name = cell.engine.engine
+    if engine_class(name) is None:
+        raise CellFailure(
+            f"engine {name!r} is not available in this installation (not registered in orthrus.engines.ENGINES)"
+        )
+    model = pool.get(cell.model, loader_of(name))
+    options = dict(cell.engine.options)
+    if cell.params["block_size"] is not None:
+        options["block_size"] = cell.params["block_size"]
+    if cell.draft_model is not None:
+        options["draft_model"] = pool.get(cell.draft_model, "causal")
+    try:
+        return build_engine(name, model, **options)
+    except UserInputError as err:
+        raise CellFailure(f"engine {cell.params['label']!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001
+        raise CellFailure(f"building engine {cell.params['label']!r} failed: {one_line(err)}") from err
+
+
+# --------------------------------------------------------------------------- reference and quality
+def _tokenizer_fingerprint(directory: Path | None) -> str | None:
+    if directory is None:
+        return None
+    file = directory / "tokenizer.json"
+    if file.is_file():
+        return hashlib.sha1(file.read_bytes()).hexdigest()
+    return str(directory.resolve())
+
+
+class Reference:
+    """The reference engine's greedy tokens per prompt, the top-2 margins and AR NLLs (cached)."""
+
+    def __init__(self, suite: Suite, pool: ModelPool, factory: PromptFactory) -> None:
+        self.spec = suite.reference
+        self.suite = suite
+        self.pool = pool
+        self.factory = factory
+        self.tokens_cache: dict[tuple, list[int]] = {}
+        self.margins: dict[tuple, float] = {}
+        self.nlls: dict[tuple, float | None] = {}
+        self._engine: Any = None
+        self.fingerprint = None
+        if self.spec is not None:
+            self.model_spec = suite.models[self.spec.model]
+            self.fingerprint = _tokenizer_fingerprint(factory.tokenizer_dir(self.model_spec))
+
+    @property
+    def needed_models(self) -> set[tuple[str, str]]:
+        return set() if self.spec is None else {(self.spec.model, "causal")}
+
+    def compatible(self, cell: Cell) -> bool:
+        """Token ids mean the same to the reference model (same tokenizer file)."""
+        if self.spec is None:
+            return False
+        if cell.model.key == self.spec.model:
+            return True
+        return self.fingerprint is not None and self.fingerprint == _tokenizer_fingerprint(
+            self.factory.tokenizer_dir(cell.model)
+        )
+
+    def is_reference_cell(self, cell: Cell) -> bool:
+        return (
+            self.spec is not None
+            and cell.engine.engine == self.spec.engine
+            and cell.model.key == self.spec.model
+            and cell.params["temperature"] == 0.0
+            and not cell.engine.options
+        )
+
+    @staticmethod
+    def _key(prompt: Prompt, cell: Cell) -> tuple:
+        digest = hashlib.sha1(str(prompt.ids).encode()).hexdigest()
+        return (digest, cell.params["max_new_tokens"], cell.params["stop_at_eos"])
+
+    def offer(self, cell: Cell, prompt: Prompt, tokens: list[int]) -> None:
+        if self.is_reference_cell(cell):
+            self.tokens_cache.setdefault(self._key(prompt, cell), list(tokens))
+
+    def model(self) -> Any:
+        assert self.spec is not None
+        return self.pool.get(self.model_spec, "causal")
+
+    def tokens(self, prompt: Prompt, cell: Cell, eos: int | None) -> list[int]:
+        key = self._key(prompt, cell)
+        if key not in self.tokens_cache:
+            from orthrus.engines import build_engine
+
+            assert self.spec is not None
+            if self._engine is None or self._engine.model is not self.model():
+                self._engine = build_engine(self.spec.engine, self.model())
+            result = self._engine.generate(prompt.ids, cell.params["max_new_tokens"], eos_token_id=eos)
+            self.tokens_cache[key] = list(result.tokens)
+        return self.tokens_cache[key]
+
+    def margin(self, prompt: Prompt, cell: Cell, reference_tokens: list[int], position: int) -> float:
+        from orthrus.quality import divergence_margin
+
+        key = (*self._key(prompt, cell), position)
+        if key not in self.margins:
+            self.margins[key] = divergence_margin(self.model(), prompt.ids, reference_tokens, position)
+        return self.margins[key]
+
+    def nll(self, prompt: Prompt, tokens: list[int]) -> float | None:
+        from orthrus.quality import ar_nll
+
+        key = (hashlib.sha1(str(prompt.ids).encode()).hexdigest(), tuple(tokens))
+        if key not in self.nlls:
+            self.nlls[key] = ar_nll(self.model(), prompt.ids, tokens)
+        return self.nlls[key]
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class PlannedCell:
+    cell: Cell
+    prompts: list[Prompt]
+    failure: str | None = None  # the cell cannot run (reason); recorded as one failed record
+
+
+def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactory) -> list[PlannedCell]:
+    """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet)."""
+    cells = expand(suite)
+    if shard_spec is not None:
+        cells = shard(cells, *shard_spec)
+    planned = []
+    for cell in cells:
+        try:
+            prompts = factory.prompts(cell.source, cell.model, cell.params["context_length"])
+        except UserInputError as err:
+            if cell.model.resolved is None:  # an unbuilt zoo model fails its cells, not the suite
+                planned.append(PlannedCell(cell, [], failure=cell.model.missing_reason or str(err)))
+                continue
+            raise
+        planned.append(PlannedCell(cell, prompts))
+    return planned
+
+
+def describe_plan(suite: Suite, planned: list[PlannedCell]) -> str:
+    """The expanded matrix and the work it implies (for --dry-run)."""
+    measure = suite.measure
+    lines = [
+        f"suite {suite.name!r}: {len(planned)} cells, repetitions {measure.repetitions} "
+        f"(min duration {measure.min_duration_s:g} s, at most {measure.max_repetitions}), warm-up {measure.warmup} per cell",
+        f"{'#':>3} {'cell_id':<16} {'engine':<16} {'model':<10} {'source':<14} {'ctx':>5} {'blk':>4} {'T':>4} "
+        f"{'new':>4} {'prompts':>7} {'calls':>5}",
+    ]
+    calls = new_tokens = prompt_tokens = 0
+    for i, item in enumerate(planned):
+        p = item.cell.params
+        n_calls = len(item.prompts) * measure.repetitions + (measure.warmup if item.prompts else 0)
+        calls += n_calls
+        new_tokens += n_calls * p["max_new_tokens"]
+        prompt_tokens += sum(len(x.ids) for x in item.prompts) * measure.repetitions
+        if item.prompts and measure.warmup:
+            prompt_tokens += len(item.prompts[0].ids) * measure.warmup
+        note = f"  (fails: {item.failure})" if item.failure else ""
+        lines.append(
+            f"{i:>3} {item.cell.cell_id:<16} {p['label'][:16]:<16} {p['model'][:10]:<10} {p['prompt_source'][:14]:<14} "
+            f"{_s(p['context_length']):>5} {_s(p['block_size']):>4} {p['temperature']:>4g} {p['max_new_tokens']:>4} "
+            f"{len(item.prompts):>7} {n_calls:>5}{note}"
+        )
+    lines.append(
+        f"estimated work: {calls} generate calls (at least), {new_tokens:,} new tokens, "
+        f"{prompt_tokens:,} prompt tokens to prefill"
+    )
+    return "\n".join(lines)
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- the run
+class Runner:
+    def __init__(self, suite: Suite, options: RunOptions) -> None:
+        self.suite = suite
+        self.options = options
+        self.factory = PromptFactory()
+        self.pool = ModelPool()
+        self.reference = Reference(suite, self.pool, self.factory)
+        self.run_dir: Path | None = None
+        self.run_id = ""
+        self.write_ms_total = 0.0
+        self.existing: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+    # ---------------------------------------------------------------- setup
+    def _make_run_dir(self) -> Path:
+        if self.options.resume_dir is not None:
+            return self.options.resume_dir
+        run_id = self.options.run_id or time.strftime("%Y%m%d-%H%M%S")
+        if self.options.shard is not None:
+            index, count = self.options.shard
+            run_id = f"{run_id}-shard{index}of{count}"
+        base = self.options.out_root / self.suite.name
+        run_dir = base / run_id
+        if run_dir.exists():
+            if self.options.run_id:
+                raise UserInputError(
+                    f"{run_dir} already exists; resume it with --resume {run_dir} or pick another --run-id."
+                )
+            suffix = 2
+            while (base / f"{run_id}-{suffix}").exists():
+                suffix += 1
+            run_dir = base / f"{run_id}-{suffix}"
+        run_dir.mkdir(parents=True)
+        return run_dir
+
+    def _write_metadata(self, planned: list[PlannedCell]) -> None:
+        assert self.run_dir is not None
+        run_dir = self.run_dir
+        resumed = self.options.resume_dir is not None
+        if not resumed:
+            (run_dir / "suite.yaml").write_text(
+                f"# effective suite of run {self.run_id} (after command-line overrides)\n"
+                + yaml.safe_dump(self.suite.raw, sort_keys=False, allow_unicode=True)
+            )
+        if not (run_dir / "environment.json").is_file():
+            devices = sorted({m.device for m in self.suite.models.values()})
+            dtypes = sorted({m.dtype for m in self.suite.models.values()})
+            env = collect_environment(devices, dtypes, self.suite.sha256, self.suite.file_sha256)
+            env.update(run_id=self.run_id, suite_name=self.suite.name)
+            write_json(run_dir / "environment.json", env)
+        prompts: dict[tuple[str, str], Prompt] = {}
+        for item in planned:
+            for prompt in item.prompts:
+                prompts.setdefault((prompt.source, prompt.prompt_id), prompt)
+        import json
+
+        with (run_dir / "prompts.jsonl").open("w", encoding="utf-8") as handle:
+            for prompt in prompts.values():
+                handle.write(
+                    json.dumps(
+                        {
+                            "prompt_id": prompt.prompt_id,
+                            "source": prompt.source,
+                            "category": prompt.category,
+                            "context_length": prompt.context_length,
+                            "prompt_tokens": len(prompt.ids),
+                            "text": prompt.text,
+                            "ids": prompt.ids,
+                            "meta": prompt.meta,
+                        }
+                    )
+                    + "\n"
+                )
+
+    def _run_info(self, status: str, started: float, records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        assert self.run_dir is not None
+        previous = {}
+        info_file = self.run_dir / "run.json"
+        if info_file.is_file():
+            import json
+
+            try:
+                previous = json.loads(info_file.read_text())
+            except ValueError:
+                previous = {}
+        sessions = previous.get("sessions", [])
+        session = {
+            "started": started,
+            "finished": time.time() if status != "running" else None,
+            "status": status,
+            "argv": self.options.argv,
+            "git": git_commit(),
+            "host_python": platform.python_version(),
+        }
+        if sessions and sessions[-1].get("started") == started:
+            sessions[-1] = session
+        else:
+            sessions.append(session)
+        info: dict[str, Any] = {
+            "run_id": self.run_id,
+            "suite_name": self.suite.name,
+            "suite_sha256": self.suite.sha256,
+            "suite_path": str(self.suite.source_path) if self.suite.source_path else previous.get("suite_path"),
+            "shard": list(self.options.shard) if self.options.shard else None,
+            "status": status,
+            "sessions": sessions,
+        }
+        if records is not None:
+            ok = sum(1 for r in records if r.get("status") == "ok")
+            overhead = overhead_stats(records)
+            measured = overhead.get("measured_ms_total") or 0.0
+            overhead["write_ms_total"] = self.write_ms_total
+            if measured:
+                overhead["overhead_pct_with_writes"] = (
+                    100 * ((overhead.get("overhead_ms_total") or 0) + self.write_ms_total) / measured
+                )
+            info.update(records=len(records), ok=ok, failed=len(records) - ok, harness_overhead=overhead)
+        write_json(info_file, info)
+        return info
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> int:
+        suite = self.suite
+        if suite.measure.threads:
+            torch.set_num_threads(suite.measure.threads)
+        planned = plan(suite, self.options.shard, self.factory)
+        self.run_dir = self._make_run_dir()
+        self.run_id = self.run_dir.name
+        results = self.run_dir / RESULTS_FILE
+        for record in read_records(results):
+            self.existing.setdefault(record_key(record), record)
+        self._write_metadata(planned)
+        started = time.time()
+        self._run_info("running", started)
+        total = sum(
+            (len(item.prompts) * suite.measure.repetitions if not item.failure else 1) for item in planned
+        ) - len(self.existing)
+        bar = _progress(max(total, 0), self.options.quiet)
+        status = "finished"
+        try:
+            with ResultsWriter(results) as writer:
+                for index, item in enumerate(planned):
+                    self._run_cell(item, writer, bar)
+                    self.pool.release(self._models_needed(planned[index + 1 :]))
+        except KeyboardInterrupt:
+            status = "interrupted"
+            bar.close()
+            print(f"\ninterrupted; continue with: python run_bench.py --resume {self.run_dir}", file=sys.stderr)
+            self._run_info(status, started, read_records(results))
+            return 130
+        finally:
+            bar.close()
+        records = read_records(results)
+        frame = write_summary(self.run_dir, records)
+        info = self._run_info(status, started, records)
+        report = render_report(self.run_dir, self.options.quiet)
+        print_summary(self.run_dir, frame, records, info, report, self.options.quiet)
+        return 1 if info["failed"] else 0
+
+    def _models_needed(self, remaining: list[PlannedCell]) -> set[tuple[str, str]]:
+        keep = set(self.reference.needed_models)
+        for item in remaining:
+            keep.add((item.cell.model.key, loader_of(item.cell.engine.engine)))
+            if item.cell.draft_model is not None:
+                keep.add((item.cell.draft_model.key, "causal"))
+        return keep
+
+    def _write(self, writer: ResultsWriter, record: MeasurementRecord) -> None:
+        start = time.perf_counter()
+        data = record.to_json_dict()
+        writer.append(data)
+        self.existing[record_key(data)] = data
+        self.write_ms_total += (time.perf_counter() - start) * 1e3
+
+    def _fail_cell(self, item: PlannedCell, message: str, writer: ResultsWriter, bar: Any) -> None:
+        cell = item.cell
+        if (cell.cell_id, CELL_PROMPT, 0) in self.existing:
+            return
+        record = MeasurementRecord(
+            run_id=self.run_id,
+            cell_id=cell.cell_id,
+            cell=cell.params,
+            prompt_id=CELL_PROMPT,
+            repeat=0,
+            status="failed",
+            error=message[:500],
+            timestamp=time.time(),
+        )
+        self._write(writer, record)
+        bar.update(max(1, len(item.prompts) * self.suite.measure.repetitions))
+        if not self.options.quiet:
+            bar.write(f"cell failed: {cell.params['label']} ctx={_s(cell.params['context_length'])}: {message}")
+
+    def _pending(self, item: PlannedCell) -> bool:
+        cell_id = item.cell.cell_id
+        if (cell_id, CELL_PROMPT, 0) in self.existing:
+            return False
+        reps = self.suite.measure.repetitions
+        return any((cell_id, p.prompt_id, r) not in self.existing for p in item.prompts for r in range(reps))
+
+    def _run_cell(self, item: PlannedCell, writer: ResultsWriter, bar: Any) -> None:
+        cell = item.cell
+        for prompt in item.prompts:  # measured tokens of the reference cell serve as the reference
+            done = self.existing.get((cell.cell_id, prompt.prompt_id, 0))
+            if done is not None and done.get("status") == "ok":
+                self.reference.offer(cell, prompt, done["tokens"])
+        if item.failure:
+            self._fail_cell(item, item.failure, writer, bar)
+            return
+        if not self._pending(item):
+            return
+        bar.set_description(f"{cell.params['label']} ctx={_s(cell.params['context_length'])}")
+        try:
+            engine = build_cell_engine(cell, self.pool)
+        except CellFailure as err:
+            self._fail_cell(item, str(err), writer, bar)
+            return
+        measure = self.suite.measure
+        tokenizer_dir = self.factory.tokenizer_dir(cell.model)
+        tokenizer = self.factory.tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+        eos = tokenizer.eos_token_id if (measure.stop_at_eos and tokenizer is not None) else None
+        tracker = MemoryTracker(engine.device, measure.sample_interval_ms)
+        weight_bytes = self.pool.weight_bytes(engine.model)
+        p = cell.params
+        if measure.warmup:
+            try:
+                for _ in range(measure.warmup):
+                    engine.generate(
+                        item.prompts[0].ids,
+                        p["max_new_tokens"],
+                        p["temperature"],
+                        p["top_k"],
+                        p["top_p"],
+                        p["seed"],
+                        eos,
+                    )
+            except Exception as err:  # noqa: BLE001 - the cell cannot run
+                _free_after_error(err)
+                self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
+                return
+        for prompt in item.prompts:
+            repeat, spent_ms = 0, 0.0
+            while True:
+                key = (cell.cell_id, prompt.prompt_id, repeat)
+                enough = repeat >= measure.repetitions and spent_ms >= measure.min_duration_s * 1e3
+                if enough or repeat >= measure.max_repetitions:
+                    break
+                if key in self.existing:
+                    spent_ms += self.existing[key].get("e2e_ms") or 0.0
+                    repeat += 1
+                    continue
+                if repeat >= measure.repetitions:
+                    bar.total += 1
+                record = self._measure(cell, engine, prompt, repeat, eos, tokenizer, tracker, weight_bytes)
+                self._write(writer, record)
+                bar.update(1)
+                if record.status != "ok":
+                    if not self.options.quiet:
+                        bar.write(f"failed: {p['label']} {prompt.prompt_id} repeat {repeat}: {record.error}")
+                    bar.update(max(0, measure.repetitions - repeat - 1))
+                    break
+                spent_ms += record.e2e_ms or 0.0
+                repeat += 1
+
+    def _measure(
+        self,
+        cell: Cell,
+        engine: Any,
+        prompt: Prompt,
+        repeat: int,
+        eos: int | None,
+        tokenizer: Any,
+        tracker: MemoryTracker,
+        weight_bytes: int,
+    ) -> MeasurementRecord:
+        from orthrus.engines.base import sync
+
+        p = cell.params
+        record = MeasurementRecord(
+            run_id=self.run_id,
+            cell_id=cell.cell_id,
+            cell=p,
+            prompt_id=prompt.prompt_id,
+            repeat=repeat,
+            category=prompt.category,
+            prompt_tokens=len(prompt.ids),
+        )
+        begin = time.perf_counter()
+        device = engine.device
+        try:
+            sync(device)
+            tracker.start()
+            call_start = time.perf_counter()
+            result = engine.generate(
+                prompt.ids, p["max_new_tokens"], p["temperature"], p["top_k"], p["top_p"], p["seed"], eos
+            )
+            sync(device)
+            call_ms = (time.perf_counter() - call_start) * 1e3
+            memory = tracker.stop()
+        except Exception as err:  # noqa: BLE001 - OOM or an engine error fails this measurement only
+            tracker.stop()
+            _free_after_error(err)
+            record.status, record.error, record.timestamp = "failed", one_line(err), time.time()
+            if not isinstance(err, (UserInputError, torch.OutOfMemoryError)):
+                record.extra["traceback"] = traceback.format_exc(limit=-3)[-2000:]
+            return record
+        fill_from_result(record, result.to_dict(), weight_bytes)
+        for name, value in memory.as_dict().items():
+            setattr(record, name, value)
+        record.extra.update(
+            lossless=bool(getattr(engine, "lossless", True)),
+            call_ms=call_ms,
+            engine_block_size=getattr(engine, "block_size", None),
+        )
+        if tokenizer is not None:
+            record.extra["output_text"] = tokenizer.decode(result.tokens)
+        quality_start = time.perf_counter()
+        try:
+            self._quality(record, cell, prompt, list(result.tokens), eos, engine)
+        except Exception as err:  # noqa: BLE001 - a quality check must not lose the measurement
+            _free_after_error(err)
+            record.extra["quality_error"] = one_line(err)
+        quality_ms = (time.perf_counter() - quality_start) * 1e3
+        record.extra["quality_ms"] = quality_ms
+        record.timestamp = time.time()
+        elapsed_ms = (time.perf_counter() - begin) * 1e3 - quality_ms
+        record.harness_overhead_ms = max(0.0, elapsed_ms - (record.e2e_ms or 0.0))
+        return record
+
+    def _quality(
+        self, record: MeasurementRecord, cell: Cell, prompt: Prompt, tokens: list[int], eos: int | None, engine: Any
+    ) -> None:
+        reference = self.reference
+        if reference.spec is None or not reference.compatible(cell):
+            return
+        reference.offer(cell, prompt, tokens)
+        record.reference_engine = reference.spec.engine
+        if cell.params["temperature"] == 0.0:
+            expected = reference.tokens(prompt, cell, eos)
+            from orthrus.quality import compare_tokens
+
+            exact, first, fraction = compare_tokens(expected, tokens)
+            record.identity_exact, record.first_divergence, record.match_fraction = exact, first, fraction
+            if first is not None:
+                record.divergence_margin = reference.margin(prompt, cell, expected, first)
+        if not getattr(engine, "lossless", True):
+            record.ar_nll = reference.nll(prompt, tokens)
+
+
+def fill_from_result(record: MeasurementRecord, data: dict[str, Any], weight_bytes: int) -> None:
+    """Copy a GenerationResult.to_dict() into the record; engine-specific extras go to ``extra``."""
+    data = dict(data)
+    per_step = data.pop("tokens_per_step", None)
+    for name, value in data.items():
+        if name in RECORD_FIELDS and name not in ("extra", "cell", "status"):
+            setattr(record, name, value)
+        else:
+            record.extra[name] = value
+    by_kind = record.forward_passes_by_kind or {}
+    if record.denoise_steps is None and by_kind.get("denoise"):
+        record.denoise_steps = int(by_kind["denoise"])
+    if isinstance(per_step, list):
+        record.extra["tokens_committed_per_step"] = per_step
+        record.tokens_per_step = sum(per_step) / len(per_step) if per_step else None
+    elif per_step is not None:
+        record.tokens_per_step = float(per_step)
+    elif record.denoise_steps:
+        record.tokens_per_step = (record.new_tokens or 0) / record.denoise_steps
+    if record.forward_passes and record.e2e_ms:
+        record.memory_bandwidth_gb_s = weight_bytes * record.forward_passes / (record.e2e_ms / 1e3) / 1e9
+    record.status = "ok"
+
+
+def _free_after_error(err: BaseException) -> None:
+    if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+class _NoBar:
+    total = 0
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, quiet: bool) -> Any:
+    if quiet:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="gen", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+
+
+# --------------------------------------------------------------------------- end of a run
+def render_report(run_dir: Path, quiet: bool = False) -> Path | None:
+    """The report hook: orthrus.report.render_run(run_dir) when the reports package provides it."""
+    try:
+        from orthrus.report import render_run  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return None
+    try:
+        out = render_run(run_dir)
+    except Exception as err:  # noqa: BLE001 - results are safe on disk; the report can be re-rendered
+        print(
+            f"warning: the report could not be rendered ({one_line(err)}); the results are in {run_dir}.",
+            file=sys.stderr,
+        )
+        return None
+    if isinstance(out, (str, Path)):
+        return Path(out)
+    return run_dir / "report.html" if (run_dir / "report.html").is_file() else None
+
+
+def print_summary(
+    run_dir: Path,
+    frame: Any,
+    records: list[dict[str, Any]],
+    info: dict[str, Any],
+    report: Path | None,
+    quiet: bool,
+) -> None:
+    failed = [r for r in records if r.get("status") != "ok"]
+    overhead = info.get("harness_overhead") or {}
+    if not quiet:
+        print(format_table(frame))
+        pct = overhead.get("overhead_pct_with_writes", overhead.get("overhead_pct"))
+        if overhead.get("measurements"):
+            print(
+                f"harness overhead: median {overhead['overhead_ms_median']:.2f} ms per measurement, "
+                f"{pct:.2f}% of the measured time ({overhead['measurements']} measurements)"
+            )
+        for record in failed[:10]:
+            print(f"failed: {record['cell'].get('label')} {record['prompt_id']}: {record.get('error')}")
+        if len(failed) > 10:
+            print(f"... and {len(failed) - 10} more failed records (see results.jsonl)")
+    print(f"results: {run_dir} ({info.get('ok', 0)} ok, {info.get('failed', 0)} failed)")
+    print(f"summary: {run_dir / 'summary.csv'}")
+    if report is not None:
+        print(f"report: {report}")
