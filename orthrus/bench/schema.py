@@ -292,9 +292,7 @@ def read_suite_file(path: str | Path) -> tuple[dict[str, Any], str]:
     if raw is None:
         raise UserInputError(f"{path}: the suite is empty; it needs at least 'models' and 'engines'.")
     if not isinstance(raw, dict):
-        raise UserInputError(
-            f"{path}: a suite must be a mapping of keys (models, engines, sweep, ...), not a {_kind(raw)}."
-        )
+        raise UserInputError(f"{path}: a suite must be a mapping of keys (models, engines, sweep, ...), not {_a(raw)}.")
     return raw, hashlib.sha256(data).hexdigest()
 
 
@@ -341,7 +339,7 @@ def set_key_path(raw: dict[str, Any], path: str, value: Any, what: str = "--set"
             walked += f"[{part}]"
         else:
             if not isinstance(node, dict):
-                raise UserInputError(f"{what} {path}: {walked or 'the suite'} is a {_kind(node)}, not a mapping.")
+                raise UserInputError(f"{what} {path}: {walked or 'the suite'} is {_a(node)}, not a mapping.")
             if last:
                 node[part] = value
             else:
@@ -383,7 +381,7 @@ def apply_quick(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     if not isinstance(quick, dict):
         raise UserInputError(
-            f"quick: must be a mapping of key paths to values (e.g. measure.repetitions: 1), not a {_kind(quick)}."
+            f"quick: must be a mapping of key paths to values (e.g. measure.repetitions: 1), not {_a(quick)}."
         )
     for path, value in quick.items():
         set_key_path(raw, str(path), copy.deepcopy(value), what="quick:")
@@ -433,6 +431,11 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _a(value: Any) -> str:
+    kind = _kind(value)
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def _fail(path: str, message: str) -> UserInputError:
     return UserInputError(f"{path}: {message}")
 
@@ -459,7 +462,7 @@ def _check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], path: str) ->
 
 def _mapping(value: Any, path: str, what: str = "a mapping") -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _fail(path, f"must be {what}, got a {_kind(value)} ({_show(value)}).")
+        raise _fail(path, f"must be {what}, got {_a(value)} ({_show(value)}).")
     return value
 
 
@@ -473,7 +476,7 @@ def _int(value: Any, path: str, minimum: int | None = None) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise _fail(path, f"must be an integer, got a {_kind(value)} ({_show(value)}).")
+            raise _fail(path, f"must be an integer, got {_a(value)} ({_show(value)}).")
     if minimum is not None and value < minimum:
         raise _fail(path, f"must be >= {minimum}, got {value}.")
     return value
@@ -490,7 +493,7 @@ def _number(value: Any, path: str, minimum: float | None = None, exclusive: bool
                 path, f"must be a number, got the string {value!r}; write it with a decimal point (e.g. 1.0e-3)."
             )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(path, f"must be a number, got a {_kind(value)} ({_show(value)}).")
+        raise _fail(path, f"must be a number, got {_a(value)} ({_show(value)}).")
     value = float(value)
     if minimum is not None and (value < minimum or exclusive and value == minimum):
         raise _fail(path, f"must be {'>' if exclusive else '>='} {minimum:g}, got {value:g}.")
@@ -499,13 +502,13 @@ def _number(value: Any, path: str, minimum: float | None = None, exclusive: bool
 
 def _str(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _fail(path, f"must be a non-empty string, got a {_kind(value)} ({_show(value)}).")
+        raise _fail(path, f"must be a non-empty string, got {_a(value)} ({_show(value)}).")
     return value
 
 
 def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        raise _fail(path, f"must be true or false, got a {_kind(value)} ({_show(value)}).")
+        raise _fail(path, f"must be true or false, got {_a(value)} ({_show(value)}).")
     return value
 
 
@@ -606,7 +609,7 @@ def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sh
         raise _fail("name", f"{name!r} must be letters, digits, '_', '-' or '.' (it names the reports/<name>/ folder).")
     description = raw.get("description") or ""
     if not isinstance(description, str):
-        raise _fail("description", f"must be a string, got a {_kind(description)}.")
+        raise _fail("description", f"must be a string, got {_a(description)}.")
 
     models = _validate_models(raw.get("models"), base_dir)
     engines = _validate_engines(raw.get("engines"), models)
@@ -620,7 +623,7 @@ def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sh
     if gates is None:
         gates = []
     if not isinstance(gates, list):
-        raise _fail("gates", f"must be a list of gate rules (mappings), got a {_kind(gates)}.")
+        raise _fail("gates", f"must be a list of gate rules (mappings), got {_a(gates)}.")
     for i, gate in enumerate(gates):
         _mapping(gate, f"gates[{i}]")
     if "quick" in raw and raw["quick"] is not None:
@@ -782,7 +785,7 @@ def _validate_engines(value: Any, models: dict[str, ModelSpec]) -> list[EngineSp
     if value is None:
         raise _fail("engines", "missing; list the engines to measure, e.g. engines: [{engine: ar, model: base}].")
     if not isinstance(value, list) or not value:
-        raise _fail("engines", f"must be a non-empty list of engines, got a {_kind(value)}.")
+        raise _fail("engines", f"must be a non-empty list of engines, got {_a(value)}.")
     known = known_engines()
     model_keys = list(models)
     specs: list[EngineSpec] = []

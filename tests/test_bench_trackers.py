@@ -1,0 +1,59 @@
+"""Memory trackers: a figure that cannot be measured is None, never 0; peaks are peaks of the window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orthrus.bench import trackers
+from orthrus.bench.environment import collect_environment
+from orthrus.bench.trackers import MemoryTracker, NvmlReader
+
+
+def test_cpu_device_gives_none_for_gpu_sources_and_a_real_rss():
+    tracker = MemoryTracker("cpu")
+    tracker.start()
+    sample = tracker.stop()
+    assert sample.nvml_device_used_mib is None and sample.nvml_process_used_mib is None
+    assert sample.torch_max_allocated_mib is None and sample.torch_max_reserved_mib is None
+    assert sample.rss_peak_mib is not None and sample.rss_peak_mib > 10
+
+
+def test_nvml_unavailable_reads_none_not_zero(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+
+    def no_library() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
+    reader = NvmlReader(torch.device("cuda"))  # as if a GPU were asked for on a machine without a driver
+    assert reader.available is False
+    assert reader.read() == (None, None)
+    assert NvmlReader(torch.device("cpu")).read() == (None, None)
+    assert trackers.nvml_driver_version() is None
+
+
+@pytest.mark.parametrize("kernel_peak", [True, False], ids=["VmHWM-reset", "sampled-VmRSS"])
+def test_rss_peak_sees_memory_freed_before_the_window_ends(monkeypatch, kernel_peak):
+    if not kernel_peak:
+        monkeypatch.setattr(trackers, "_reset_peak_rss", lambda: False)
+    tracker = MemoryTracker("cpu", sample_interval_ms=1.0)
+    tracker.start()
+    before = trackers._status_kib("VmRSS") / 1024
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    if not kernel_peak:
+        import time
+
+        time.sleep(0.05)  # let the sampler see it
+    del block
+    sample = tracker.stop()
+    assert sample.rss_peak_mib is not None and sample.rss_peak_mib >= before + 60
+
+
+def test_environment_names_facts_and_never_copies_the_process_environment(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "secret-value-123")
+    env = collect_environment(["cpu"], ["float32"], "abc", None)
+    assert "secret-value-123" not in repr(env)
+    assert env["packages"]["torch"] == torch.__version__
+    assert env["threads"]["torch_intra_op"] == torch.get_num_threads()
+    assert env["devices"][0]["type"] == "cpu" and env["suite_sha256"] == "abc"
