@@ -704,6 +704,9 @@ def fill_from_result(record: MeasurementRecord, data: dict[str, Any], weight_byt
             setattr(record, name, value)
         else:
             record.extra[name] = value
+    if not record.forward_passes:  # the engine does not count its passes: unknown, not zero
+        record.extra["forward_passes_counted"] = False
+        record.forward_passes = record.forward_passes_by_kind = record.tokens_per_forward = None
     by_kind = record.forward_passes_by_kind or {}
     if record.denoise_steps is None and by_kind.get("denoise"):
         record.denoise_steps = int(by_kind["denoise"])
