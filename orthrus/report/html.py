@@ -1,0 +1,508 @@
+"""Self-contained HTML pages from the results files: one run's report, the runs index, a comparison.
+
+Pages are rendered from Jinja2 templates in ``templates/`` with autoescaping on, so prompt and
+output text, labels and error messages show as text. Images are embedded as base64 data URIs; CSS
+and the small sort script are inline, and a Content-Security-Policy forbids any network access, so
+a page opens from disk anywhere. Each page's inline script marks ``<body>`` with
+``data-report-ready``, ``data-broken-images`` and ``data-js-errors`` once loaded (the browser test
+reads these).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import pandas as pd
+
+from orthrus.report.gates import GateReport, GateResult, fmt
+from orthrus.report.plots import PlotInfo, make_plots, near_tie_margin
+from orthrus.report.rundata import (
+    VOLATILE_COLUMNS,
+    RunData,
+    ar_counterpart,
+    cell_columns,
+    is_greedy,
+    is_lossless,
+    is_present,
+    load_run,
+    series_label,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+# record.extra keys shown as sample text; the prompt's text also comes from prompts.jsonl
+SAMPLE_TEXT_KEYS = (("prompt_text", "prompt"), ("output_text", "output"))
+SAMPLE_PROMPT_CHARS = 800  # the end of a long prompt is what the output continues
+SAMPLE_OUTPUT_CHARS = 1500
+TABLE_METRICS = (  # (column, header) of the main summary table, in order
+    ("n_ok", "ok"),
+    ("n_failed", "failed"),
+    ("tokens_per_forward_median", "TPF"),
+    ("acceptance_length_mean", "accepted/cycle"),
+    ("speedup_vs_ar", "speedup vs AR"),
+    ("decode_tokens_per_s_median", "decode tok/s"),
+    ("ttft_ms_median", "TTFT ms"),
+    ("itl_ms_p90", "ITL p90 ms"),
+    ("e2e_ms_median", "e2e ms"),
+    ("identity_exact_rate", "identical"),
+    ("match_fraction_mean", "match"),
+    ("ar_nll_mean", "AR NLL"),
+    ("kv_cache_bytes_peak_max", "KV peak MiB"),
+    ("rss_peak_mib_max", "RSS MiB"),
+    ("nvml_process_used_mib_max", "NVML proc MiB"),
+)
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    env.filters["sortkey"] = sort_key
+    return env
+
+
+def sort_key(value: Any) -> str:
+    """The data-sort attribute of a table cell: a number when it is one, else the text."""
+    if isinstance(value, bool) or not is_present(value):
+        return "" if not is_present(value) else str(value)
+    if isinstance(value, (int, float)):
+        return repr(float(value))
+    return str(value)
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@dataclass
+class Headline:
+    label: str
+    value: str
+    detail: str = ""
+    tone: str = ""  # "good" | "bad" | ""
+
+
+# ----------------------------------------------------------------------------- headline numbers
+def headlines(run: RunData) -> list[Headline]:
+    df = run.summary
+    out: list[Headline] = []
+    rows = df.to_dict("records")
+    non_ar = [r for r in rows if r.get("engine") != "ar"]
+
+    with_speedup = [r for r in non_ar if is_present(r.get("speedup_vs_ar"))]
+    if with_speedup:
+        best = max(with_speedup, key=lambda r: r["speedup_vs_ar"])
+        ci = ""
+        if is_present(best.get("speedup_vs_ar_ci_low")) and is_present(best.get("speedup_vs_ar_ci_high")):
+            ci = f"; 95% CI {best['speedup_vs_ar_ci_low']:.2f}-{best['speedup_vs_ar_ci_high']:.2f}x"
+        out.append(
+            Headline(
+                "Best speedup vs AR",
+                f"{best['speedup_vs_ar']:.2f}x",
+                f"{_where(best, df)}{ci}",
+                "good" if best["speedup_vs_ar"] > 1 else "bad",
+            )
+        )
+
+    with_tpf = [r for r in non_ar if is_present(r.get("tokens_per_forward_median"))]
+    orthrus = [r for r in with_tpf if r.get("engine") == "orthrus"] or with_tpf
+    if orthrus:
+        best = max(orthrus, key=lambda r: r["tokens_per_forward_median"])
+        low = min(r["tokens_per_forward_median"] for r in orthrus)
+        spread = (
+            f"; {low:.2f}-{best['tokens_per_forward_median']:.2f} across {len(orthrus)} cells"
+            if len(orthrus) > 1
+            else ""
+        )
+        out.append(
+            Headline("Tokens per forward", f"{best['tokens_per_forward_median']:.2f}", f"{_where(best, df)}{spread}")
+        )
+
+    lossless = [
+        r
+        for r in rows
+        if is_lossless(r) and is_greedy(r) and r.get("engine") != "ar" and is_present(r.get("identity_exact_rate"))
+    ]
+    if lossless:
+        worst = min(lossless, key=lambda r: r["identity_exact_rate"])
+        names = ", ".join(sorted({r["series"] for r in lossless}))
+        if worst["identity_exact_rate"] >= 1:
+            out.append(
+                Headline("Identity of lossless engines", "100% exact", f"{names}; {len(lossless)} greedy cells", "good")
+            )
+        else:
+            ties = _near_tie_note(run, worst)
+            out.append(
+                Headline(
+                    "Identity of lossless engines",
+                    f"{worst['identity_exact_rate']:.1%} lowest",
+                    f"{_where(worst, df)}{ties}",
+                    "bad",
+                )
+            )
+
+    overheads = []
+    for r in non_ar:
+        if r.get("engine") != "orthrus" or not is_present(r.get("kv_cache_bytes_peak_max")):
+            continue
+        ar = ar_counterpart(df, r)
+        if ar and is_present(ar.get("kv_cache_bytes_peak_max")) and ar["kv_cache_bytes_peak_max"] > 0:
+            overheads.append(
+                (r["kv_cache_bytes_peak_max"] - ar["kv_cache_bytes_peak_max"], ar["kv_cache_bytes_peak_max"], r)
+            )
+    if overheads:
+        extra, base, r = max(overheads, key=lambda o: o[0])
+        out.append(
+            Headline(
+                "KV memory overhead vs AR",
+                f"{_bytes(extra)}",
+                f"largest over {len(overheads)} cells, {extra / base:.1%} of AR's {_bytes(base)[1:]} at {_where(r, df)}",
+            )
+        )
+
+    failed = int(df["n_failed"].fillna(0).sum()) if "n_failed" in df.columns else len(run.failed_records())
+    if failed:
+        out.append(Headline("Failed measurements", str(failed), "see 'Failed cells' below", "bad"))
+    if run.gates:
+        status = run.gates.get("status", "?")
+        counts = run.gates.get("counts", {})
+        out.append(
+            Headline(
+                "Gates",
+                str(status).upper(),
+                f"{counts.get('pass', 0)} passed, {counts.get('fail', 0)} failed, {counts.get('error', 0)} errors",
+                "good" if status == "pass" else "bad",
+            )
+        )
+    return out
+
+
+def _where(row: dict[str, Any], df: pd.DataFrame) -> str:
+    parts = [str(row["series"])]
+    for column in _varying(df):
+        if column not in ("engine", "series") and is_present(row.get(column)):
+            parts.append(f"{column}={_plain(row[column])}")
+    return ", ".join(parts)
+
+
+def _varying(df: pd.DataFrame) -> list[str]:
+    params = [c for c in cell_columns(df) if c not in VOLATILE_COLUMNS and c not in ("engine_options", "lossless")]
+    return [c for c in params if df[c].astype(str).nunique() > 1]
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _bytes(value: float) -> str:
+    sign = "-" if value < 0 else "+"
+    value = abs(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
+        value /= 1024
+    return f"{sign}{value}"
+
+
+def _near_tie_note(run: RunData, row: dict[str, Any]) -> str:
+    margin = row.get("divergence_margin_median")
+    if not is_present(margin):
+        return ""
+    tie = margin < near_tie_margin(row.get("dtype"))
+    return f"; median divergence margin {margin:.3g} ({'near-tie' if tie else 'real divergence'})"
+
+
+# --------------------------------------------------------------------------------- page content
+def summary_table(df: pd.DataFrame) -> dict[str, Any]:
+    params = [c for c in _varying(df) if c not in ("engine", "series")]
+    metrics = [(c, h) for c, h in TABLE_METRICS if c in df.columns and df[c].notna().any()]
+    header = ["engine"] + params + [h for _, h in metrics]
+    body = []
+    for row in df.to_dict("records"):
+        cells = [row["series"]] + [_plain(row.get(p)) for p in params]
+        for column, _ in metrics:
+            value = row.get(column)
+            if column == "kv_cache_bytes_peak_max" and is_present(value):
+                value = value / 2**20
+            if column == "speedup_vs_ar" and is_present(value) and is_present(row.get("speedup_vs_ar_ci_low")):
+                cells.append(
+                    {
+                        "value": value,
+                        "text": f"{value:.3g} [{row['speedup_vs_ar_ci_low']:.3g}, "
+                        f"{row.get('speedup_vs_ar_ci_high', float('nan')):.3g}]",
+                    }
+                )
+                continue
+            cells.append(value)
+        body.append([c if isinstance(c, dict) else {"value": c, "text": fmt(c)} for c in cells])
+    return {"header": header, "rows": body}
+
+
+def full_table(df: pd.DataFrame) -> dict[str, Any]:
+    columns = [c for c in df.columns if c != "series"]
+    rows = []
+    for row in df.to_dict("records"):
+        rows.append([{"value": row.get(c), "text": _cell_text(row.get(c))} for c in columns])
+    return {"header": columns, "rows": rows}
+
+
+def _cell_text(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value if not isinstance(value, list) else [_round(v) for v in value])
+        return text if len(text) < 120 else text[:117] + "..."
+    return fmt(value)
+
+
+def _round(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def samples(run: RunData, limit: int = 12) -> list[dict[str, Any]]:
+    """One prompt/output pair per series (its smallest context first), when the records carry text."""
+    seen: set[str] = set()
+    out = []
+    records = [r for r in run.records if isinstance(r.get("extra"), dict) and isinstance(r.get("cell"), dict)]
+    records.sort(key=lambda r: (_num(r["cell"].get("context_length")), str(r.get("prompt_id")), r.get("repeat", 0)))
+    for record in records:
+        extra = record["extra"]
+        texts = {label: extra.get(key) for key, label in SAMPLE_TEXT_KEYS if isinstance(extra.get(key), str)}
+        if "prompt" not in texts and texts:
+            prompt_text = run.prompt_text(record["cell"].get("prompt_source"), record.get("prompt_id"))
+            if prompt_text is not None:
+                texts["prompt"] = prompt_text
+        series = series_label(record["cell"])
+        if not texts or series in seen:
+            continue
+        seen.add(series)
+        prompt = texts.get("prompt", "")
+        if len(prompt) > SAMPLE_PROMPT_CHARS:
+            prompt = "..." + prompt[-SAMPLE_PROMPT_CHARS:]
+        output = texts.get("output", "")
+        if len(output) > SAMPLE_OUTPUT_CHARS:
+            output = output[:SAMPLE_OUTPUT_CHARS] + "..."
+        out.append(
+            {
+                "series": series,
+                "prompt_id": record.get("prompt_id"),
+                "context_length": record["cell"].get("context_length"),
+                "prompt": prompt,
+                "output": output,
+                "identity_exact": record.get("identity_exact"),
+                "first_divergence": record.get("first_divergence"),
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def failed_cells(run: RunData) -> list[dict[str, Any]]:
+    """Failed measurements grouped by cell: parameters, how many failed, the distinct errors."""
+    groups: dict[str, dict[str, Any]] = {}
+    for record in run.failed_records():
+        cell = record.get("cell") if isinstance(record.get("cell"), dict) else {}
+        key = str(record.get("cell_id") or json.dumps(cell, sort_keys=True, default=str))
+        entry = groups.setdefault(
+            key, {"series": series_label(cell), "params": _cell_params(cell), "count": 0, "errors": []}
+        )
+        entry["count"] += 1
+        error = str(record.get("error") or "unknown error")
+        if error not in entry["errors"]:
+            entry["errors"].append(error)
+    if not groups and "n_failed" in run.summary.columns:  # no records: say at least which cells failed
+        for row in run.summary.to_dict("records"):
+            if is_present(row.get("n_failed")) and row["n_failed"] > 0:
+                groups[str(len(groups))] = {
+                    "series": row["series"],
+                    "params": _where(row, run.summary),
+                    "count": int(row["n_failed"]),
+                    "errors": ["(results.jsonl not available)"],
+                }
+    return list(groups.values())
+
+
+def _cell_params(cell: dict[str, Any]) -> str:
+    keep = ("context_length", "block_size", "temperature", "dtype", "device", "model", "max_new_tokens")
+    return ", ".join(f"{k}={cell[k]}" for k in keep if is_present(cell.get(k)))
+
+
+def environment_items(env: dict[str, Any]) -> list[tuple[str, str]]:
+    items = []
+    for key, value in env.items():
+        text = value if isinstance(value, str) else json.dumps(value, indent=1, default=str)
+        items.append((str(key), text))
+    return items
+
+
+def gate_rows(gates: dict[str, Any] | None, verbose: bool = False) -> list[Any]:
+    """gates.json's checks; unless ``verbose``, a rule's passing cells are folded into one row."""
+    if not gates:
+        return []
+    results = []
+    for r in gates.get("results", []):
+        try:
+            results.append(GateResult(**r))
+        except TypeError:
+            continue  # written by another version: skip what we cannot read
+    return GateReport("", results).rows(verbose)
+
+
+def _created(run: RunData) -> str:
+    sessions = run.info.get("sessions")
+    candidates = (
+        [sessions[0].get("started")]
+        if isinstance(sessions, list) and sessions and isinstance(sessions[0], dict)
+        else []
+    )
+    candidates += [run.environment.get(k) for k in ("timestamp", "started", "created", "start_time")]
+    for value in candidates:
+        if isinstance(value, (int, float)):
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        if isinstance(value, str) and value:
+            return value
+    for name in ("results.jsonl", "summary.json", "summary.csv"):
+        if (run.path / name).is_file():
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((run.path / name).stat().st_mtime))
+    return ""
+
+
+# ---------------------------------------------------------------------------------------- pages
+def render_run(run_dir: str | Path, update_index: bool = True) -> Path:
+    """Draw the plots and write ``<run_dir>/report.html``; returns its path.
+
+    With ``update_index``, also rewrites ``reports/index.html`` when the run lies in
+    ``reports/<suite>/<run-id>``."""
+    run = load_run(run_dir)
+    plots, warnings = make_plots(run)
+    page = (
+        environment()
+        .get_template("report.html.j2")
+        .render(
+            title=f"{run.suite_name} / {run.run_id}",
+            run_id=run.run_id,
+            suite_name=run.suite_name,
+            created=_created(run),
+            device=run.device,
+            n_cells=len(run.summary),
+            n_records=len(run.records),
+            headlines=headlines(run),
+            plots=[_plot_entry(p) for p in plots],
+            warnings=warnings,
+            table=summary_table(run.summary) if len(run.summary) else None,
+            full_table=full_table(run.summary) if len(run.summary) else None,
+            samples=samples(run),
+            failed=failed_cells(run),
+            gates=run.gates,
+            gate_rows=gate_rows(run.gates),
+            gate_rows_all=gate_rows(run.gates, verbose=True),
+            environment=environment_items(run.environment),
+            suite_text=run.suite_text,
+            generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    )
+    out = run.path / "report.html"
+    out.write_text(page, encoding="utf-8")
+    root = run.path.resolve().parents[1] if len(run.path.resolve().parents) > 1 else None
+    if update_index and root is not None and root.name == "reports":
+        render_index(root)
+    return out
+
+
+def _plot_entry(plot: PlotInfo) -> dict[str, str]:
+    return {
+        "name": plot.name,
+        "title": plot.title,
+        "caption": plot.caption,
+        "src": data_uri(plot.path),
+        "file": f"plots/{plot.path.name}",
+        "wide": plot.wide,
+    }
+
+
+def find_runs(root: Path) -> list[Path]:
+    markers = ("summary.json", "summary.csv", "results.jsonl")
+    return sorted({p.parent for m in markers for p in root.glob(f"*/*/{m}")})
+
+
+def render_index(root: str | Path = "reports") -> Path:
+    """Write ``<root>/index.html`` listing every run under ``<root>/<suite>/<run-id>/``."""
+    root = Path(root)
+    rows = []
+    for path in find_runs(root):
+        try:
+            run = load_run(path)
+        except Exception as err:  # one unreadable run must not hide the others
+            rows.append(
+                {
+                    "suite": path.parent.name,
+                    "run_id": path.name,
+                    "created": "",
+                    "device": "",
+                    "cells": "",
+                    "failed": "",
+                    "speedup": "",
+                    "gates": f"unreadable: {err}",
+                    "href": "",
+                    "sort": 0.0,
+                }
+            )
+            continue
+        df = run.summary
+        best = ""
+        if (
+            "speedup_vs_ar" in df.columns
+            and "engine" in df.columns
+            and df[df["engine"] != "ar"]["speedup_vs_ar"].notna().any()
+        ):
+            idx = df[df["engine"] != "ar"]["speedup_vs_ar"].idxmax()
+            best = f"{df.loc[idx, 'speedup_vs_ar']:.2f}x ({df.loc[idx, 'series']})"
+        report = path / "report.html"
+        rows.append(
+            {
+                "suite": run.suite_name,
+                "run_id": run.run_id,
+                "created": _created(run),
+                "device": run.device,
+                "cells": len(df),
+                "failed": int(df["n_failed"].fillna(0).sum())
+                if "n_failed" in df.columns
+                else len(run.failed_records()),
+                "speedup": best,
+                "gates": (run.gates or {}).get("status", ""),
+                "href": quote(os.path.relpath(report if report.is_file() else path, root)),
+                "sort": max((p.stat().st_mtime for p in path.iterdir() if p.is_file()), default=0.0),
+            }
+        )
+    rows.sort(key=lambda r: r["sort"], reverse=True)
+    compares = [{"name": p.stem, "href": quote(os.path.relpath(p, root))} for p in sorted(root.glob("compare/*.html"))]
+    page = (
+        environment()
+        .get_template("index.html.j2")
+        .render(
+            title="Orthrus benchmark runs", runs=rows, compares=compares, generated=time.strftime("%Y-%m-%d %H:%M:%S")
+        )
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "index.html"
+    out.write_text(page, encoding="utf-8")
+    return out
