@@ -63,6 +63,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--shard", metavar="I/N", help="run slice I (0-based) of N of the matrix; merge the slices with 'merge'"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table (for CI)")
+    # performance gates (orthrus.report.gates), checked after the run: exit 1 on a regression
+    parser.add_argument(
+        "--gate", action="append", default=[], metavar="FILE", help="gate rules file (default: the suite's gates:)"
+    )
+    parser.add_argument("--baseline", metavar="FILE", help="baseline for the gates (made by 'baseline save')")
+    parser.add_argument("--junit", metavar="FILE", help="also write the gate results as JUnit XML")
     return parser
 
 
@@ -110,6 +116,11 @@ def cmd_run(argv: list[str]) -> int:
             )
         suite = load_suite(args.suite, args.sets, args.quick, args.device, engines)
 
+    gated = bool(suite.gates or args.gate)
+    if gated:
+        from orthrus.report.commands import check_gate_inputs
+
+        check_gate_inputs(suite.gates, args.gate, args.baseline)
     if args.dry_run:
         planned = plan(suite, shard_spec, PromptFactory())
         print(describe_plan(suite, planned))
@@ -123,7 +134,13 @@ def cmd_run(argv: list[str]) -> int:
         quiet=args.quiet,
         argv=["run_bench.py", *argv],
     )
-    return Runner(suite, options).run()
+    runner = Runner(suite, options)
+    code = runner.run()
+    if gated and code in (0, 1) and runner.run_dir is not None:
+        from orthrus.report.commands import gate_after_run
+
+        code = gate_after_run(str(runner.run_dir), args.gate, args.baseline, args.junit, args.quiet, code)
+    return code
 
 
 def _stored_suite_path(run_dir: Path) -> Path | None:

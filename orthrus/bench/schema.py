@@ -626,6 +626,10 @@ def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sh
         raise _fail("gates", f"must be a list of gate rules (mappings), got {_a(gates)}.")
     for i, gate in enumerate(gates):
         _mapping(gate, f"gates[{i}]")
+    if gates:  # the rule grammar is orthrus.report's: a bad rule fails here, before anything runs
+        from orthrus.report.gates import parse_rules
+
+        parse_rules(gates, "gates")
     if "quick" in raw and raw["quick"] is not None:
         quick = _mapping(raw["quick"], "quick", "a mapping of key paths to values (e.g. measure.repetitions: 1)")
         for key in quick:
