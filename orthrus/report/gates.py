@@ -42,8 +42,9 @@ these aliases and derived figures:
                                       with the same context and settings (0 for AR itself)
     kv_bytes_per_token             =  the summary's ``kv_bytes_per_token`` column, else
                                       environment.json's ``kv_bytes_per_token`` (a number, or a
-                                      mapping model -> number), else estimated from the AR cell as
-                                      kv_cache_bytes_peak_max / (context_length + new_tokens - 1)
+                                      mapping model -> number), else the growth of the AR cells'
+                                      kv_cache_bytes_peak_max per context token (exact with two or
+                                      more AR contexts), else AR's kv / (context_length + new_tokens)
 
 Noise policy. Deterministic figures (identity, tokens per forward, accepted length, KV bytes) can be
 gated tightly against a baseline. Wall-clock figures (``*_ms_*``, ``decode_tokens_per_s_*``,
@@ -568,6 +569,7 @@ class _Cells:
         self.columns = set(run.summary.columns)
         # the parameters that tell cells apart, for the scope column of the results
         params = [c for c in cell_columns(run.summary) if c not in VOLATILE_COLUMNS and c != "engine_options"]
+        params = [c for c in params if not c.endswith("_path")]  # the model key names the checkpoint
         self.varying = [c for c in params if run.summary[c].astype(str).nunique() > 1 and c != "engine"]
 
     def knows(self, name: str) -> bool:
@@ -621,12 +623,26 @@ class _Cells:
         ar = row if row.get("engine") == "ar" else ar_counterpart(self.summary, row)
         if not ar:
             return None
+        # the AR cache grows by exactly kv_bytes_per_token per token: the slope between the AR cells
+        # of the smallest and largest context (same model and settings) is exact for a dynamic cache
+        points = sorted(
+            {
+                (self.value("context_length", r), self.value("kv_cache_bytes_peak_max", r))
+                for r in self.rows
+                if r.get("engine") == "ar"
+                and same_cell_except(r, ar, {"context_length", "cell_id"})
+                and self.value("context_length", r) is not None
+                and self.value("kv_cache_bytes_peak_max", r) is not None
+            }
+        )
+        if len(points) >= 2 and points[-1][0] > points[0][0]:
+            return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
         kv, context, new = (
             self.value(k, ar) for k in ("kv_cache_bytes_peak_max", "context_length", "new_tokens_median")
         )
-        if kv is None or context is None or new is None or context + new <= 1:
+        if kv is None or context is None or new is None or context + new <= 0:
             return None
-        return kv / (context + new - 1)
+        return kv / (context + new)  # one context only: an upper bound when the cache is preallocated
 
 
 _LABELS = ("label", "engine_label", "engine_name")

@@ -26,6 +26,7 @@ import pandas as pd
 from orthrus.report.gates import GateReport, GateResult, fmt
 from orthrus.report.plots import PlotInfo, make_plots, near_tie_margin
 from orthrus.report.rundata import (
+    LABEL_COLUMNS,
     VOLATILE_COLUMNS,
     RunData,
     ar_counterpart,
@@ -199,7 +200,8 @@ def _where(row: dict[str, Any], df: pd.DataFrame) -> str:
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
-    params = [c for c in cell_columns(df) if c not in VOLATILE_COLUMNS and c not in ("engine_options", "lossless")]
+    skip = {"engine_options", "lossless", *LABEL_COLUMNS, *VOLATILE_COLUMNS}
+    params = [c for c in cell_columns(df) if c not in skip and not c.endswith("_path")]  # the model key says it
     return [c for c in params if df[c].astype(str).nunique() > 1]
 
 
