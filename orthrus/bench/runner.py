@@ -296,6 +296,12 @@ class PlannedCell:
 def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactory) -> list[PlannedCell]:
     """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet)."""
     cells = expand(suite)
+    wanted = [b for b in suite.sweep.axes["batch_size"] if b > 1]
+    if wanted and not any(c.params["batch_size"] > 1 for c in cells):
+        print(
+            f"note: batch sizes {wanted} are skipped: none of these engines batches (each decodes one sequence).",
+            file=sys.stderr,
+        )
     if shard_spec is not None:
         cells = shard(cells, *shard_spec)
     planned = []
@@ -448,7 +454,9 @@ class Runner:
             "run_id": self.run_id,
             "suite_name": self.suite.name,
             "suite_sha256": self.suite.sha256,
-            "suite_path": str(self.suite.source_path) if self.suite.source_path else previous.get("suite_path"),
+            "suite_path": str(self.suite.source_path.resolve())
+            if self.suite.source_path
+            else previous.get("suite_path"),
             "shard": list(self.options.shard) if self.options.shard else None,
             "status": status,
             "sessions": sessions,

@@ -747,7 +747,8 @@ def _resolve_model(text: str, path: str, base_dir: Path | None) -> tuple[Path | 
     elif text in ZOO_NAMES:
         directory = zoo_path(text)
         if directory is None:
-            return None, f"zoo model {text!r} is not built yet; build it with `python -m orthrus train all`", None
+            step = text.removeprefix("tiny-")
+            return None, f"zoo model {text!r} is not built yet; build it with `python -m orthrus train {step}`", None
     else:
         raise _fail(
             path,
