@@ -7,8 +7,11 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 
+from orthrus.bench.cli import main as bench_main
 from orthrus.errors import UserInputError
+from orthrus.models.zoo_index import zoo_path
 from orthrus.report.commands import cmd_baseline, cmd_gate
 from orthrus.report.gates import evaluate_gates, load_baseline, parse_rule
 from tests.report_synthetic import KV_BYTES_PER_TOKEN, make_run
@@ -212,3 +215,57 @@ def test_junit_xml_is_valid_and_counts_failures(good_run, tmp_path):
     assert int(suite.get("failures")) == len(failures) >= 1 and code == 1
     assert all(c.get("name") and c.get("classname") for c in cases)
     assert all("measured" in c.find("failure").get("message") for c in failures)
+
+
+# ---------------------------------------------------------------------------- a real tiny run
+@pytest.mark.skipif(zoo_path("tiny-draft") is None, reason="needs the zoo model tiny-draft")
+def test_real_run_gates_pass_then_catch_a_lossy_engine(tmp_path, capsys):
+    """The harness checks the suite's gates after a run; a deliberately lossy orthrus (it accepts
+    every draft) fails the identity gate and the run exits 1; an old run re-gates without re-running."""
+    raw = {
+        "name": "gatetest",
+        "models": {"base": {"path": "tiny-draft"}},
+        "engines": [
+            {"engine": "ar", "model": "base"},
+            {"engine": "orthrus", "model": "base", "options": {"block_size": 4}},
+        ],
+        "sweep": {"context_lengths": [48], "max_new_tokens": 16},
+        "prompts": {"source": "synthetic", "count": 2},
+        "measure": {"repetitions": 1, "warmup": 0, "threads": 1},
+        "gates": [
+            {"rule": "n_failed == 0"},
+            {"rule": "identity.exact_rate == 1.0", "where": {"engine": ["ar", "orthrus"]}},
+            {"rule": "peak_kv_overhead_bytes <= block_size * kv_bytes_per_token", "where": {"engine": "orthrus"}},
+        ],
+    }
+    suite = tmp_path / "gatetest.yaml"
+    suite.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "reports"
+    assert bench_main([str(suite), "--out", str(out), "--run-id", "good", "--quiet"]) == 0
+    good = out / "gatetest" / "good"
+    assert json.loads((good / "gates.json").read_text())["status"] == "pass"
+    assert 'id="gates"' in (good / "report.html").read_text()
+
+    baseline = tmp_path / "baseline.json"
+    assert cmd_baseline(["save", str(good), str(baseline)]) == 0
+    tpf = write_gates(tmp_path, "- rule: tokens_per_forward >= baseline * 0.97\n  where: {engine: orthrus}\n")
+    assert cmd_gate([str(good), "--gate", tpf, "--baseline", str(baseline), "--no-report"]) == 0
+
+    capsys.readouterr()
+    lossy = ["--set", "engines[1].options.accept_rule=accept_all"]
+    assert bench_main([str(suite), "--out", str(out), "--run-id", "lossy", "--quiet", *lossy]) == 1
+    assert "FAIL    identity.exact_rate == 1.0" in capsys.readouterr().out
+    failed = [
+        r
+        for r in json.loads((out / "gatetest" / "lossy" / "gates.json").read_text())["results"]
+        if r["status"] == "fail"
+    ]
+    assert failed and all(r["rule"] == "identity.exact_rate == 1.0" and "orthrus" in r["scope"] for r in failed)
+    # the same lossy run against the baseline: its cells match the baseline's by label and settings
+    assert cmd_gate([str(out / "gatetest" / "lossy"), "--gate", tpf, "--baseline", str(baseline), "--no-report"]) == 0
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**raw, "gates": [{"rule": "tokens_per_forward >= baseline * 0.97"}]}))
+    assert bench_main([str(bad), "--out", str(out), "--run-id", "never", "--quiet"]) == 2  # no baseline given
+    assert not (out / "gatetest" / "never").exists()
+    assert "pass --baseline FILE" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orthrus.report.gates import fmt
-from orthrus.report.rundata import RunData, is_present, load_run, same_cell_except
+from orthrus.report.rundata import RunData, is_present, load_run, same_cell
 
 DETERMINISTIC_TOLERANCE = 0.005
 WALL_CLOCK_TOLERANCE = 0.10
@@ -161,11 +161,7 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData) -> Co
     used: set[int] = set()
     for a_row in a.summary.to_dict("records"):
         match = next(
-            (
-                i
-                for i, r in enumerate(b_rows)
-                if i not in used and r["series"] == a_row["series"] and same_cell_except(a_row, r, set())
-            ),
+            (i for i, r in enumerate(b_rows) if i not in used and same_cell(a_row, r)),
             None,
         )
         cell = _describe(a_row, params)

@@ -82,6 +82,7 @@ from orthrus.report.rundata import (
     is_lossless,
     is_present,
     load_run,
+    same_cell,
     same_cell_except,
 )
 
@@ -666,10 +667,7 @@ def _scope_equal(value: Any, wanted: Any) -> bool:
 
 
 def _match_baseline(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any] | None:
-    for candidate in rows:
-        if candidate.get("series", row["series"]) == row["series"] and same_cell_except(candidate, row, set()):
-            return candidate
-    return None
+    return next((candidate for candidate in rows if same_cell(candidate, row)), None)
 
 
 def evaluate_rules(run: RunData, rules: Sequence[GateRule], baseline: dict[str, Any] | None = None) -> GateReport:

@@ -284,6 +284,17 @@ def ar_counterpart(summary: pd.DataFrame, row: dict[str, Any], engine: str = "ar
     return (same_model or candidates or [None])[0]
 
 
+# what may change between two runs of "the same cell" that are compared (baseline gates, compare):
+# the engine label names the engine; its options, checkpoint paths and self-declared losslessness
+# are what a regression changes, so they must not make the cells different
+MATCH_IGNORE = frozenset({"engine_options", "model_path", "draft_model_path", "lossless"})
+
+
+def same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``a`` and ``b`` (summary rows, possibly of two runs) measure the same engine label and settings."""
+    return a.get("series") == b.get("series") and same_cell_except(a, b, set(MATCH_IGNORE))
+
+
 def values_equal(a: Any, b: Any) -> bool:
     if a == b or (not is_present(a) and not is_present(b)):
         return True
