@@ -1,0 +1,157 @@
+"""`python -m orthrus train ...`: build the tokenizer and the tiny models that ship in the zoo.
+
+Each target is one `add_parser` call plus one function, so other targets (the Orthrus diffusion
+head, the diffusion-LM baseline, `all`) can be added next to these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from orthrus.train.base import DEFAULT_TOKENIZER_DIR, ZOO_DIR
+
+
+def _run_tokenizer(args: argparse.Namespace) -> None:
+    from orthrus.train.tokenizer import train_tokenizer
+
+    out = train_tokenizer(args.out or DEFAULT_TOKENIZER_DIR, seed=args.seed)
+    if not args.quiet:
+        print(f"tokenizer saved to {out}")
+
+
+def _lm_runner(preset: str, default_threads: int) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        from orthrus.train.base import config_for, train
+
+        steps, max_minutes = args.steps, args.max_minutes
+        if steps is None and max_minutes is None:
+            steps = 2000
+        config = config_for(
+            preset,
+            Path(args.out or ZOO_DIR / preset),
+            tokenizer_dir=Path(args.tokenizer),
+            steps=steps,
+            max_minutes=max_minutes,
+            seed=args.seed,
+            num_threads=args.threads or default_threads,
+            resume=args.resume,
+            quiet=args.quiet,
+        )
+        train(config)
+        if not args.quiet:
+            print(f"{preset} saved to {config.out_dir}")
+
+    return run
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: the package zoo)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def _lm_args(parser: argparse.ArgumentParser) -> None:
+    _common_args(parser)
+    parser.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training step budget (default 2000 if no time budget)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint/")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR), help="tokenizer directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orthrus train", description=__doc__.splitlines()[0])
+    targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
+
+    tokenizer = targets.add_parser("tokenizer", help="byte-level BPE on the stdlib corpus")
+    _common_args(tokenizer)
+    tokenizer.set_defaults(run=_run_tokenizer)
+
+    base = targets.add_parser("base", help="the tiny-base causal LM")
+    _lm_args(base)
+    base.set_defaults(run=_lm_runner("tiny-base", default_threads=2))
+
+    draft = targets.add_parser("draft", help="the tiny-draft causal LM (speculative-decoding baseline)")
+    _lm_args(draft)
+    draft.set_defaults(run=_lm_runner("tiny-draft", default_threads=2))
+
+    view = targets.add_parser("orthrus", help="the tiny-orthrus diffusion view (self-distillation from a Qwen3 base)")
+    _lm_args(view)
+    view.add_argument("--base", default="tiny-base", help="Qwen3 checkpoint directory or zoo name")
+    view.add_argument("--block-size", type=int, default=16)
+    view.add_argument("--data-sequences", type=int, default=None, help="self-distillation sequences")
+    view.add_argument("--device", default="cpu")
+    view.set_defaults(run=_run_orthrus)
+
+    dlm = targets.add_parser("dlm", help="the tiny-dlm masked-diffusion LM (adapted from a Qwen3 base)")
+    _lm_args(dlm)
+    dlm.add_argument("--base", default="tiny-base", help="Qwen3 checkpoint directory or zoo name")
+    dlm.set_defaults(run=_run_dlm)
+    return parser
+
+
+def _run_dlm(args: argparse.Namespace) -> None:
+    from orthrus.train.dlm import DLMConfig, train
+
+    config = DLMConfig(
+        out_dir=Path(args.out or ZOO_DIR / "tiny-dlm"),
+        base=args.base,
+        steps=args.steps,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        num_threads=args.threads or 2,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
+    if config.steps is None and config.max_minutes is None:
+        config.steps = 2000
+    train(config)
+    if not args.quiet:
+        print(f"tiny-dlm saved to {config.out_dir}")
+
+
+def _run_orthrus(args: argparse.Namespace) -> None:
+    from orthrus.models import check_device
+    from orthrus.train.distill import DistillConfig, train
+
+    check_device(args.device)
+    if args.block_size < 2:
+        raise ValueError(f"--block-size must be >= 2 to draft anything, got {args.block_size}.")
+    config = DistillConfig(
+        out_dir=Path(args.out or ZOO_DIR / "tiny-orthrus"),
+        base=args.base,
+        block_size=args.block_size,
+        steps=args.steps,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        device=args.device,
+        num_threads=args.threads or 2,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
+    if args.data_sequences:
+        config.data_sequences = args.data_sequences
+    train(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
