@@ -585,7 +585,7 @@ class _Cells:
 
     def selects(self, rule: GateRule, row: dict[str, Any]) -> bool:
         for key, allowed in rule.where.items():
-            value = is_lossless(row) if key == "lossless" and "lossless" not in row else row.get(key)
+            value = is_lossless(row) if key == "lossless" else row.get(key)
             if not any(_scope_equal(value, a) for a in allowed):
                 return False
         return True

@@ -197,12 +197,7 @@ def series_label(row: dict[str, Any]) -> str:
         if is_present(value) and str(value):
             return str(value)
     engine = str(row.get("engine", "?"))
-    options = row.get("engine_options")
-    if isinstance(options, str):
-        try:
-            options = json.loads(options)
-        except ValueError:
-            return f"{engine} ({options})" if options and options != "{}" else engine
+    options = engine_options(row)
     if isinstance(options, dict):
         shown = {k: v for k, v in options.items() if k != "block_size"}
         if shown:
@@ -210,17 +205,27 @@ def series_label(row: dict[str, Any]) -> str:
     return engine
 
 
+def engine_options(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The cell's engine options: a mapping in summary.json, its JSON or Python repr in summary.csv."""
+    options = row.get("engine_options")
+    if isinstance(options, str):
+        import ast
+
+        for parse in (json.loads, ast.literal_eval):  # literal_eval evaluates literals only
+            try:
+                options = parse(options)
+                break
+            except (ValueError, SyntaxError):
+                continue
+    return options if isinstance(options, dict) else None
+
+
 def is_lossless(row: dict[str, Any]) -> bool:
     if "lossless" in row and is_present(row["lossless"]):
         return bool(row["lossless"]) and str(row["lossless"]).lower() not in ("false", "0")
     if str(row.get("engine")) not in LOSSLESS_ENGINES:
         return False
-    options = row.get("engine_options")
-    if isinstance(options, str):
-        try:
-            options = json.loads(options)
-        except ValueError:
-            options = {}
+    options = engine_options(row)
     rule = row.get("accept_rule") if is_present(row.get("accept_rule")) else None
     if isinstance(options, dict):
         rule = options.get("accept_rule", rule)
