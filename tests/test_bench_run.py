@@ -278,3 +278,20 @@ def test_jsonl_prompts_in_spec_bench_format_with_categories(tmp_path, capsys):
     assert {r["cell"]["context_length"] for r in records} == {None}
     by_category = json.loads((run_dir / "summary_by_category.json").read_text())
     assert sorted(row["category"] for row in by_category) == ["math", "writing"]
+
+
+def test_report_hook_failure_keeps_the_results(tmp_path, capsys, monkeypatch):
+    import orthrus.report
+
+    def broken(run_dir):
+        raise RuntimeError("no plots today")
+
+    monkeypatch.setattr(orthrus.report, "render_run", broken, raising=False)
+    raw = suite(engines=[{"engine": "ar", "model": "base"}], sweep={"context_lengths": [32], "max_new_tokens": 4})
+    raw["measure"] = {"repetitions": 1, "warmup": 0, "threads": 1}
+    out = tmp_path / "reports"
+    assert main([str(write_suite(tmp_path, raw)), "--out", str(out), "--run-id", "h"]) == 0
+    captured = capsys.readouterr()
+    assert "the report could not be rendered (RuntimeError: no plots today)" in captured.err
+    assert "results: " in captured.out and "report: " not in captured.out
+    assert (run_dir_of(out, "h") / "summary.csv").is_file()

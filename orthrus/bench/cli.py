@@ -210,9 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _quiet_libraries()
-        commands = _subcommands()
-        if argv and argv[0] in commands:
-            return int(commands[argv[0]](argv[1:]) or 0)
+        if argv and argv[0] in SUBCOMMANDS:
+            return int(SUBCOMMANDS[argv[0]](argv[1:]) or 0)
+        if argv and not argv[0].startswith("-") and not Path(argv[0]).exists():
+            commands = _subcommands()  # imports orthrus.report only when a name may be its subcommand
+            if argv[0] in commands:
+                return int(commands[argv[0]](argv[1:]) or 0)
         return cmd_run(argv)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
