@@ -32,7 +32,7 @@ class AREngine(Engine):
         cache = model.new_cache(len(prompt) + max_new_tokens if self.cache_kind == "static" else None)
         sync(device)
         result.start_time = time.perf_counter()
-        logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0)
+        logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0, last_only=True)
         result.forward_passes["prefill"] += 1
         past = len(prompt)
         peak = cache_storage_bytes(cache)

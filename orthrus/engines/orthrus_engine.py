@@ -65,7 +65,7 @@ class OrthrusEngine(Engine):
         block_kv_bytes = model.kv_bytes_per_token() * self.block_size
         sync(device)
         result.start_time = time.perf_counter()
-        logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0)
+        logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0, last_only=True)
         result.forward_passes["prefill"] += 1
         anchor = pick_token(logits[0, -1], settings, generator)
         result.tokens.append(int(anchor))

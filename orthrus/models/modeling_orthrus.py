@@ -280,10 +280,13 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         positions = torch.arange(start, start + length, device=hidden.device).unsqueeze(0)
         return self.model.rotary_emb(hidden, positions)
 
-    def forward_ar(self, input_ids: torch.Tensor, cache: Cache | None, past_len: int) -> torch.Tensor:
+    def forward_ar(
+        self, input_ids: torch.Tensor, cache: Cache | None, past_len: int, last_only: bool = False
+    ) -> torch.Tensor:
         """AR view over ``input_ids`` [B, T] at positions past_len.., appending K/V to ``cache``.
 
-        Returns logits [B, T, V]; row j predicts the token after input j.
+        Returns logits [B, T, V]; row j predicts the token after input j. ``last_only`` computes
+        the LM head for the last row alone ([B, 1, V]), as a prefill needs.
         """
         hidden = self.model.embed_tokens(input_ids)
         steps = input_ids.shape[1]
@@ -302,6 +305,8 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
                 cache.update(k, v, attn.layer_idx)
                 k, v = _layer_keys(cache, attn.layer_idx, past_len + steps)
             hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, causal, ""))
+        if last_only:
+            hidden = hidden[:, -1:]
         return self.lm_head(self.model.norm(hidden))
 
     def forward_diffusion(self, block_ids: torch.Tensor, cache: Cache | None, past_len: int) -> torch.Tensor:
@@ -388,13 +393,23 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
 
 
 def _first_unused_row(path: Path, vocab_rows: int) -> int | None:
-    """len(tokenizer) when the embedding table has padding rows beyond it (as Qwen3 has), else None."""
+    """The mask token for a base checkpoint from its tokenizer files: the tokenizer's own mask
+    token when it names one, else len(tokenizer) when the embedding table has padding rows beyond
+    it (as Qwen3's has, and as the released checkpoints use), else None."""
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         return None
     from tokenizers import Tokenizer
 
-    size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    config_file = path / "tokenizer_config.json"
+    if config_file.is_file():
+        mask = json.loads(config_file.read_text()).get("mask_token")
+        mask = mask.get("content") if isinstance(mask, dict) else mask
+        mask_id = tokenizer.token_to_id(mask) if mask else None
+        if mask_id is not None and mask_id < vocab_rows:
+            return mask_id
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
     return size if size < vocab_rows else None
 
 
