@@ -136,13 +136,13 @@ class DLMEngine(Engine):
 
     def _forward_block(self, x: torch.Tensor, start: int, end: int, first_step: bool, kv: Any) -> torch.Tensor:
         """Logits [end - start, V] of the block positions, by cache mode."""
-        model = self.model
+        model, block = self.model, slice(start, end)
         if self.cache == "none":
-            return model(x)[0, start:end]
+            return model(x, rows=block)[0]
         if first_step:  # full pass, refreshing every position's K/V
-            return model(x, 0, kv)[0, start:end]
+            return model(x, 0, kv, rows=block)[0]
         if self.cache == "prefix":  # block + masked suffix, cached prefix
-            return model(x[:, start:], start, kv)[0, : end - start]
+            return model(x[:, start:], start, kv, rows=slice(0, end - start))[0]
         return model(x[:, start:end], start, kv)[0]  # dual: block only, cached prefix and suffix
 
     # ------------------------------------------------------------------ decoding loop
@@ -155,7 +155,6 @@ class DLMEngine(Engine):
         block_steps = self._block_steps(num_blocks, gen_length)
         x = torch.full((1, prompt_len + gen_length), self.mask_token_id, dtype=torch.long, device=device)
         x[0, :prompt_len] = torch.tensor(prompt, device=device)
-        kv = model.new_kv(x.shape[1]) if self.cache != "none" else None
         kv_peak = 0
         tokens_per_step: list[int] = []
         decoded = 0  # generation positions decoded contiguously from the start (already streamed)
@@ -163,6 +162,7 @@ class DLMEngine(Engine):
 
         sync(device)
         result.start_time = time.perf_counter()
+        kv = model.new_kv(x.shape[1]) if self.cache != "none" else None
         for block in range(num_blocks):
             start = prompt_len + block * self.block_length
             end = min(start + self.block_length, x.shape[1])

@@ -133,18 +133,23 @@ class Qwen3DiffusionLM(PreTrainedModel):
         value = getattr(self.config, "mask_token_id", None)
         return None if value is None else int(value)
 
-    def forward(self, input_ids: torch.Tensor, start: int = 0, kv: KVBuffers | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, start: int = 0, kv: KVBuffers | None = None, rows: slice | None = None
+    ) -> torch.Tensor:
         """Logits [B, T, V] for ``input_ids`` [B, T] at positions ``start .. start+T-1``.
 
         Without ``kv`` the tokens attend to each other only (the whole sequence must be given).
         With ``kv`` (from ``new_kv``) their K/V are written into the buffers at ``start..`` and
         attention runs over the whole buffer: the other slots hold K/V from earlier passes.
+        ``rows`` limits the LM head to those rows of the input (the logits of the others are unused).
         """
         hidden = self.model.embed_tokens(input_ids)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         cos, sin = self.model.rotary_emb(hidden, positions)
         for i, layer in enumerate(self.model.layers):
             hidden = layer(hidden, cos, sin, None if kv is None else kv[i], start)
+        if rows is not None:
+            hidden = hidden[:, rows]
         return self.lm_head(self.model.norm(hidden))
 
     def new_kv(self, length: int, batch: int = 1) -> KVBuffers:
@@ -229,13 +234,15 @@ class RemoteDiffusionLM(nn.Module):
     def mask_token_id(self) -> int | None:
         return self._mask_token_id
 
-    def forward(self, input_ids: torch.Tensor, start: int = 0, kv: KVBuffers | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, start: int = 0, kv: KVBuffers | None = None, rows: slice | None = None
+    ) -> torch.Tensor:
         if kv is not None or start != 0:
             raise UserInputError(f"{type(self.inner).__name__} cannot take a K/V cache; use cache 'none'.")
         logits = self.inner(input_ids).logits
         if self.shifted:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        return logits if rows is None else logits[:, rows]
 
 
 def load_diffusion_lm(
