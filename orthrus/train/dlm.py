@@ -288,7 +288,7 @@ def train(
     start_time = time.perf_counter() - state.elapsed_s
     last_checkpoint = time.perf_counter()
     progress = budget_fraction(config, state.step, state.elapsed_s)
-    seq_len = config.short_seq_len
+    seq_len = config.long_seq_len if progress >= 1.0 - config.long_frac else config.short_seq_len
     while progress < 1.0:
         long_phase = progress >= 1.0 - config.long_frac
         seq_len = config.long_seq_len if long_phase else config.short_seq_len
