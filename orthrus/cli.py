@@ -115,6 +115,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json_out:
         with open(args.json_out, "w") as handle:
             json.dump(report, handle, indent=2)
+    if args.write_card:
+        from orthrus.models import resolve_model_path
+        from orthrus.train.base import invocation
+        from orthrus.train.distill import EVALUATION_HEADING
+
+        card = resolve_model_path(args.model) / "README.md"
+        head = card.read_text().split(EVALUATION_HEADING)[0] if card.is_file() else f"# {args.model}\n\n"
+        section = f"{EVALUATION_HEADING}\nCommand: `{invocation()}`\n\n{format_report(report)}\n"
+        card.write_text(head + section)
+        (card.parent / "eval.json").write_text(json.dumps(report, indent=2))
     return 0
 
 
@@ -167,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--threads", type=int, default=0)
     ev.add_argument("--json-out", help="also write the report as JSON to this file")
+    ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 

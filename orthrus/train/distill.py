@@ -225,6 +225,7 @@ def train(config: DistillConfig) -> Path:
     }
     save_zoo_model(model, tokenizer, out_dir)
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "README.md").write_text(model_card(config, summary))
     _log(config, f"tiny-orthrus saved to {out_dir} ({step} steps, {elapsed / 60:.1f} min, kl {summary['final_kl']})")
     return out_dir
 
@@ -252,3 +253,44 @@ def save_zoo_model(model: OrthrusForCausalLM, tokenizer, out_dir: Path) -> None:
     half.config.architectures = ["OrthrusForCausalLM"]
     half.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+EVALUATION_HEADING = "## Evaluation"
+
+
+def model_card(config: DistillConfig, summary: dict) -> str:
+    """The card's training section; ``python -m orthrus evaluate --write-card`` adds the evaluation."""
+    blocks = ", ".join(str(b) for b in sorted(set(config.train_block_sizes)))
+    return f"""# {Path(config.out_dir).name}
+
+`{config.base}` plus an Orthrus diffusion view trained by self-distillation, shipped inside the
+`orthrus` package so that every suite runs offline. The AR view is `{config.base}` unchanged
+(bit-identical weights, checked at the end of training), so greedy decoding with the `orthrus`
+engine produces exactly `{config.base}`'s greedy text. It is a test fixture for decoding
+algorithms, not a useful language model.
+
+## Format
+The released Orthrus-Qwen3 layout: Qwen3 weights plus `self_attn.{{q,k,v,o}}_proj_diff` and
+`self_attn.{{q,k}}_norm_diff` per layer; `config.json` has `model_type` "orthrus", `block_size`
+{config.block_size} and `mask_token_id` (the tokenizer's `<|mask|>`). {summary["total_parameters"]:,}
+parameters, of which {summary["diffusion_parameters"]:,} belong to the diffusion view. Weights
+are stored as float16 and meant to be loaded and run in fp32.
+
+## Training
+Command: `{config.command}`
+
+- data: {summary["self_distillation_sequences"]} corpus prompts of {config.prompt_len} tokens from the train
+  split, each continued greedily by `{config.base}` itself for {config.continuation_len} tokens
+  ({summary["self_distillation_generated_tokens"]:,} generated tokens)
+- {config.anchors_per_seq} anchors per sequence (anywhere after the first {config.prompt_len // 2} tokens),
+  block sizes {blocks} (one per step, cycling through {list(config.train_block_sizes)})
+- loss: forward KL(p_AR || p_diff) at every masked position; only `*_diff` parameters train
+- AdamW (betas (0.9, 0.95), no weight decay), peak lr {config.lr:g}, {config.warmup_frac:.0%} warmup,
+  cosine to {config.min_lr_ratio:.0%}, clip {config.grad_clip}, batch {config.batch_size}, fp32,
+  {config.num_threads} CPU thread(s), seed {config.seed}
+- steps: {summary["steps"]:,}; training wall time {summary["wall_time_min"]} min (after generating the data)
+- final KL (mean of the last 50 steps): {summary["final_kl"]}
+
+{EVALUATION_HEADING}
+Not measured yet: run `python -m orthrus evaluate --model {Path(config.out_dir).name} --write-card`.
+"""
