@@ -78,3 +78,18 @@ def test_distill_trainer_runs_end_to_end_and_keeps_the_ar_view(tmp_path):
     ids = torch.tensor([[5, 60, 700, 12]])
     with torch.no_grad():  # fp16 storage rounds the weights; the AR view is otherwise the base
         assert torch.allclose(model(ids), reference.half().float()(ids), atol=1e-4)
+
+
+def test_position_decay_weights_early_draft_positions(orthrus_model):
+    model = OrthrusForCausalLM._from_state(
+        orthrus_model.config, {k: v.clone() for k, v in orthrus_model.state_dict().items()}, None
+    )
+    perturb_diffusion_view(model)
+    text = torch.randint(3, 256, (2, 40), generator=torch.Generator().manual_seed(4))
+    anchors = torch.tensor([[3, 20], [9, 30]])
+    with torch.no_grad():
+        student, teacher = model.forward_distill(text, anchors, 4)
+        t, s = torch.log_softmax(teacher, -1), torch.log_softmax(student, -1)
+        per_position = (t.exp() * (t - s)).sum(-1).mean(dim=(0, 1))  # [3]
+        assert torch.allclose(distill_loss(model, text, anchors, 4, 1.0), per_position.mean(), atol=1e-5)
+        assert torch.allclose(distill_loss(model, text, anchors, 4, 1e-6), per_position[0], atol=1e-4)

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--block-size", type=int, default=16)
     view.add_argument("--data-sequences", type=int, default=None, help="self-distillation sequences")
     view.add_argument("--device", default="cpu")
+    view.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    view.add_argument("--position-decay", type=float, default=1.0, help="loss weight decay per draft position")
+    view.add_argument(
+        "--init-from", default=None, help="start the view from this Orthrus checkpoint (continue training)"
+    )
     view.set_defaults(run=_run_orthrus)
 
     dlm = targets.add_parser("dlm", help="the tiny-dlm masked-diffusion LM (adapted from a Qwen3 base)")
@@ -166,7 +171,12 @@ def _run_orthrus(args: argparse.Namespace) -> None:
         num_threads=args.threads or 2,
         resume=args.resume,
         quiet=args.quiet,
+        lr=args.lr,
+        position_decay=args.position_decay,
+        init_from=args.init_from,
     )
+    if args.init_from:  # a short continuation: warm up quickly
+        config.warmup_frac = 0.02
     if args.data_sequences:
         config.data_sequences = args.data_sequences
     train(config)

@@ -44,6 +44,10 @@ class DistillConfig:
     max_minutes: float | None = None
     batch_size: int = 4
     anchors_per_seq: int = 48
+    # loss weight of draft position j is position_decay ** (j - 1): acceptance is a prefix chain, so
+    # early positions matter most (1.0 = all positions equal)
+    position_decay: float = 1.0
+    init_from: str | None = None  # start the view from this Orthrus checkpoint's *_diff weights
     lr: float = 1e-3
     warmup_frac: float = 0.05
     min_lr_ratio: float = 0.1
@@ -101,13 +105,17 @@ def learning_rate(config: DistillConfig, progress: float) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def distill_loss(model: OrthrusForCausalLM, batch: torch.Tensor, anchors: torch.Tensor, block: int) -> torch.Tensor:
-    """Mean forward KL(p_AR || p_diff) over all masked positions of all blocks."""
+def distill_loss(
+    model: OrthrusForCausalLM, batch: torch.Tensor, anchors: torch.Tensor, block: int, position_decay: float = 1.0
+) -> torch.Tensor:
+    """Forward KL(p_AR || p_diff) at every masked position, averaged with weight
+    position_decay ** (j - 1) for draft position j (a plain mean when position_decay is 1)."""
     student, teacher = model.forward_distill(batch, anchors, block)
     teacher_logp = F.log_softmax(teacher.float(), dim=-1)
     student_logp = F.log_softmax(student.float(), dim=-1)
-    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
-    return kl.mean()
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)  # [B, N, K-1]
+    weights = position_decay ** torch.arange(block - 1, device=kl.device, dtype=kl.dtype)
+    return (kl.mean(dim=(0, 1)) * weights).sum() / weights.sum()
 
 
 def sample_anchors(
@@ -141,6 +149,9 @@ def train(config: DistillConfig) -> Path:
     model = OrthrusForCausalLM.from_base(
         base_dir, block_size=config.block_size, mask_token_id=mask_id, dtype=torch.float32
     ).to(config.device)
+    if config.init_from:
+        start_view = OrthrusForCausalLM.from_pretrained(resolve_model_path(config.init_from), dtype=torch.float32)
+        model.load_state_dict({k: v for k, v in start_view.state_dict().items() if "_diff" in k}, strict=False)
     base_state = {k: v.clone() for k, v in model.state_dict().items() if "_diff" not in k}
 
     data_file = ckpt_dir / "distill_data.pt"
@@ -181,7 +192,7 @@ def train(config: DistillConfig) -> Path:
         anchors = sample_anchors(
             config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.prompt_len // 2, generator
         ).to(config.device)
-        loss = distill_loss(model, batch, anchors, block)
+        loss = distill_loss(model, batch, anchors, block, config.position_decay)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
