@@ -145,6 +145,6 @@ def run_hf_generate(
     result.tokens = out.sequences[0, len(prompt) :].tolist()
     if eos_token_id is not None and eos_token_id in result.tokens:
         result.stop_reason = "eos"
-    cache = getattr(out, "past_key_values", None)
+    cache = getattr(out, "cache", None)  # transformers 5.x name (was past_key_values)
     result.kv_cache_bytes_peak = cache_storage_bytes(cache) if cache is not None else None
     return result
