@@ -369,6 +369,7 @@ def save_baseline(run_dir: str | Path, file: str | Path) -> Path:
         "run_dir": str(run.path),
         "suite_name": run.suite_name,
         "suite_hash": run.suite_hash,
+        "measured_suite_hash": measured_suite_hash(run),
         "git_commit": run.git_commit,
         "device": run.device,
         "environment": {k: env[k] for k in ("cpu", "threads", "python", "dtypes") if k in env},
@@ -398,6 +399,16 @@ def load_baseline(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     if not isinstance(payload.get("summary"), list):
         raise UserInputError(f"{where!r} has no summary rows; re-save it with 'baseline save RUN_DIR FILE'.")
     return payload
+
+
+def measured_suite_hash(run: RunData) -> str | None:
+    """sha256 of the run's suite without its gates: editing the gates keeps a baseline comparable."""
+    if not run.suite:
+        return None
+    import hashlib
+
+    measured = {k: v for k, v in run.suite.items() if k != "gates"}
+    return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -681,10 +692,11 @@ def evaluate_rules(run: RunData, rules: Sequence[GateRule], baseline: dict[str, 
         report.baseline = {
             k: baseline.get(k) for k in ("path", "run_id", "suite_name", "suite_hash", "created", "git_commit")
         }
-        run_hash = run.suite_hash
-        if baseline.get("suite_hash") and run_hash and baseline["suite_hash"] != run_hash:
+        ours, theirs = measured_suite_hash(run), baseline.get("measured_suite_hash")
+        if ours and theirs and ours != theirs:
             report.notes.append(
-                "the baseline was saved from a different suite file (hash differs); cells are matched by parameters."
+                "the baseline was measured with a different suite (models, engines, sweep, prompts or measure "
+                "differ); cells are matched by their parameters."
             )
     for rule in rules:
         report.results.extend(_check_rule(rule, cells, base_rows, baseline is not None))
