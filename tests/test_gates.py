@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from orthrus.bench.cli import main as bench_main
 from orthrus.errors import UserInputError
 from orthrus.models.zoo_index import zoo_path
 from orthrus.report.commands import cmd_baseline, cmd_gate
-from orthrus.report.gates import evaluate_gates, load_baseline, parse_rule
+from orthrus.report.gates import evaluate_gates, is_wall_clock, load_baseline, parse_rule, parse_rules
 from tests.report_synthetic import KV_BYTES_PER_TOKEN, make_run
 
 
@@ -269,3 +270,37 @@ def test_real_run_gates_pass_then_catch_a_lossy_engine(tmp_path, capsys):
     assert bench_main([str(bad), "--out", str(out), "--run-id", "never", "--quiet"]) == 2  # no baseline given
     assert not (out / "gatetest" / "never").exists()
     assert "pass --baseline FILE" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- suites/ci.yaml in CI
+ROOT = Path(__file__).resolve().parents[1]
+CI_SUITE = ROOT / "suites" / "ci.yaml"
+CI_BASELINE = ROOT / "reports" / "baselines" / "ci.json"
+
+
+def test_ci_suite_gates_parse_and_cover_identity_tpf_and_speedup():
+    rules = parse_rules(yaml.safe_load(CI_SUITE.read_text())["gates"])
+    columns = {rule.column for rule in rules}
+    assert {"identity_exact_rate", "tokens_per_forward_median", "speedup_vs_ar"} <= columns
+    assert any(rule.uses_baseline for rule in rules if rule.column == "tokens_per_forward_median")
+    assert all(not is_wall_clock(rule.column) for rule in rules)  # speed only as a same-run ratio
+    baseline = load_baseline(CI_BASELINE)
+    assert baseline["suite_name"] == "ci" and {r["label"] for r in baseline["summary"]} == {"ar", "orthrus"}
+
+
+@pytest.mark.skipif(
+    zoo_path("tiny-orthrus") is None or zoo_path("tiny-base") is None,
+    reason="needs the zoo models tiny-orthrus and tiny-base",
+)
+def test_ci_gate_trips_on_an_untrained_diffusion_view(tmp_path, capsys):
+    """suites/ci.yaml against the committed baseline, with tiny-base and a fresh (untrained) view
+    attached by from_base in place of tiny-orthrus: still lossless, but it drafts far fewer accepted
+    tokens, so the tokens-per-forward and acceptance gates fail and the run exits 1."""
+    quick = ["--set", "sweep.context_lengths=[256]", "--set", "measure.repetitions=1", "--set", "measure.warmup=0"]
+    argv = [str(CI_SUITE), "--quiet", "--out", str(tmp_path), "--baseline", str(CI_BASELINE), *quick]
+    assert bench_main([*argv, "--run-id", "untrained", "--set", "models.base.path=tiny-base"]) == 1
+    results = json.loads((tmp_path / "ci" / "untrained" / "gates.json").read_text())["results"]
+    failed = {r["rule"] for r in results if r["status"] == "fail"}
+    assert {"tokens_per_forward >= baseline * 0.97", "acceptance_length >= baseline * 0.97"} <= failed
+    assert all(r["status"] == "pass" for r in results if r["rule"].startswith("identity"))
+    assert "REGRESSION" in capsys.readouterr().out
