@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from orthrus.bench.records import SUMMARY_COLUMNS
+from orthrus.bench.summary import AR_MATCH_KEYS as SUMMARY_AR_MATCH_KEYS
 from orthrus.errors import UserInputError
 
 LOSSLESS_ENGINES = frozenset({"ar", "hf_generate", "orthrus", "assisted", "prompt_lookup"})
@@ -258,22 +259,9 @@ def same_cell_except(a: dict[str, Any], b: dict[str, Any], ignore: set[str]) -> 
     return True
 
 
-# cell parameters an AR counterpart must share with a cell (as orthrus.bench.summary matches them
-# for speedup_vs_ar); the model may differ (a DLM is compared with the AR model), the same one wins
-AR_MATCH_KEYS = (
-    "prompt_source",
-    "context_length",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_new_tokens",
-    "batch_size",
-    "device",
-    "dtype",
-    "seed",
-    "stop_at_eos",
-    "category",
-)
+# cell parameters an AR counterpart must share with a cell: those orthrus.bench.summary matches
+# for speedup_vs_ar, plus the category; the model may differ (a DLM is compared with the AR model)
+AR_MATCH_KEYS = (*SUMMARY_AR_MATCH_KEYS, "category")
 
 
 def ar_counterpart(summary: pd.DataFrame, row: dict[str, Any], engine: str = "ar") -> dict[str, Any] | None:
