@@ -33,7 +33,12 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from orthrus.errors import UserInputError
-from orthrus.models.modeling_orthrus import is_diffusion_param, load_state_dict, resolve_model_path
+from orthrus.models.modeling_orthrus import (
+    init_qwen3_weights,
+    is_diffusion_param,
+    load_state_dict,
+    resolve_model_path,
+)
 
 # one per layer: keys and values [B, Hkv, L, D] over the whole sequence (prompt + generation)
 KVBuffers = list[tuple[torch.Tensor, torch.Tensor]]
@@ -118,15 +123,7 @@ class Qwen3DiffusionLM(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-        elif isinstance(module, Qwen3RMSNorm):
-            nn.init.ones_(module.weight)
+        init_qwen3_weights(module, self.config.initializer_range)
 
     @property
     def mask_token_id(self) -> int | None:

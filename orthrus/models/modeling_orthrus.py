@@ -152,6 +152,18 @@ def cache_storage_bytes(cache: Cache) -> int:
     return total
 
 
+def init_qwen3_weights(module: nn.Module, std: float) -> None:
+    """Qwen3's initialisation (normal linear/embedding weights, unit norms), for fresh models."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, Qwen3RMSNorm):
+        nn.init.ones_(module.weight)
+
+
 class OrthrusPreTrainedModel(PreTrainedModel):
     config_class = OrthrusConfig
     base_model_prefix = "model"
@@ -159,15 +171,7 @@ class OrthrusPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-        elif isinstance(module, Qwen3RMSNorm):
-            nn.init.ones_(module.weight)
+        init_qwen3_weights(module, self.config.initializer_range)
 
 
 class OrthrusForCausalLM(OrthrusPreTrainedModel):
