@@ -11,7 +11,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from orthrus.engines.base import Engine, GenerationResult, SamplingSettings, pick_token, sync
 from orthrus.errors import UserInputError
-from orthrus.models.modeling_orthrus import cache_storage_bytes, is_diffusion_param
+from orthrus.models.modeling_orthrus import build_from_state, cache_storage_bytes, is_diffusion_param
 
 
 class AREngine(Engine):
@@ -83,14 +83,8 @@ def as_qwen3(model: Any) -> Qwen3ForCausalLM:
         config_dict.pop(key, None)
     config = Qwen3Config(**config_dict)
     config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        hf = Qwen3ForCausalLM(config)
     state = {k: v for k, v in model.state_dict().items() if not is_diffusion_param(k)}
-    hf.load_state_dict(state, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        hf.lm_head.weight = hf.model.embed_tokens.weight
-    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=config).to(model.device)
-    return hf.eval()
+    return build_from_state(Qwen3ForCausalLM, config, state, None, "Qwen3").eval()
 
 
 class HFGenerateEngine(Engine):

@@ -34,6 +34,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from orthrus.errors import UserInputError
 from orthrus.models.modeling_orthrus import (
+    build_from_state,
     init_qwen3_weights,
     is_diffusion_param,
     load_state_dict,
@@ -173,21 +174,7 @@ class Qwen3DiffusionLM(PreTrainedModel):
         config.is_causal = False
         config._attn_implementation = "sdpa"
         state = {k: v for k, v in state.items() if not is_diffusion_param(k)}
-        if "lm_head.weight" not in state and config.tie_word_embeddings:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        target = dtype or state["model.embed_tokens.weight"].dtype
-        state = {k: v.to(target) for k, v in state.items()}
-        with torch.device("meta"):
-            model = cls(config)
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise UserInputError(
-                f"checkpoint weights do not match the Qwen3 layout (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); check that the directory holds a Qwen3 model."
-            )
-        if config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
-        model.model.rotary_emb = Qwen3RotaryEmbedding(config=config).to(target)  # buffers off meta
+        model = build_from_state(cls, config, state, dtype, "Qwen3")
         return model.eval()
 
     @classmethod

@@ -152,6 +152,29 @@ def cache_storage_bytes(cache: Cache) -> int:
     return total
 
 
+def build_from_state(
+    model_class: type[nn.Module], config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype | None, layout: str
+) -> Any:
+    """A Qwen3-layout model built on the meta device with ``state`` assigned (tensors reused, cast
+    to ``dtype``), the LM head tied when the config says so, and RoPE buffers materialised."""
+    if "lm_head.weight" not in state and config.tie_word_embeddings:
+        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    target = dtype or state["model.embed_tokens.weight"].dtype
+    state = {k: v.to(target) for k, v in state.items()}
+    with torch.device("meta"):
+        model = model_class(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise UserInputError(
+            f"checkpoint weights do not match the {layout} layout (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); check that the directory holds a {layout} model."
+        )
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb = Qwen3RotaryEmbedding(config=config).to(target)  # non-persistent buffers, off meta
+    return model
+
+
 def init_qwen3_weights(module: nn.Module, std: float) -> None:
     """Qwen3's initialisation (normal linear/embedding weights, unit norms), for fresh models."""
     if isinstance(module, nn.Linear):
@@ -210,23 +233,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
 
     @classmethod
     def _from_state(cls, config: OrthrusConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None):
-        with torch.device("meta"):
-            model = cls(config)
-        if "lm_head.weight" not in state and config.tie_word_embeddings:
-            state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
-        target = dtype or next(iter(state.values())).dtype
-        state = {k: v.to(target) for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-        missing = [m for m in missing if m != "lm_head.weight"]
-        if missing or unexpected:
-            raise UserInputError(
-                f"checkpoint weights do not match the Orthrus-Qwen3 layout (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}); check that the directory holds a Qwen3/Orthrus model."
-            )
-        if config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
-        model.model.rotary_emb = Qwen3RotaryEmbedding(config=config)  # non-persistent buffers, off meta
-        model.model.rotary_emb.to(target)
+        model = build_from_state(cls, config, state, dtype, "Orthrus-Qwen3")
         model.requires_grad_(False)
         for name, param in model.named_parameters():
             if is_diffusion_param(name):
