@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from orthrus.engines.ar import AREngine, HFGenerateEngine
-from orthrus.engines.base import Engine, GenerationResult, SamplingSettings
+from orthrus.engines.base import (
+    DEFAULT_BLOCK_SIZE,
+    MODEL_KINDS,
+    Engine,
+    EngineDescription,
+    GenerationResult,
+    SamplingSettings,
+)
 from orthrus.engines.dlm import DLMEngine, FastDLLMEngine
 from orthrus.engines.orthrus_engine import OrthrusEngine
 from orthrus.engines.speculative import AssistedEngine, PromptLookupEngine
@@ -24,7 +32,19 @@ ENGINES: dict[str, type[Engine]] = {
     )
 }
 
-__all__ = ["ENGINES", "Engine", "GenerationResult", "SamplingSettings", "build_engine", "register_engine"]
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "ENGINES",
+    "MODEL_KINDS",
+    "Engine",
+    "EngineDescription",
+    "GenerationResult",
+    "SamplingSettings",
+    "build_engine",
+    "engine_class",
+    "engine_names",
+    "register_engine",
+]
 
 
 def register_engine(cls: type[Engine]) -> type[Engine]:
@@ -32,11 +52,23 @@ def register_engine(cls: type[Engine]) -> type[Engine]:
     return cls
 
 
+def engine_names() -> tuple[str, ...]:
+    return tuple(sorted(ENGINES))
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The registered engine class; an unknown name is one sentence with a did-you-mean."""
+    if name not in ENGINES:
+        close = difflib.get_close_matches(str(name), list(ENGINES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserInputError(f"unknown engine {name!r}{hint}; choose one of {', '.join(engine_names())}.")
+    return ENGINES[name]
+
+
 def build_engine(name: str, model: Any, **options: Any) -> Engine:
     """An engine by name; options are the engine's own (e.g. block_size for 'orthrus')."""
-    if name not in ENGINES:
-        raise UserInputError(f"unknown engine {name!r}; choose one of {', '.join(sorted(ENGINES))}.")
+    cls = engine_class(name)
     try:
-        return ENGINES[name](model, **options)
+        return cls(model, **options)
     except TypeError as err:
         raise UserInputError(f"engine {name!r} got an option it does not take ({err}).") from err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +12,33 @@ from typing import Any, ClassVar
 import torch
 
 from orthrus.errors import UserInputError
+from orthrus.models.modeling_orthrus import DEFAULT_BLOCK_SIZE  # noqa: F401 - re-exported for the engines
 
 FORWARD_KINDS = ("prefill", "draft", "verify", "decode", "denoise")
+# which model an engine loads: a causal LM (the AR view of any checkpoint), the dual-view Orthrus
+# model (AR view + diffusion view sharing one cache), or a masked-diffusion LM
+MODEL_KINDS = ("causal", "dual_view", "dlm")
+
+
+@dataclass(frozen=True)
+class EngineDescription:
+    """What is known about one constructed engine: the facts a harness or report records with a cell."""
+
+    name: str
+    model_kind: str
+    lossless: bool
+    block_size: int | None  # the block size it actually uses (None: the engine takes none)
+    kv_bytes_per_token: int | None  # bytes of K and V one position occupies in its model's cache
+    needs_draft_model: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "model_kind": self.model_kind,
+            "lossless": self.lossless,
+            "block_size": self.block_size,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+        }
 
 
 @dataclass
@@ -177,15 +204,52 @@ def pick_token(logits: torch.Tensor, settings: SamplingSettings, generator: torc
 
 
 class Engine:
-    """A decoding method. Subclasses implement ``_generate``; ``generate`` checks the input."""
+    """A decoding method. Subclasses implement ``_generate``; ``generate`` checks the input.
+
+    The class describes itself, so that a harness asks it instead of keeping lists of names:
+    ``model_kind`` (which model it loads, one of MODEL_KINDS), ``takes_block_size``,
+    ``needs_draft_model``, ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
+    ``options()`` (the constructor options it accepts, with their defaults) and, once built,
+    ``describe()`` (the effective settings it will actually use).
+    """
 
     name: ClassVar[str] = ""
-    lossless: ClassVar[bool] = True
+    model_kind: ClassVar[str] = "causal"
+    takes_block_size: ClassVar[bool] = False
+    needs_draft_model: ClassVar[bool] = False
+    lossless: bool = True  # class default; an instance may set its own
 
     def __init__(self, model: Any, **options: Any) -> None:
+        if options:
+            raise UserInputError(_unknown_options_message(type(self), options))
         self.model = model
-        self.options = options
         self.listener: Callable[[list[int]], None] | None = None  # streaming hook, see GenerationResult
+
+    @classmethod
+    def options(cls) -> dict[str, inspect.Parameter]:
+        """The options the constructor takes (beyond the model), over the whole class hierarchy."""
+        named: dict[str, inspect.Parameter] = {}
+        for klass in reversed(cls.__mro__):
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for i, (key, param) in enumerate(inspect.signature(init).parameters.items()):
+                if i == 0 or key == "model":
+                    continue
+                if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                    named[key] = param
+        return named
+
+    def describe(self) -> EngineDescription:
+        kv = getattr(self.model, "kv_bytes_per_token", None)
+        return EngineDescription(
+            name=self.name,
+            model_kind=self.model_kind,
+            lossless=bool(self.lossless),
+            block_size=int(self.block_size) if self.takes_block_size else None,  # type: ignore[attr-defined]
+            kv_bytes_per_token=int(kv()) if callable(kv) else None,
+            needs_draft_model=self.needs_draft_model,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -236,6 +300,16 @@ class Engine:
         eos_token_id: int | None,
     ) -> GenerationResult:
         raise NotImplementedError
+
+
+def _unknown_options_message(cls: type[Engine], options: dict[str, Any]) -> str:
+    accepted = sorted(cls.options())
+    parts = []
+    for key in sorted(options):
+        close = difflib.get_close_matches(key, accepted, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+    return f"engine {cls.name!r} has no option {', '.join(parts)}; {takes}."
 
 
 def truncate_at_eos(tokens: list[int], eos_token_id: int | None) -> tuple[list[int], bool]:

@@ -61,6 +61,7 @@ class DLMEngine(Engine):
     """
 
     name = "dlm"
+    model_kind = "dlm"
     lossless = False
 
     def __init__(

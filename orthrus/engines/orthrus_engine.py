@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from orthrus.engines.base import (
+    DEFAULT_BLOCK_SIZE,
     Engine,
     GenerationResult,
     SamplingSettings,
@@ -32,6 +33,8 @@ ACCEPT_RULES = ("exact", "accept_all")
 
 class OrthrusEngine(Engine):
     name = "orthrus"
+    model_kind = "dual_view"
+    takes_block_size = True
 
     def __init__(
         self,
@@ -42,7 +45,9 @@ class OrthrusEngine(Engine):
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
-        self.block_size = int(model.config.block_size if block_size is None else block_size)
+        if block_size is None:  # the model's own training block, else the one default
+            block_size = getattr(model.config, "block_size", None) or DEFAULT_BLOCK_SIZE
+        self.block_size = int(block_size)
         if self.block_size < 1:
             raise UserInputError(f"block_size must be >= 1, got {self.block_size}.")
         if cache not in ("static", "dynamic"):

@@ -134,6 +134,7 @@ class AssistedEngine(_SpeculativeEngine):
     """transformers assisted generation with a separate draft model (see the module docstring)."""
 
     name = "assisted"
+    needs_draft_model = True
 
     def __init__(
         self,

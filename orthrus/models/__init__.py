@@ -8,6 +8,7 @@ import torch
 
 from orthrus.errors import UserInputError
 from orthrus.models.modeling_orthrus import (
+    DEFAULT_BLOCK_SIZE,
     OrthrusConfig,
     OrthrusForCausalLM,
     is_diffusion_param,
@@ -17,6 +18,7 @@ from orthrus.models.modeling_orthrus import (
 from orthrus.models.zoo_index import ZOO_NAMES, zoo_path
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
     "OrthrusConfig",
     "OrthrusForCausalLM",
     "ZOO_NAMES",
@@ -61,6 +63,6 @@ def load_causal_lm(path: str | Path, dtype: str | torch.dtype = "float32", devic
     if has_view:
         model = OrthrusForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
     else:
-        model = OrthrusForCausalLM.from_base(resolved, block_size=16, dtype=torch_dtype)
+        model = OrthrusForCausalLM.from_base(resolved, block_size=DEFAULT_BLOCK_SIZE, dtype=torch_dtype)
     model.name_or_path = str(path)
     return model.to(torch_device)

@@ -32,6 +32,8 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from orthrus.errors import UserInputError
 
+# the one default block size: a config without one, a fresh view, and an engine told "null" all use it
+DEFAULT_BLOCK_SIZE = 16
 DIFF_SUFFIXES = ("q_proj_diff", "k_proj_diff", "v_proj_diff", "o_proj_diff", "q_norm_diff", "k_norm_diff")
 
 
@@ -40,7 +42,7 @@ class OrthrusConfig(Qwen3Config):
 
     model_type = "orthrus"
 
-    def __init__(self, block_size: int = 32, mask_token_id: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, mask_token_id: int | None = None, **kwargs: Any) -> None:
         self.block_size = block_size
         self.mask_token_id = mask_token_id
         super().__init__(**kwargs)
@@ -244,7 +246,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
     def from_base(
         cls,
         base: str | Path | nn.Module,
-        block_size: int = 32,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         mask_token_id: int | None = None,
         dtype: torch.dtype | None = None,
     ) -> OrthrusForCausalLM:
