@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"  # the one definition; `python -m orthrus train` writes here
 ZOO_NAMES = ("tiny-base", "tiny-orthrus", "tiny-draft", "tiny-dlm")
+TOKENIZER_DIR = ZOO_DIR / "tiny-tokenizer"  # the tokenizer every zoo model is trained with
 
 
 def zoo_path(name: str) -> Path | None:
