@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-from pathlib import Path
 
 import torch
 
-from orthrus.models import OrthrusForCausalLM, is_diffusion_param, load_causal_lm
+from orthrus.models import DEFAULT_BLOCK_SIZE, OrthrusForCausalLM, is_diffusion_param, load_causal_lm
+from orthrus.models.zoo_index import TOKENIZER_DIR
 from orthrus.train.distill import DistillConfig, distill_loss, train
 from tests.conftest import perturb_diffusion_view, random_qwen3
-
-ZOO_TOKENIZER = Path(__file__).resolve().parents[1] / "orthrus" / "models" / "zoo" / "tiny-tokenizer"
 
 
 def test_training_pass_equals_the_inference_draft_pass(orthrus_model):
@@ -56,7 +55,7 @@ def test_distill_trainer_runs_end_to_end_and_keeps_the_ar_view(tmp_path):
     base_dir = tmp_path / "base"
     base = random_qwen3(vocab=4096, hidden=32, seed=2, scale=1.0)
     base.save_pretrained(base_dir)
-    for file in ZOO_TOKENIZER.iterdir():
+    for file in TOKENIZER_DIR.iterdir():
         shutil.copy(file, base_dir / file.name)
     config = DistillConfig(
         out_dir=tmp_path / "orthrus",
@@ -73,11 +72,15 @@ def test_distill_trainer_runs_end_to_end_and_keeps_the_ar_view(tmp_path):
     )
     train(config)
     model = load_causal_lm(tmp_path / "orthrus")
-    assert model.config.block_size == 16 and model.config.mask_token_id == 2
+    assert model.config.block_size == DEFAULT_BLOCK_SIZE and model.config.mask_token_id == 2
     reference = load_causal_lm(base_dir)
     ids = torch.tensor([[5, 60, 700, 12]])
     with torch.no_grad():  # fp16 storage rounds the weights; the AR view is otherwise the base
         assert torch.allclose(model(ids), reference.half().float()(ids), atol=1e-4)
+
+    config.resume, config.steps = True, 4  # continue from the checkpoint (and the cached data)
+    summary = json.loads((train(config) / "training.json").read_text())
+    assert summary["steps"] == 4
 
 
 def test_position_decay_weights_early_draft_positions(orthrus_model):

@@ -12,12 +12,12 @@ from transformers import AutoTokenizer
 
 from orthrus.engines import build_engine
 from orthrus.models.dlm import load_diffusion_lm
+from orthrus.models.zoo_index import TOKENIZER_DIR
 from orthrus.train.base import ModelShape, build_model
 from orthrus.train.corpus import Document, stdlib_root
 from orthrus.train.dlm import DLMConfig, mask_batch, train
 from orthrus.train.tokenizer import copy_tokenizer_files
 
-TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "orthrus" / "models" / "zoo" / "tiny-tokenizer"
 SHAPE = ModelShape(32, 1, 2, 1, 16, 64, max_position_embeddings=1024)
 
 

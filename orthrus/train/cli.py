@@ -11,35 +11,38 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from orthrus.train.base import DEFAULT_TOKENIZER_DIR, ZOO_DIR
+from orthrus.models import DEFAULT_BLOCK_SIZE
+from orthrus.models.zoo_index import TOKENIZER_DIR, ZOO_DIR
+from orthrus.train.distill import DistillConfig
+
+
+def _loop_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The training-loop flags every trainer takes (orthrus/train/loop.py's LoopConfig); the
+    target's default step budget when neither --steps nor --max-minutes is given."""
+    settings: dict[str, object] = {"seed": args.seed, "resume": args.resume, "quiet": args.quiet}
+    if args.steps is None and args.max_minutes is None:
+        settings["steps"] = args.default_steps
+    else:
+        settings.update(steps=args.steps, max_minutes=args.max_minutes)
+    if args.threads:
+        settings["num_threads"] = args.threads
+    return settings
 
 
 def _run_tokenizer(args: argparse.Namespace) -> None:
     from orthrus.train.tokenizer import train_tokenizer
 
-    out = train_tokenizer(args.out or DEFAULT_TOKENIZER_DIR, seed=args.seed)
+    out = train_tokenizer(args.out or TOKENIZER_DIR, seed=args.seed)
     if not args.quiet:
         print(f"tokenizer saved to {out}")
 
 
-def _lm_runner(preset: str, default_threads: int) -> Callable[[argparse.Namespace], None]:
+def _lm_runner(preset: str) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
         from orthrus.train.base import config_for, train
 
-        steps, max_minutes = args.steps, args.max_minutes
-        if steps is None and max_minutes is None:
-            steps = 2000
-        config = config_for(
-            preset,
-            Path(args.out or ZOO_DIR / preset),
-            tokenizer_dir=Path(args.tokenizer),
-            steps=steps,
-            max_minutes=max_minutes,
-            seed=args.seed,
-            num_threads=args.threads or default_threads,
-            resume=args.resume,
-            quiet=args.quiet,
-        )
+        out_dir = Path(args.out or ZOO_DIR / preset)
+        config = config_for(preset, out_dir, tokenizer_dir=Path(args.tokenizer), **_loop_settings(args))
         train(config)
         if not args.quiet:
             print(f"{preset} saved to {config.out_dir}")
@@ -58,18 +61,19 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
 
-def _lm_args(parser: argparse.ArgumentParser) -> None:
+def _lm_args(parser: argparse.ArgumentParser, default_steps: int) -> None:
     _common_args(parser)
     parser.add_argument("--max-minutes", type=float, default=None, help="training time budget")
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="training step budget (default 2000 if no time budget)",
+        help=f"training step budget (default {default_steps} if no time budget)",
     )
+    parser.set_defaults(default_steps=default_steps)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint/")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
-    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR), help="tokenizer directory")
+    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="tokenizer directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,28 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.set_defaults(run=_run_tokenizer)
 
     base = targets.add_parser("base", help="the tiny-base causal LM")
-    _lm_args(base)
-    base.set_defaults(run=_lm_runner("tiny-base", default_threads=2))
+    _lm_args(base, default_steps=2000)
+    base.set_defaults(run=_lm_runner("tiny-base"))
 
     draft = targets.add_parser("draft", help="the tiny-draft causal LM (speculative-decoding baseline)")
-    _lm_args(draft)
-    draft.set_defaults(run=_lm_runner("tiny-draft", default_threads=2))
+    _lm_args(draft, default_steps=2000)
+    draft.set_defaults(run=_lm_runner("tiny-draft"))
 
     view = targets.add_parser("orthrus", help="the tiny-orthrus diffusion view (self-distillation from a Qwen3 base)")
-    _lm_args(view)
+    _lm_args(view, default_steps=500)
     view.add_argument("--base", default="tiny-base", help="Qwen3 checkpoint directory or zoo name")
-    view.add_argument("--block-size", type=int, default=16)
+    view.add_argument(
+        "--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="the view's default block for inference"
+    )
     view.add_argument("--data-sequences", type=int, default=None, help="self-distillation sequences")
     view.add_argument("--device", default="cpu")
-    view.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    view.add_argument("--position-decay", type=float, default=1.0, help="loss weight decay per draft position")
+    view.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DistillConfig.lr:g})")
+    view.add_argument(
+        "--position-decay",
+        type=float,
+        default=None,
+        help=f"loss weight decay per draft position (default {DistillConfig.position_decay:g})",
+    )
     view.add_argument(
         "--init-from", default=None, help="start the view from this Orthrus checkpoint (continue training)"
     )
     view.set_defaults(run=_run_orthrus)
 
     dlm = targets.add_parser("dlm", help="the tiny-dlm masked-diffusion LM (adapted from a Qwen3 base)")
-    _lm_args(dlm)
+    _lm_args(dlm, default_steps=2000)
     dlm.add_argument("--base", default="tiny-base", help="Qwen3 checkpoint directory or zoo name")
     dlm.set_defaults(run=_run_dlm)
 
@@ -136,18 +147,7 @@ def _run_all(args: argparse.Namespace) -> None:
 def _run_dlm(args: argparse.Namespace) -> None:
     from orthrus.train.dlm import DLMConfig, train
 
-    config = DLMConfig(
-        out_dir=Path(args.out or ZOO_DIR / "tiny-dlm"),
-        base=args.base,
-        steps=args.steps,
-        max_minutes=args.max_minutes,
-        seed=args.seed,
-        num_threads=args.threads or 2,
-        resume=args.resume,
-        quiet=args.quiet,
-    )
-    if config.steps is None and config.max_minutes is None:
-        config.steps = 2000
+    config = DLMConfig(out_dir=Path(args.out or ZOO_DIR / "tiny-dlm"), base=args.base, **_loop_settings(args))
     train(config)
     if not args.quiet:
         print(f"tiny-dlm saved to {config.out_dir}")
@@ -155,30 +155,28 @@ def _run_dlm(args: argparse.Namespace) -> None:
 
 def _run_orthrus(args: argparse.Namespace) -> None:
     from orthrus.models import check_device
-    from orthrus.train.distill import DistillConfig, train
+    from orthrus.train.distill import train
 
     check_device(args.device)
     if args.block_size < 2:
         raise ValueError(f"--block-size must be >= 2 to draft anything, got {args.block_size}.")
+    recipe: dict[str, object] = {}  # flags left out keep DistillConfig's defaults (the shipped recipe)
+    if args.lr is not None:
+        recipe["lr"] = args.lr
+    if args.position_decay is not None:
+        recipe["position_decay"] = args.position_decay
+    if args.data_sequences:
+        recipe["data_sequences"] = args.data_sequences
+    if args.init_from:  # a short continuation: warm up quickly
+        recipe.update(init_from=args.init_from, warmup_frac=0.02)
     config = DistillConfig(
         out_dir=Path(args.out or ZOO_DIR / "tiny-orthrus"),
         base=args.base,
         block_size=args.block_size,
-        steps=args.steps,
-        max_minutes=args.max_minutes,
-        seed=args.seed,
         device=args.device,
-        num_threads=args.threads or 2,
-        resume=args.resume,
-        quiet=args.quiet,
-        lr=args.lr,
-        position_decay=args.position_decay,
-        init_from=args.init_from,
+        **_loop_settings(args),
+        **recipe,
     )
-    if args.init_from:  # a short continuation: warm up quickly
-        config.warmup_frac = 0.02
-    if args.data_sequences:
-        config.data_sequences = args.data_sequences
     train(config)
 
 

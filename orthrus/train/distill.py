@@ -5,17 +5,16 @@ continuations of corpus prompts; every sequence gets many anchors; each anchor a
 [x_a, MASK x (K-1)] that sees the AR keys/values of positions < a and its own block (one
 block-sparse SDPA pass, see ``OrthrusForCausalLM.forward_distill``); the loss is
 KL(p_AR || p_diff) at every masked position. Only the ``*_diff`` parameters get gradients, so
-the AR view stays bit-identical to the base.
+the AR view stays bit-identical to the base. Budget, schedule, optimizer and checkpoints are the
+shared loop's (``orthrus/train/loop.py``); this file holds the data, the step function and the card.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import platform
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,25 +22,27 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from orthrus.models import OrthrusForCausalLM, resolve_model_path
-from orthrus.train.base import ZOO_DIR, invocation, tokenize_stream
+from orthrus.models import DEFAULT_BLOCK_SIZE, OrthrusForCausalLM, resolve_model_path
+from orthrus.models.zoo_index import ZOO_DIR
+from orthrus.train.base import tokenize_stream
 from orthrus.train.corpus import corpus_documents
+from orthrus.train.loop import LoopConfig, Step, StepFn, checkpoint_path, log, mean_of_last, start_run, train_loop
 
 
-@dataclass
-class DistillConfig:
+@dataclass(kw_only=True)
+class DistillConfig(LoopConfig):
+    """Everything a diffusion-view run depends on. Defaults are the `tiny-orthrus` recipe."""
+
     out_dir: Path = ZOO_DIR / "tiny-orthrus"
     base: str = "tiny-base"
-    block_size: int = 16  # saved in the config: the default block for inference
+    block_size: int = DEFAULT_BLOCK_SIZE  # saved in the config: the default block for inference
     train_block_sizes: tuple[int, ...] = (8, 16, 16, 32)  # one drawn per step: the view serves 8..32
     # self-distillation data
     data_sequences: int = 1536
     prompt_len: int = 128
     continuation_len: int = 384
     gen_batch: int = 64
-    # optimisation
-    steps: int | None = None
-    max_minutes: float | None = None
+    # optimisation (AdamW without weight decay)
     batch_size: int = 4
     anchors_per_seq: int = 48
     # loss weight of draft position j is position_decay ** (j - 1): acceptance is a prefix chain, so
@@ -50,21 +51,10 @@ class DistillConfig:
     init_from: str | None = None  # start the view from this Orthrus checkpoint's *_diff weights
     lr: float = 1e-3
     warmup_frac: float = 0.05
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
+    weight_decay: float = 0.0
     device: str = "cpu"
-    num_threads: int = 2
     checkpoint_minutes: float = 5.0
     log_every: int = 20
-    resume: bool = False
-    quiet: bool = False
-    command: str = field(default_factory=invocation)
-
-
-def _log(config: DistillConfig, message: str) -> None:
-    if not config.quiet:
-        tqdm.write(message)
 
 
 @torch.no_grad()
@@ -97,14 +87,6 @@ def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config
     return torch.cat(out)
 
 
-def learning_rate(config: DistillConfig, progress: float) -> float:
-    if progress < config.warmup_frac:
-        return config.lr * max(progress / config.warmup_frac, 0.01)
-    decay = (progress - config.warmup_frac) / max(1 - config.warmup_frac, 1e-9)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(decay, 1.0)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
 def distill_loss(
     model: OrthrusForCausalLM, batch: torch.Tensor, anchors: torch.Tensor, block: int, position_decay: float = 1.0
 ) -> torch.Tensor:
@@ -125,23 +107,26 @@ def sample_anchors(
     return torch.randint(low, length - block + 1, (batch, count), generator=generator)
 
 
-def _budget_fraction(config: DistillConfig, step: int, elapsed: float) -> float:
-    fractions = []
-    if config.steps:
-        fractions.append(step / config.steps)
-    if config.max_minutes:
-        fractions.append(elapsed / (60 * config.max_minutes))
-    return max(fractions) if fractions else 1.0
+def self_distillation_step(model: OrthrusForCausalLM, data: torch.Tensor, config: DistillConfig) -> StepFn:
+    """The step function: a batch of self-distillation sequences, anchors, KL at the block size of this step."""
+
+    def step(index: int, progress: float, generator: torch.Generator) -> Step:
+        block = config.train_block_sizes[index % len(config.train_block_sizes)]
+        rows = torch.randint(0, len(data), (config.batch_size,), generator=generator)
+        batch = data[rows].to(config.device)
+        anchors = sample_anchors(
+            config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.prompt_len // 2, generator
+        ).to(config.device)
+        loss = distill_loss(model, batch, anchors, block, config.position_decay)
+        return Step(loss, batch.numel(), {"K": block})
+
+    return step
 
 
 def train(config: DistillConfig) -> Path:
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    torch.set_num_threads(config.num_threads)
-    if config.steps is None and config.max_minutes is None:
-        config.steps = 500
+    start_run(config)
     out_dir = Path(config.out_dir)
-    ckpt_dir = out_dir / "checkpoint"
+    ckpt_dir = checkpoint_path(out_dir).parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     base_dir = resolve_model_path(config.base)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
@@ -157,74 +142,28 @@ def train(config: DistillConfig) -> Path:
     data_file = ckpt_dir / "distill_data.pt"
     if data_file.exists():
         data = torch.load(data_file)
-        _log(config, f"reusing {len(data)} self-distillation sequences from {data_file}")
+        log(config, f"reusing {len(data)} self-distillation sequences from {data_file}")
     else:
         t0 = time.time()
         model.eval()
         data = generate_self_distillation_data(model, tokenizer, config)
         torch.save(data, data_file)
-        _log(config, f"generated {data.numel():,} tokens of self-distillation text in {time.time() - t0:.0f}s")
+        log(config, f"generated {data.numel():,} tokens of self-distillation text in {time.time() - t0:.0f}s")
     data_gen_tokens = int(data.shape[0] * config.continuation_len)
 
-    params = model.diffusion_parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    step, elapsed, losses = 0, 0.0, []
-    state_file = ckpt_dir / "state.pt"
-    if config.resume and state_file.exists():
-        saved = torch.load(state_file, weights_only=False)
-        model.load_state_dict(saved["diff"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        step, elapsed, losses = saved["step"], saved["elapsed"], saved["losses"]
-        torch.set_rng_state(saved["rng"])
-        _log(config, f"resumed at step {step} ({elapsed / 60:.1f} min)")
-    generator = torch.Generator().manual_seed(config.seed + step)
-    model.train()
-    start, last_ckpt = time.time() - elapsed, time.time()
-    bar = tqdm(total=config.steps, desc="diffusion view", disable=config.quiet, unit="step")
-    bar.update(step)
-    while (progress := _budget_fraction(config, step, time.time() - start)) < 1.0:
-        lr = learning_rate(config, progress)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        block = config.train_block_sizes[step % len(config.train_block_sizes)]
-        rows = torch.randint(0, len(data), (config.batch_size,), generator=generator)
-        batch = data[rows].to(config.device)
-        anchors = sample_anchors(
-            config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.prompt_len // 2, generator
-        ).to(config.device)
-        loss = distill_loss(model, batch, anchors, block, config.position_decay)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        if step % config.log_every == 0:
-            recent = sum(losses[-config.log_every :]) / config.log_every
-            _log(
-                config,
-                f"step {step:5d} | kl {recent:.4f} | lr {lr:.2e} | K {block} | "
-                f"{(time.time() - start) / 60:5.1f} min | {progress:6.1%}",
-            )
-        if time.time() - last_ckpt > 60 * config.checkpoint_minutes:
-            _save_state(model, optimizer, step, time.time() - start, losses, state_file)
-            last_ckpt = time.time()
-    bar.close()
-    elapsed = time.time() - start
-    _save_state(model, optimizer, step, elapsed, losses, state_file)
-    model.eval()
+    state = train_loop(config, model, self_distillation_step(model, data, config), desc="diffusion view")
     for name, tensor in model.state_dict().items():  # the AR view is untouched
         if name in base_state and not torch.equal(tensor, base_state[name]):
             raise RuntimeError(f"AR weight {name} changed during diffusion-view training")
+    params = model.diffusion_parameters()
     summary = {
         "base": str(config.base),
-        "steps": step,
-        "wall_time_min": round(elapsed / 60, 2),
-        "final_kl": round(sum(losses[-50:]) / max(len(losses[-50:]), 1), 4),
+        "steps": state.step,
+        "wall_time_min": round(state.elapsed_s / 60, 2),
+        "final_kl": round(mean_of_last(state.losses, 50), 4),
         "self_distillation_sequences": int(data.shape[0]),
         "self_distillation_generated_tokens": data_gen_tokens,
-        "supervised_positions": step
+        "supervised_positions": state.step
         * config.batch_size
         * config.anchors_per_seq
         * (sum(config.train_block_sizes) / len(config.train_block_sizes) - 1),
@@ -237,23 +176,12 @@ def train(config: DistillConfig) -> Path:
     save_zoo_model(model, tokenizer, out_dir)
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "README.md").write_text(model_card(config, summary))
-    _log(config, f"tiny-orthrus saved to {out_dir} ({step} steps, {elapsed / 60:.1f} min, kl {summary['final_kl']})")
-    return out_dir
-
-
-def _save_state(model, optimizer, step, elapsed, losses, path: Path) -> None:
-    diff = {k: v for k, v in model.state_dict().items() if "_diff" in k}
-    torch.save(
-        {
-            "diff": diff,
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "elapsed": elapsed,
-            "losses": losses,
-            "rng": torch.get_rng_state(),
-        },
-        path,
+    log(
+        config,
+        f"{out_dir.name} saved to {out_dir} ({state.step} steps, {state.elapsed_s / 60:.1f} min, "
+        f"kl {summary['final_kl']})",
     )
+    return out_dir
 
 
 def save_zoo_model(model: OrthrusForCausalLM, tokenizer, out_dir: Path) -> None:
@@ -296,7 +224,7 @@ Command: `{config.command}`
 - {config.anchors_per_seq} anchors per sequence (anywhere after the first {config.prompt_len // 2} tokens),
   block sizes {blocks} (one per step, cycling through {list(config.train_block_sizes)})
 - loss: forward KL(p_AR || p_diff) at every masked position; only `*_diff` parameters train
-- AdamW (betas (0.9, 0.95), no weight decay), peak lr {config.lr:g}, {config.warmup_frac:.0%} warmup,
+- AdamW (betas {config.betas}, weight decay {config.weight_decay:g}), peak lr {config.lr:g}, {config.warmup_frac:.0%} warmup,
   cosine to {config.min_lr_ratio:.0%}, clip {config.grad_clip}, batch {config.batch_size}, fp32,
   {config.num_threads} CPU thread(s), seed {config.seed}
 - steps: {summary["steps"]:,}; training wall time {summary["wall_time_min"]} min (after generating the data)

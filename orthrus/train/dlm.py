@@ -7,8 +7,8 @@ with probability ``t``; the loss is the cross-entropy on the masked positions we
 summed and divided by the number of maskable tokens (an upper bound on the NLL). A fraction
 ``prompt_frac`` of the windows keeps a clean prefix of random length that is never masked (LLaDA's
 SFT form), so that the model also sees the prompt-plus-masked-continuation inputs the decoders
-give it. Budget, learning-rate schedule and sequence-length curriculum work as in
-``orthrus/train/base.py`` (whose helpers are reused).
+give it. Budget, schedule, optimizer and checkpoints are the shared loop's
+(``orthrus/train/loop.py``); the windows and their length curriculum are ``orthrus/train/base.py``'s.
 
 Saved in Hugging Face format (fp16 weights, ``config.json`` with ``"is_causal": false`` and
 ``"mask_token_id"``), with the tokenizer files, ``eval.json`` (measured on held-out text from the
@@ -18,70 +18,43 @@ saved weights loaded back as fp32, before and after training) and a ``README.md`
 from __future__ import annotations
 
 import json
-import math
 import platform
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from orthrus.models.dlm import Qwen3DiffusionLM, load_diffusion_lm
 from orthrus.models.modeling_orthrus import load_state_dict, read_config, resolve_model_path
-from orthrus.train.base import (
-    ZOO_DIR,
-    TrainState,
-    checkpoint_path,
-    invocation,
-    load_checkpoint,
-    make_optimizer,
-    sample_batch,
-    save_checkpoint,
-    tokenize_stream,
-)
+from orthrus.models.zoo_index import ZOO_DIR
+from orthrus.train.base import WindowConfig, sample_batch, tokenize_stream, window_shape
 from orthrus.train.corpus import Document, corpus_documents
+from orthrus.train.loop import Step, StepFn, log, mean_of_last, start_run, train_loop
 from orthrus.train.tokenizer import copy_tokenizer_files
 
 MASK_TOKEN = "<|mask|>"
 
 
-@dataclass
-class DLMConfig:
-    """Everything a `tiny-dlm` adaptation run depends on (optimizer fields are read by base.make_optimizer)."""
+@dataclass(kw_only=True)
+class DLMConfig(WindowConfig):
+    """Everything a `tiny-dlm` adaptation run depends on. Defaults are the `tiny-dlm` recipe."""
 
     out_dir: Path = ZOO_DIR / "tiny-dlm"
     base: str = "tiny-base"  # zoo name or Qwen3 checkpoint directory (with tokenizer files)
-    steps: int | None = None
-    max_minutes: float | None = None
-    seed: int = 0
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_frac: float = 0.03
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
     eps: float = 1e-3  # smallest masking ratio
     prompt_frac: float = 0.5  # windows that keep a clean prefix (never masked)
-    short_seq_len: int = 512
-    short_batch_size: int = 8
     long_seq_len: int = 2048
     long_batch_size: int = 2
-    long_frac: float = 0.2  # final fraction of the budget spent on long windows
-    num_threads: int = 2
-    checkpoint_minutes: float = 4.0
     log_every: int = 10
     eval_contexts: tuple[int, ...] = (512, 2048)
     eval_windows: int = 4
     eval_mask_ratios: tuple[float, ...] = (0.15, 0.5, 0.9)
     eval_continuation: int = 64  # masked tokens at the end of each window ("continuation" NLL)
     eval_generations: int = 4  # held-out prompts decoded with the DLM engines and scored by the base
-    resume: bool = False
-    quiet: bool = False
-    command: str = field(default_factory=invocation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,22 +84,17 @@ def diffusion_loss(model: Qwen3DiffusionLM, tokens: torch.Tensor, noisy, masked,
     return (ce * weights).sum() / maskable.sum().clamp(min=1)
 
 
-def learning_rate(config: DLMConfig, progress: float) -> float:
-    if progress < config.warmup_frac:
-        return config.lr * max(progress / config.warmup_frac, 0.01)
-    decay = (progress - config.warmup_frac) / (1 - config.warmup_frac)
-    return config.lr * (
-        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(decay, 1.0)))
-    )
+def masked_diffusion_step(model: Qwen3DiffusionLM, stream: torch.Tensor, mask_id: int, config: DLMConfig) -> StepFn:
+    """The step function: random windows of the curriculum's shape, masked, scored by `diffusion_loss`."""
 
+    def step(index: int, progress: float, generator: torch.Generator) -> Step:
+        seq_len, batch_size = window_shape(config, progress)
+        tokens, _ = sample_batch(stream, batch_size, seq_len, generator)
+        noisy, masked, t, maskable = mask_batch(tokens, mask_id, config.eps, config.prompt_frac, generator)
+        loss = diffusion_loss(model, tokens, noisy, masked, t, maskable)
+        return Step(loss, tokens.numel(), {"seq": seq_len, "batch": batch_size})
 
-def budget_fraction(config: DLMConfig, step: int, elapsed_s: float) -> float:
-    fractions = []
-    if config.steps is not None:
-        fractions.append(step / config.steps)
-    if config.max_minutes is not None:
-        fractions.append(elapsed_s / (config.max_minutes * 60))
-    return min(1.0, max(fractions))
+    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,15 +188,6 @@ def evaluate_generations(
 # Training
 
 
-def _log(config: DLMConfig, message: str) -> None:
-    if config.quiet:
-        return
-    if sys.stderr.isatty():
-        tqdm.write(message)
-    else:
-        print(message, flush=True)
-
-
 def load_base(base: str | Path, mask_id: int) -> Qwen3DiffusionLM:
     """The base causal Qwen3 checkpoint's weights (fp32) in a bidirectional model, ready to train."""
     path = resolve_model_path(base)
@@ -247,13 +206,8 @@ def train(
     heldout_documents: list[Document] | None = None,
 ) -> dict:
     """Adapt, save (fp16 HF format + tokenizer), evaluate before/after, write eval.json and README.md."""
-    if config.steps is None and config.max_minutes is None:
-        raise ValueError("Give a training budget: --steps N and/or --max-minutes M.")
-    torch.set_num_threads(config.num_threads)
+    start_run(config)
     out_dir = Path(config.out_dir)
-    ckpt = checkpoint_path(out_dir)
-    if config.resume and not ckpt.exists():
-        raise FileNotFoundError(f"No checkpoint at {ckpt} to resume from; run without --resume to start fresh.")
     base_dir = resolve_model_path(config.base)
     if not (base_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{base_dir} has no tokenizer.json; the base must ship its tokenizer files.")
@@ -268,70 +222,18 @@ def train(
         heldout_documents = corpus_documents("heldout")
     train_stream = tokenize_stream(tokenizer, train_documents)
     heldout_stream = tokenize_stream(tokenizer, heldout_documents)
-    _log(config, f"train tokens: {len(train_stream):,}  held-out tokens: {len(heldout_stream):,}  mask id {mask_id}")
+    log(config, f"train tokens: {len(train_stream):,}  held-out tokens: {len(heldout_stream):,}  mask id {mask_id}")
 
-    torch.manual_seed(config.seed)
     model = load_base(base_dir, mask_id)
     num_params = sum(p.numel() for p in model.parameters())
     initial_eval = evaluate_dlm(model, heldout_stream, mask_id, config)
-    _log(config, f"{config.base} run bidirectionally, before adaptation: {json.dumps(initial_eval)}")
-    optimizer = make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    state = TrainState()
-    if config.resume:
-        state = load_checkpoint(ckpt, model, optimizer, generator)
-        _log(config, f"resumed from {ckpt} at step {state.step} ({state.elapsed_s / 60:.1f} min)")
+    log(config, f"{config.base} run bidirectionally, before adaptation: {json.dumps(initial_eval)}")
+    state = train_loop(config, model, masked_diffusion_step(model, train_stream, mask_id, config), desc="tiny-dlm")
+    final_loss = mean_of_last(state.losses, 20)
 
-    show_bar = not config.quiet and sys.stderr.isatty()
-    bar = tqdm(total=1000, disable=not show_bar, unit="‰", desc="tiny-dlm", dynamic_ncols=True)
-    model.train()
-    start_time = time.perf_counter() - state.elapsed_s
-    last_checkpoint = time.perf_counter()
-    progress = budget_fraction(config, state.step, state.elapsed_s)
-    seq_len = config.long_seq_len if progress >= 1.0 - config.long_frac else config.short_seq_len
-    while progress < 1.0:
-        long_phase = progress >= 1.0 - config.long_frac
-        seq_len = config.long_seq_len if long_phase else config.short_seq_len
-        batch_size = config.long_batch_size if long_phase else config.short_batch_size
-        lr = learning_rate(config, progress)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        tokens, _ = sample_batch(train_stream, batch_size, seq_len, generator)
-        noisy, masked, t, maskable = mask_batch(tokens, mask_id, config.eps, config.prompt_frac, generator)
-        loss = diffusion_loss(model, tokens, noisy, masked, t, maskable)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-
-        state.step += 1
-        state.tokens_seen += tokens.numel()
-        state.elapsed_s = time.perf_counter() - start_time
-        state.recent_losses = [*state.recent_losses[-49:], loss.item()]
-        progress = budget_fraction(config, state.step, state.elapsed_s)
-        bar.update(round(progress * 1000) - bar.n)
-        bar.set_postfix(step=state.step, loss=f"{loss.item():.3f}", seq=seq_len, lr=f"{lr:.2e}")
-        if not show_bar and (state.step % config.log_every == 0 or state.step == 1):
-            _log(
-                config,
-                f"step {state.step:5d} | loss {loss.item():.4f} | lr {lr:.2e} | seq {seq_len} x {batch_size}"
-                f" | {state.elapsed_s / 60:5.1f} min | {progress:6.1%}"
-                f" | {state.tokens_seen / max(state.elapsed_s, 1e-9):,.0f} tok/s",
-            )
-        if time.perf_counter() - last_checkpoint > config.checkpoint_minutes * 60:
-            save_checkpoint(ckpt, model, optimizer, state, generator)
-            last_checkpoint = time.perf_counter()
-    bar.close()
-    save_checkpoint(ckpt, model, optimizer, state, generator)
-    recent = state.recent_losses[-20:]
-    final_loss = sum(recent) / max(len(recent), 1)
-    _log(config, f"done: {state.step} steps, {state.tokens_seen:,} tokens, {state.elapsed_s / 60:.1f} min")
-
-    model.eval()
     model.save_dlm(out_dir, dtype=torch.float16)
     copy_tokenizer_files(base_dir, out_dir)
-    del model, optimizer
+    del model
 
     eval_start = time.perf_counter()
     saved = load_diffusion_lm(out_dir)
@@ -347,8 +249,8 @@ def train(
         "train_wall_time_s": round(state.elapsed_s, 1),
         "eval_wall_time_s": round(time.perf_counter() - eval_start, 1),
         "final_train_loss": final_loss,
-        "final_train_loss_note": f"mean of the last {len(recent)} steps (1/t-weighted masked CE per maskable "
-        f"token), the last at sequence length {seq_len}",
+        "final_train_loss_note": f"mean of the last {len(state.losses[-20:])} steps (1/t-weighted masked CE per "
+        f"maskable token), the last at sequence length {state.last_info['seq']}",
         "seed": config.seed,
         "heldout_before_adaptation": initial_eval,
         "heldout": final_eval,
@@ -361,8 +263,8 @@ def train(
     }
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out_dir / "README.md").write_text(model_card(config, summary))
-    _log(config, f"held-out: {json.dumps(final_eval)}")
-    _log(config, f"generations scored by the base: {json.dumps(generations)}")
+    log(config, f"held-out: {json.dumps(final_eval)}")
+    log(config, f"generations scored by the base: {json.dumps(generations)}")
     return summary
 
 
