@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from orthrus.bench.records import SUMMARY_COLUMNS, MeasurementRecord
+from orthrus.results import ENGINE_FACTS, MeasurementRecord
+from orthrus.results.summary import SUMMARY_COLUMNS
 
 KV_BYTES_PER_TOKEN = 1024
 NEW_TOKENS = 32
@@ -67,6 +68,7 @@ def make_run(
             for block in block_sizes if engine == "orthrus" else (None,):
                 cell = {
                     "engine": engine,
+                    "label": engine,
                     "engine_options": {"block_size": block} if block else {},
                     "model": "tiny-orthrus",
                     "dtype": "float32",
@@ -101,7 +103,7 @@ def make_run(
     if write_records:
         with open(run_dir / "results.jsonl", "w") as handle:
             for record in records:
-                handle.write(json.dumps(record.to_json_dict()) + "\n")
+                handle.write(json.dumps(record.to_dict()) + "\n")
     rows = summarise(records)
     (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     if write_csv:
@@ -141,6 +143,8 @@ def _record(
     base = MeasurementRecord(
         run_id=run_id, cell_id=cell_id, cell=cell, prompt_id=f"p{p}", repeat=r, timestamp=1.7e9 + p
     )
+    # what the engine says of itself (EngineDescription): a DLM is not lossless
+    base.block_size, base.kv_bytes_per_token, base.lossless = block, KV_BYTES_PER_TOKEN, engine != "dlm"
     if fail_at == (engine, context):
         base.status, base.error = "failed", "OutOfMemoryError: CUDA out of memory (synthetic)"
         return base
@@ -219,6 +223,7 @@ def summarise(records: list[MeasurementRecord]) -> list[dict[str, Any]]:
         ok = [r for r in recs if r.status == "ok"]
         row: dict[str, Any] = dict(recs[0].cell)
         row.update(dict.fromkeys(SUMMARY_COLUMNS))
+        row.update({name: getattr(recs[0], name) for name in ENGINE_FACTS})
         row["cell_id"] = recs[0].cell_id
         row["n_ok"], row["n_failed"] = len(ok), len(recs) - len(ok)
         if ok:

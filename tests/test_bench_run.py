@@ -94,7 +94,7 @@ def test_run_writes_complete_records_summary_and_environment(tmp_path, capsys):
         assert r["kv_cache_bytes_peak"] > 0 and len(r["itl_ms"]) == 7
     orthrus = [r for r in records if r["cell"]["engine"] == "orthrus"]
     assert all(r["cycles"] > 0 and r["memory_bandwidth_gb_s"] > 0 for r in orthrus)
-    assert all(r["extra"]["engine_block_size"] == 4 for r in orthrus)
+    assert all(r["block_size"] == 4 and r["lossless"] is True and r["kv_bytes_per_token"] > 0 for r in orthrus)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary) == 6
     ar_rows = [row for row in summary if row["engine"] == "ar"]
@@ -182,7 +182,7 @@ def test_identity_divergence_margin_and_nll_of_a_lossy_engine(tmp_path):
         first = next((i for i, (a, b) in enumerate(zip(ref, mine)) if a != b), None)
         assert r["first_divergence"] == first
         assert r["match_fraction"] == pytest.approx(sum(a == b for a, b in zip(ref, mine)) / len(ref))
-        assert r["extra"]["lossless"] is False and r["ar_nll"] is not None and r["ar_nll"] > 0
+        assert r["lossless"] is False and r["ar_nll"] is not None and r["ar_nll"] > 0
         if first is not None:
             with torch.no_grad():
                 logits = model(torch.tensor([prompts[r["prompt_id"]] + ref[:first]]))[0, -1]

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from orthrus.bench.schema import parse_yaml, suite_hash
-from orthrus.bench.store import RESULTS_FILE, ResultsWriter, read_records, record_key, write_json
-from orthrus.bench.summary import overhead_stats, write_summary
 from orthrus.errors import UserInputError
+from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
+from orthrus.results.summary import dedupe, overhead_stats, write_summary
 
 SHARD_SUFFIX = re.compile(r"-shard\d+of\d+$")
 
@@ -49,19 +49,11 @@ def merge_runs(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path,
     run_id = out_dir.name
 
     records: list[dict[str, Any]] = []
-    seen: dict[tuple, int] = {}
     for run_dir in run_dirs:
         for record in read_records(run_dir / RESULTS_FILE):
-            key = record_key(record)
-            record = dict(record)
-            record.setdefault("extra", {})["shard_run_id"] = record.get("run_id")
-            record["run_id"] = run_id
-            if key in seen:  # keep one: an ok record wins over a failed one
-                if records[seen[key]].get("status") != "ok" and record.get("status") == "ok":
-                    records[seen[key]] = record
-                continue
-            seen[key] = len(records)
+            record = dict(record, extra={**record["extra"], "shard_run_id": record["run_id"]}, run_id=run_id)
             records.append(record)
+    records = dedupe(records)  # each (cell, prompt, repeat) once; an ok record wins over a failed one
     with ResultsWriter(out_dir / RESULTS_FILE) as writer:
         for record in records:
             writer.append(record)

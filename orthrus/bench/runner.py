@@ -35,15 +35,14 @@ import yaml
 from orthrus.bench.environment import collect_environment, git_commit
 from orthrus.bench.matrix import Cell, expand, shard
 from orthrus.bench.prompts import Prompt, PromptFactory
-from orthrus.bench.records import MeasurementRecord
 from orthrus.bench.schema import DLM_ENGINES, ModelSpec, Suite, engine_class
-from orthrus.bench.store import RESULTS_FILE, ResultsWriter, read_records, record_key, write_json
 from orthrus.bench.summary import format_table, overhead_stats, write_summary
 from orthrus.bench.trackers import MemoryTracker
 from orthrus.errors import UserInputError
+from orthrus.results.record import MeasurementRecord, record_key
+from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
 
 CELL_PROMPT = "*"  # prompt_id of a record that fails a whole cell (model, engine or prompts unavailable)
-RECORD_FIELDS = set(MeasurementRecord.__dataclass_fields__)
 
 
 @dataclass
@@ -523,7 +522,7 @@ class Runner:
 
     def _write(self, writer: ResultsWriter, record: MeasurementRecord) -> None:
         start = time.perf_counter()
-        data = record.to_json_dict()
+        data = record.to_dict()
         writer.append(data)
         self.existing[record_key(data)] = data
         self.write_ms_total += (time.perf_counter() - start) * 1e3
@@ -532,14 +531,13 @@ class Runner:
         cell = item.cell
         if (cell.cell_id, CELL_PROMPT, 0) in self.existing:
             return
-        record = MeasurementRecord(
+        record = MeasurementRecord.failed(
+            message,
             run_id=self.run_id,
             cell_id=cell.cell_id,
             cell=cell.params,
             prompt_id=CELL_PROMPT,
             repeat=0,
-            status="failed",
-            error=message[:500],
             timestamp=time.time(),
         )
         self._write(writer, record)
@@ -632,15 +630,15 @@ class Runner:
         from orthrus.engines.base import sync
 
         p = cell.params
-        record = MeasurementRecord(
+        identity = dict(
             run_id=self.run_id,
             cell_id=cell.cell_id,
             cell=p,
             prompt_id=prompt.prompt_id,
             repeat=repeat,
             category=prompt.category,
-            prompt_tokens=len(prompt.ids),
         )
+        description = engine.describe()
         begin = time.perf_counter()
         device = engine.device
         try:
@@ -656,18 +654,16 @@ class Runner:
         except Exception as err:  # noqa: BLE001 - OOM or an engine error fails this measurement only
             tracker.stop()
             _free_after_error(err)
-            record.status, record.error, record.timestamp = "failed", one_line(err), time.time()
+            record = MeasurementRecord.failed(
+                one_line(err), description, prompt_tokens=len(prompt.ids), timestamp=time.time(), **identity
+            )
             if not isinstance(err, (UserInputError, torch.OutOfMemoryError)):
                 record.extra["traceback"] = traceback.format_exc(limit=-3)[-2000:]
             return record
-        fill_from_result(record, result.to_dict(), weight_bytes)
-        for name, value in memory.as_dict().items():
-            setattr(record, name, value)
-        record.extra.update(
-            lossless=bool(getattr(engine, "lossless", True)),
-            call_ms=call_ms,
-            engine_block_size=getattr(engine, "block_size", None),
+        record = MeasurementRecord.from_generation(
+            result, description, memory=memory.as_dict(), weight_bytes=weight_bytes, **identity
         )
+        record.extra["call_ms"] = call_ms
         if tokenizer is not None:
             record.extra["output_text"] = tokenizer.decode(result.tokens)
         quality_start = time.perf_counter()
@@ -701,33 +697,6 @@ class Runner:
                 record.divergence_margin = reference.margin(prompt, cell, expected, first)
         if not getattr(engine, "lossless", True):
             record.ar_nll = reference.nll(prompt, tokens)
-
-
-def fill_from_result(record: MeasurementRecord, data: dict[str, Any], weight_bytes: int) -> None:
-    """Copy a GenerationResult.to_dict() into the record; engine-specific extras go to ``extra``."""
-    data = dict(data)
-    per_step = data.pop("tokens_per_step", None)
-    for name, value in data.items():
-        if name in RECORD_FIELDS and name not in ("extra", "cell", "status"):
-            setattr(record, name, value)
-        else:
-            record.extra[name] = value
-    if not record.forward_passes:  # the engine does not count its passes: unknown, not zero
-        record.extra["forward_passes_counted"] = False
-        record.forward_passes = record.forward_passes_by_kind = record.tokens_per_forward = None
-    by_kind = record.forward_passes_by_kind or {}
-    if record.denoise_steps is None and by_kind.get("denoise"):
-        record.denoise_steps = int(by_kind["denoise"])
-    if isinstance(per_step, list):
-        record.extra["tokens_committed_per_step"] = per_step
-        record.tokens_per_step = sum(per_step) / len(per_step) if per_step else None
-    elif per_step is not None:
-        record.tokens_per_step = float(per_step)
-    elif record.denoise_steps:
-        record.tokens_per_step = (record.new_tokens or 0) / record.denoise_steps
-    if record.forward_passes and record.e2e_ms:
-        record.memory_bandwidth_gb_s = weight_bytes * record.forward_passes / (record.e2e_ms / 1e3) / 1e9
-    record.status = "ok"
 
 
 def _free_after_error(err: BaseException) -> None:

@@ -25,7 +25,7 @@ file), a cell parameter of the cell being checked (``block_size``, ``context_len
 metric name below evaluated on that cell. A rule applies to every cell its ``where`` selects
 (values may be lists: any of them); it passes when it holds for each of those cells.
 
-Metric names: every summary column (``orthrus.bench.records.SUMMARY_COLUMNS``) by its own name, plus
+Metric names: every summary column (``orthrus.results.summary.SUMMARY_COLUMNS``) by its own name, plus
 these aliases and derived figures:
 
     identity.exact_rate            -> identity_exact_rate
@@ -39,12 +39,13 @@ these aliases and derived figures:
     ttft_ms, tpot_ms, e2e_ms, decode_tokens_per_s, new_tokens, tokens_per_step -> <name>_median
     ar_nll                         -> ar_nll_mean
     peak_kv_overhead_bytes         =  kv_cache_bytes_peak_max of the cell minus that of the AR cell
-                                      with the same context and settings (0 for AR itself)
-    kv_bytes_per_token             =  the summary's ``kv_bytes_per_token`` column, else
-                                      environment.json's ``kv_bytes_per_token`` (a number, or a
-                                      mapping model -> number), else the growth of the AR cells'
-                                      kv_cache_bytes_peak_max per context token (exact with two or
-                                      more AR contexts), else AR's kv / (context_length + new_tokens)
+                                      with the same context and settings (0 for AR itself;
+                                      ``orthrus.results.derived.kv_overhead_bytes``)
+    kv_bytes_per_token             =  the summary column: bytes of K and V per position in the
+                                      engine's model, as recorded with each measurement
+
+``block_size`` in a rule is the block size the engine actually used (also for a null sweep), and
+``where: {lossless: true}`` selects the cells whose engine said it is lossless.
 
 Noise policy. Deterministic figures (identity, tokens per forward, accepted length, KV bytes) can be
 gated tightly against a baseline. Wall-clock figures (``*_ms_*``, ``decode_tokens_per_s_*``,
@@ -77,13 +78,13 @@ from orthrus.report.rundata import (
     METRIC_COLUMNS,
     VOLATILE_COLUMNS,
     RunData,
-    ar_counterpart,
     cell_columns,
     is_lossless,
     is_present,
+    kv_overhead_bytes,
     load_run,
     same_cell,
-    same_cell_except,
+    summary_table,
 )
 
 BASELINE_FORMAT = "orthrus-baseline"
@@ -112,7 +113,7 @@ METRIC_ALIASES = {
     "memory_bandwidth_gb_s": "memory_bandwidth_gb_s_median",
     "ar_nll": "ar_nll_mean",
 }
-DERIVED_METRICS = ("peak_kv_overhead_bytes", "kv_bytes_per_token")
+DERIVED_METRICS = ("peak_kv_overhead_bytes",)
 WALL_CLOCK_PREFIXES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "decode_tokens_per_s", "memory_bandwidth_gb_s")
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
@@ -590,7 +591,7 @@ class _Cells:
     def scope(self, row: dict[str, Any]) -> str:
         parts = [f"{'engine' if row['series'] == row.get('engine') else 'series'}={row['series']}"]
         parts += [
-            f"{c}={_plain(row[c])}" for c in self.varying if c not in ("series",) + _LABELS and is_present(row.get(c))
+            f"{c}={_plain(row[c])}" for c in self.varying if c not in ("series", "label") and is_present(row.get(c))
         ]
         return ", ".join(parts)
 
@@ -605,8 +606,6 @@ class _Cells:
         column = resolve_metric(name)
         if column == "peak_kv_overhead_bytes":
             return self.kv_overhead(row)
-        if column == "kv_bytes_per_token":
-            return self.kv_bytes_per_token(row)
         value = row.get(column)
         if isinstance(value, bool):
             return float(value)
@@ -617,47 +616,7 @@ class _Cells:
         return None if math.isnan(number) else number
 
     def kv_overhead(self, row: dict[str, Any]) -> float | None:
-        own = self.value("kv_cache_bytes_peak_max", row)
-        if row.get("engine") == "ar":
-            return 0.0 if own is not None else None
-        ar = ar_counterpart(self.summary, row)
-        theirs = self.value("kv_cache_bytes_peak_max", ar) if ar else None
-        return None if own is None or theirs is None else own - theirs
-
-    def kv_bytes_per_token(self, row: dict[str, Any]) -> float | None:
-        if "kv_bytes_per_token" in row and is_present(row["kv_bytes_per_token"]):
-            return float(row["kv_bytes_per_token"])
-        env = self.run.environment.get("kv_bytes_per_token")
-        if isinstance(env, (int, float)):
-            return float(env)
-        if isinstance(env, dict) and is_present(env.get(str(row.get("model")))):
-            return float(env[str(row.get("model"))])
-        ar = row if row.get("engine") == "ar" else ar_counterpart(self.summary, row)
-        if not ar:
-            return None
-        # the AR cache grows by exactly kv_bytes_per_token per token: the slope between the AR cells
-        # of the smallest and largest context (same model and settings) is exact for a dynamic cache
-        points = sorted(
-            {
-                (self.value("context_length", r), self.value("kv_cache_bytes_peak_max", r))
-                for r in self.rows
-                if r.get("engine") == "ar"
-                and same_cell_except(r, ar, {"context_length", "cell_id"})
-                and self.value("context_length", r) is not None
-                and self.value("kv_cache_bytes_peak_max", r) is not None
-            }
-        )
-        if len(points) >= 2 and points[-1][0] > points[0][0]:
-            return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
-        kv, context, new = (
-            self.value(k, ar) for k in ("kv_cache_bytes_peak_max", "context_length", "new_tokens_median")
-        )
-        if kv is None or context is None or new is None or context + new <= 0:
-            return None
-        return kv / (context + new)  # one context only: an upper bound when the cache is preallocated
-
-
-_LABELS = ("label", "engine_label", "engine_name")
+        return kv_overhead_bytes(self.summary, row)
 
 
 def _plain(value: Any) -> Any:
@@ -682,13 +641,11 @@ def _match_baseline(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str
 
 
 def evaluate_rules(run: RunData, rules: Sequence[GateRule], baseline: dict[str, Any] | None = None) -> GateReport:
-    from orthrus.report.rundata import prepare_summary, summary_frame
-
     report = GateReport(str(run.path))
     cells = _Cells(run)
     base_rows: list[dict[str, Any]] = []
     if baseline is not None:
-        base_rows = prepare_summary(summary_frame(baseline["summary"], "baseline")).to_dict("records")
+        base_rows = summary_table(baseline["summary"]).to_dict("records")
         report.baseline = {
             k: baseline.get(k) for k in ("path", "run_id", "suite_name", "suite_hash", "created", "git_commit")
         }

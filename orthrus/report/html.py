@@ -26,14 +26,14 @@ import pandas as pd
 from orthrus.report.gates import GateReport, GateResult, fmt
 from orthrus.report.plots import PlotInfo, make_plots, near_tie_margin
 from orthrus.report.rundata import (
-    LABEL_COLUMNS,
+    LABEL_COLUMN,
     VOLATILE_COLUMNS,
     RunData,
-    ar_counterpart,
     cell_columns,
     is_greedy,
     is_lossless,
     is_present,
+    kv_overhead_bytes,
     load_run,
     series_label,
 )
@@ -159,11 +159,9 @@ def headlines(run: RunData) -> list[Headline]:
     for r in non_ar:
         if r.get("engine") != "orthrus" or not is_present(r.get("kv_cache_bytes_peak_max")):
             continue
-        ar = ar_counterpart(df, r)
-        if ar and is_present(ar.get("kv_cache_bytes_peak_max")) and ar["kv_cache_bytes_peak_max"] > 0:
-            overheads.append(
-                (r["kv_cache_bytes_peak_max"] - ar["kv_cache_bytes_peak_max"], ar["kv_cache_bytes_peak_max"], r)
-            )
+        extra = kv_overhead_bytes(df, r)
+        if extra is not None and r["kv_cache_bytes_peak_max"] > extra:
+            overheads.append((extra, r["kv_cache_bytes_peak_max"] - extra, r))
     if overheads:
         extra, base, r = max(overheads, key=lambda o: o[0])
         out.append(
@@ -200,7 +198,7 @@ def _where(row: dict[str, Any], df: pd.DataFrame) -> str:
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
-    skip = {"engine_options", "lossless", *LABEL_COLUMNS, *VOLATILE_COLUMNS}
+    skip = {"engine_options", "lossless", LABEL_COLUMN, *VOLATILE_COLUMNS}
     params = [c for c in cell_columns(df) if c not in skip and not c.endswith("_path")]  # the model key says it
     return [c for c in params if df[c].astype(str).nunique() > 1]
 

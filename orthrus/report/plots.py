@@ -28,12 +28,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from orthrus.report.rundata import (
-    LABEL_COLUMNS,
+    LABEL_COLUMN,
     VOLATILE_COLUMNS,
     RunData,
-    ar_counterpart,
     cell_columns,
     is_present,
+    kv_overhead_bytes,
     series_label,
 )
 
@@ -54,7 +54,7 @@ NOT_DIMENSIONS = {
     "lossless",
     "series",
     "kv_overhead_bytes",
-    *LABEL_COLUMNS,
+    LABEL_COLUMN,
     *VOLATILE_COLUMNS,
 }
 _MARKERS = "osD^vP*Xh<>"
@@ -321,16 +321,10 @@ def plot_memory_vs_context(run: RunData) -> Figure | None:
     if not sources:
         return None
     if sources[0][0] == "kv_cache_bytes_peak_max" and "engine" in df.columns and (df["engine"] == "ar").any():
-        overhead = []
-        for row in df.to_dict("records"):
-            ar = ar_counterpart(df, row) if row.get("engine") != "ar" else None
-            ok = (
-                ar is not None
-                and is_present(row.get("kv_cache_bytes_peak_max"))
-                and is_present(ar.get("kv_cache_bytes_peak_max"))
-            )
-            overhead.append(row["kv_cache_bytes_peak_max"] - ar["kv_cache_bytes_peak_max"] if ok else np.nan)
-        df = df.assign(kv_overhead_bytes=overhead)
+        overhead = [
+            kv_overhead_bytes(df, row) if row.get("engine") != "ar" else None for row in df.to_dict("records")
+        ]
+        df = df.assign(kv_overhead_bytes=[np.nan if v is None else v for v in overhead])
         if _has(df, "context_length", "kv_overhead_bytes"):
             sources.insert(1, ("kv_overhead_bytes", "KV cache beyond AR's at the same context", "KiB", 1 / 2**10))
     ncols = min(3, len(sources))

@@ -1,0 +1,219 @@
+"""The record of one measurement: one field list, built from a ``GenerationResult`` plus the engine's
+``EngineDescription`` plus the identity of the (cell, prompt, repeat) it measured.
+
+Metric names and meanings are those of METRICS.md; memory fields carry their source in the name
+and are null (None) when they could not be measured, never 0. Facts about the engine that ran
+(``block_size`` it actually used, ``kv_bytes_per_token`` of its model, ``lossless``) are recorded
+here, so that summaries, plots and gates read them instead of reconstructing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from orthrus.engines.base import EngineDescription, GenerationResult
+
+RECORD_VERSION = 2  # 2: block_size / kv_bytes_per_token / lossless are fields (1 kept two of them in extra)
+# what a record says about the engine that ran (from EngineDescription), copied into the summary row
+ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless")
+
+
+@dataclass
+class MeasurementRecord:
+    # identity of the measurement
+    run_id: str
+    cell_id: str  # stable hash of ``cell``; --resume skips (cell_id, prompt_id, repeat) already present
+    cell: dict[str, Any]  # engine, label, engine_options, model, dtype, device, context_length, block_size
+    # (as the suite asked; None = the engine's default), temperature, top_k, top_p, max_new_tokens, ...
+    prompt_id: str
+    repeat: int  # 0-based among the measured (non-warm-up) repetitions
+    status: str = "ok"  # "ok" | "failed"
+    error: str | None = None  # one line: exception type and message (e.g. "OutOfMemoryError: ...")
+    category: str | None = None  # e.g. Spec-Bench category
+    # facts about the engine that ran (EngineDescription); None when no engine was built
+    block_size: int | None = None  # the block size it actually used (None: the engine takes none)
+    kv_bytes_per_token: int | None = None  # bytes of K and V one position occupies in its model's cache
+    lossless: bool | None = None  # its output is the AR model's (greedy: identical tokens)
+    # what was generated
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    tokens: list[int] | None = None
+    stop_reason: str | None = None
+    # latency (ms) and throughput
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    itl_ms: list[float] | None = None
+    e2e_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    # work
+    forward_passes: int | None = None
+    forward_passes_by_kind: dict[str, int] | None = None
+    tokens_per_forward: float | None = None
+    cycles: int | None = None
+    drafted_per_cycle: list[int] | None = None
+    accepted_per_cycle: list[int] | None = None
+    acceptance_length: float | None = None  # per request mean of accepted_per_cycle
+    acceptance_by_position: list[float] | None = None
+    denoise_steps: int | None = None  # DLM engines
+    tokens_per_step: float | None = None  # DLM engines
+    memory_bandwidth_gb_s: float | None = None  # weight bytes per forward x forwards per second
+    # memory, labelled by source (None = not measurable here)
+    kv_cache_bytes_peak: int | None = None
+    nvml_device_used_mib: float | None = None
+    nvml_process_used_mib: float | None = None
+    torch_max_allocated_mib: float | None = None
+    torch_max_reserved_mib: float | None = None
+    rss_peak_mib: float | None = None
+    # identity against the reference engine for the same prompt and settings
+    reference_engine: str | None = None
+    identity_exact: bool | None = None
+    first_divergence: int | None = None
+    match_fraction: float | None = None
+    divergence_margin: float | None = None  # reference top-1 minus top-2 logit at first_divergence
+    ar_nll: float | None = None
+    # harness bookkeeping
+    harness_overhead_ms: float | None = None  # time per measurement spent outside generate()
+    timestamp: float | None = None
+    version: int = RECORD_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # harness notes and engine-specific figures
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_generation(
+        cls,
+        result: GenerationResult,
+        description: EngineDescription,
+        *,
+        run_id: str,
+        cell_id: str,
+        cell: dict[str, Any],
+        prompt_id: str,
+        repeat: int,
+        category: str | None = None,
+        memory: dict[str, float | None] | None = None,
+        weight_bytes: int | None = None,
+    ) -> MeasurementRecord:
+        """The record of one successful ``generate`` call; ``memory`` holds the trackers' figures by
+        record field name; ``weight_bytes`` (bytes one forward pass reads) gives the bandwidth."""
+        passes = result.total_forward_passes
+        record = cls(
+            run_id=run_id,
+            cell_id=cell_id,
+            cell=cell,
+            prompt_id=prompt_id,
+            repeat=repeat,
+            category=category,
+            **_facts(description),
+            prompt_tokens=result.prompt_tokens,
+            new_tokens=result.new_tokens,
+            tokens=list(result.tokens),
+            stop_reason=result.stop_reason,
+            ttft_ms=result.ttft_ms,
+            tpot_ms=result.tpot_ms,
+            itl_ms=result.itl_ms,
+            e2e_ms=result.e2e_ms,
+            decode_tokens_per_s=result.decode_tokens_per_s,
+            cycles=result.cycles,
+            drafted_per_cycle=list(result.drafted_per_cycle),
+            accepted_per_cycle=list(result.accepted_per_cycle),
+            acceptance_length=result.acceptance_length,
+            acceptance_by_position=result.acceptance_by_position,
+            kv_cache_bytes_peak=result.kv_cache_bytes_peak,
+        )
+        if passes:
+            record.forward_passes = passes
+            record.forward_passes_by_kind = dict(result.forward_passes)
+            record.tokens_per_forward = result.tokens_per_forward
+        else:  # the engine does not count its passes: unknown, not zero
+            record.extra["forward_passes_counted"] = False
+        extra = dict(result.extra)
+        per_step = extra.pop("tokens_per_step", None)
+        record.denoise_steps = extra.pop("denoise_steps", None)
+        if record.denoise_steps is None and result.forward_passes.get("denoise"):
+            record.denoise_steps = int(result.forward_passes["denoise"])
+        if isinstance(per_step, list):
+            record.extra["tokens_committed_per_step"] = per_step
+            record.tokens_per_step = sum(per_step) / len(per_step) if per_step else None
+        elif per_step is not None:
+            record.tokens_per_step = float(per_step)
+        elif record.denoise_steps:
+            record.tokens_per_step = result.new_tokens / record.denoise_steps
+        record.extra.update(extra)
+        if weight_bytes and record.forward_passes and record.e2e_ms:
+            record.memory_bandwidth_gb_s = weight_bytes * record.forward_passes / (record.e2e_ms / 1e3) / 1e9
+        for name, value in (memory or {}).items():
+            if name not in _FIELDS or name in _IDENTITY:
+                raise ValueError(f"memory figure {name!r} is not a field of MeasurementRecord")
+            setattr(record, name, value)
+        return record
+
+    @classmethod
+    def failed(
+        cls,
+        error: str,
+        description: EngineDescription | None = None,
+        *,
+        run_id: str,
+        cell_id: str,
+        cell: dict[str, Any],
+        prompt_id: str,
+        repeat: int,
+        category: str | None = None,
+        prompt_tokens: int | None = None,
+        timestamp: float | None = None,
+    ) -> MeasurementRecord:
+        """The record of a measurement (or, with no engine built, a whole cell) that failed."""
+        return cls(
+            run_id=run_id,
+            cell_id=cell_id,
+            cell=cell,
+            prompt_id=prompt_id,
+            repeat=repeat,
+            status="failed",
+            error=error[:500],
+            category=category,
+            prompt_tokens=prompt_tokens,
+            timestamp=timestamp,
+            **(_facts(description) if description is not None else {}),
+        )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """One line of results.jsonl: every field, in field order."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeasurementRecord:
+        """A record from one line of results.jsonl (any version); unknown keys go to ``extra``."""
+        data = dict(data)
+        extra = dict(data.pop("extra", None) or {})
+        if int(data.get("version") or 1) < 2:  # version 1 kept two engine facts in extra
+            data.setdefault("lossless", extra.pop("lossless", None))
+            block = extra.pop("engine_block_size", None)
+            cell = data.get("cell") or {}
+            data.setdefault("block_size", block if block is not None else cell.get("block_size"))
+            data["version"] = RECORD_VERSION
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        extra.update({k: v for k, v in data.items() if k not in _FIELDS})
+        missing = [k for k in _IDENTITY if k not in known]
+        if missing:
+            raise ValueError(f"a measurement record needs {', '.join(missing)}")
+        return cls(**known, extra=extra)
+
+
+def _facts(description: EngineDescription) -> dict[str, Any]:
+    return {
+        "block_size": description.block_size,
+        "kv_bytes_per_token": description.kv_bytes_per_token,
+        "lossless": description.lossless,
+    }
+
+
+_FIELDS = tuple(f.name for f in fields(MeasurementRecord))
+_IDENTITY = ("run_id", "cell_id", "cell", "prompt_id", "repeat")
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
+    """(cell_id, prompt_id, repeat): what a measurement is; --resume and merges keep each key once."""
+    return (str(record["cell_id"]), str(record["prompt_id"]), int(record["repeat"]))
