@@ -97,6 +97,11 @@ def test_budget_and_resume_mistakes_are_clear_errors(tmp_path):
         start_run(LoopConfig(out_dir=tmp_path, steps=0))
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         start_run(LoopConfig(out_dir=tmp_path, steps=1, resume=True))
+    checkpoint_path(tmp_path).parent.mkdir(parents=True)
+    torch.save({"diff": {}, "step": 1}, checkpoint_path(tmp_path))  # the old distillation format
+    config = tiny_config(tmp_path, resume=True)
+    with pytest.raises(ValueError, match="older orthrus"):
+        run(config)
 
 
 def test_time_budget_ends_the_run(tmp_path):

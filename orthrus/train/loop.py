@@ -175,6 +175,8 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path} to resume from; run without --resume to start fresh.")
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not {"model", "optimizer", "state", "rng"} <= payload.keys():
+        raise ValueError(f"{path} is a checkpoint from an older orthrus; run without --resume to start fresh.")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["rng"]["data"])
