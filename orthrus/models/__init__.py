@@ -9,6 +9,7 @@ import torch
 from orthrus.errors import UserInputError
 from orthrus.models.modeling_orthrus import (
     DEFAULT_BLOCK_SIZE,
+    SUPPORTED_ATTN_IMPLEMENTATIONS,
     OrthrusConfig,
     OrthrusForCausalLM,
     is_diffusion_param,
@@ -19,6 +20,7 @@ from orthrus.models.zoo_index import ZOO_NAMES, zoo_path
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "SUPPORTED_ATTN_IMPLEMENTATIONS",
     "OrthrusConfig",
     "OrthrusForCausalLM",
     "ZOO_NAMES",
@@ -54,15 +56,21 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def load_causal_lm(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu") -> OrthrusForCausalLM:
-    """An Orthrus checkpoint as is, or a plain Qwen3 checkpoint with a fresh (copied) diffusion view."""
+def load_causal_lm(
+    path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", attn_implementation: str = "sdpa"
+) -> OrthrusForCausalLM:
+    """An Orthrus checkpoint as is, or a plain Qwen3 checkpoint with a fresh (copied) diffusion view.
+
+    ``attn_implementation`` (one of SUPPORTED_ATTN_IMPLEMENTATIONS) applies to both views."""
     torch_dtype, torch_device = parse_dtype(dtype), check_device(device)
     resolved = resolve_model_path(path)
     config = read_config(resolved)
     has_view = config.get("model_type") == "orthrus" or "mask_token_id" in config and "block_size" in config
     if has_view:
-        model = OrthrusForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
+        model = OrthrusForCausalLM.from_pretrained(resolved, dtype=torch_dtype, attn_implementation=attn_implementation)
     else:
-        model = OrthrusForCausalLM.from_base(resolved, block_size=DEFAULT_BLOCK_SIZE, dtype=torch_dtype)
+        model = OrthrusForCausalLM.from_base(
+            resolved, block_size=DEFAULT_BLOCK_SIZE, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
     model.name_or_path = str(path)
     return model.to(torch_device)

@@ -4,7 +4,8 @@ A *diffusion LM* here is any model that maps a sequence with MASK tokens to logi
 position (row i predicts the token at position i, no shift), attending bidirectionally, and names
 its mask token. Two kinds are supported:
 
-* ``Qwen3DiffusionLM`` (ours, e.g. ``tiny-dlm``): the Qwen3 decoder stack with non-causal SDPA.
+* ``Qwen3DiffusionLM`` (ours, e.g. ``tiny-dlm``): the Qwen3 decoder stack with non-causal attention
+  (``attn_implementation`` "sdpa", the default, or "eager", as the Orthrus model).
   Its checkpoint is a plain Qwen3 one (same weight names as ``Qwen3ForCausalLM``) whose
   ``config.json`` adds ``"is_causal": false`` (transformers' own flag for bidirectional decoder
   models) and ``"mask_token_id"``. It can take a K/V cache, which the Fast-dLLM prefix and dual
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
@@ -34,7 +34,10 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from orthrus.errors import UserInputError
 from orthrus.models.modeling_orthrus import (
+    HonoursAttnImplementation,
+    attention_function,
     build_from_state,
+    check_attn_implementation,
     init_qwen3_weights,
     is_diffusion_param,
     load_state_dict,
@@ -50,6 +53,7 @@ class DiffusionAttention(nn.Module):
 
     def __init__(self, config: Qwen3Config) -> None:
         super().__init__()
+        self.config = config  # the model's own config object: its _attn_implementation picks the attention
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -79,9 +83,7 @@ class DiffusionAttention(nn.Module):
             keys[:, :, start : start + k.shape[2]] = k
             values[:, :, start : start + v.shape[2]] = v
             k, v = keys, values
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=False, scale=self.head_dim**-0.5, enable_gqa=self.num_heads != self.num_kv_heads
-        )
+        out = attention_function(self.config._attn_implementation)(q, k, v, None, False, self.head_dim**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
 
 
@@ -107,7 +109,7 @@ class DiffusionBackbone(nn.Module):
         self.rotary_emb = Qwen3RotaryEmbedding(config=config)
 
 
-class Qwen3DiffusionLM(PreTrainedModel):
+class Qwen3DiffusionLM(HonoursAttnImplementation, PreTrainedModel):
     """A Qwen3 decoder run bidirectionally as a masked-diffusion LM (weight names of Qwen3ForCausalLM)."""
 
     config_class = Qwen3Config
@@ -166,24 +168,30 @@ class Qwen3DiffusionLM(PreTrainedModel):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_weights(
-        cls, config_dict: dict[str, Any], state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+        cls,
+        config_dict: dict[str, Any],
+        state: dict[str, torch.Tensor],
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
     ) -> Qwen3DiffusionLM:
         """Build from a Qwen3 config dict and a Qwen3ForCausalLM-style state dict (tensors are reused)."""
         config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures")}
         config = Qwen3Config(**config_dict)
         config.is_causal = False
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = check_attn_implementation(attn_implementation, cls.__name__)
         state = {k: v for k, v in state.items() if not is_diffusion_param(k)}
         model = build_from_state(cls, config, state, dtype, "Qwen3")
         return model.eval()
 
     @classmethod
     def from_causal_lm(cls, model: nn.Module, mask_token_id: int | None = None) -> Qwen3DiffusionLM:
-        """The same weights (shared tensors) run bidirectionally: to adapt a causal Qwen3 LM into a DLM."""
+        """The same weights (shared tensors) run bidirectionally: to adapt a causal Qwen3 LM into a DLM.
+        The attention implementation is the causal model's own."""
         config_dict = model.config.to_dict()
         if mask_token_id is not None:
             config_dict["mask_token_id"] = mask_token_id
-        dlm = cls.from_weights(config_dict, dict(model.state_dict()))
+        attn = getattr(model.config, "_attn_implementation", None)
+        dlm = cls.from_weights(config_dict, dict(model.state_dict()), attn_implementation=attn)
         return dlm.to(next(model.parameters()).device)
 
     def save_dlm(self, out_dir: str | Path, dtype: torch.dtype | None = torch.float16) -> None:
@@ -234,11 +242,16 @@ def load_diffusion_lm(
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> Qwen3DiffusionLM | RemoteDiffusionLM:
-    """A diffusion LM from a zoo name or a local directory (see the module docstring for what qualifies)."""
+    """A diffusion LM from a zoo name or a local directory (see the module docstring for what qualifies).
+
+    ``attn_implementation`` is one of SUPPORTED_ATTN_IMPLEMENTATIONS; a remote-code model gets it
+    passed to its own ``from_pretrained``."""
     from orthrus.models import check_device, parse_dtype
 
     torch_dtype, torch_device = parse_dtype(dtype), check_device(device)
+    attn_implementation = check_attn_implementation(attn_implementation)
     resolved = resolve_model_path(path)
     config_file = resolved / "config.json"
     if not config_file.is_file():
@@ -252,7 +265,7 @@ def load_diffusion_lm(
                 '"is_causal": false and "mask_token_id"); use a diffusion checkpoint such as tiny-dlm.'
             )
         model: Qwen3DiffusionLM | RemoteDiffusionLM = Qwen3DiffusionLM.from_weights(
-            config, load_state_dict(resolved), torch_dtype
+            config, load_state_dict(resolved), torch_dtype, attn_implementation
         )
     elif not trust_remote_code:
         raise UserInputError(
@@ -262,7 +275,9 @@ def load_diffusion_lm(
     else:
         from transformers import AutoModel
 
-        inner = AutoModel.from_pretrained(str(resolved), trust_remote_code=True, dtype=torch_dtype)
+        inner = AutoModel.from_pretrained(
+            str(resolved), trust_remote_code=True, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
         model = RemoteDiffusionLM(inner.eval(), config.get("mask_token_id"))
     model.name_or_path = str(path)
     return model.to(torch_device)

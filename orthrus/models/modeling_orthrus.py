@@ -48,11 +48,79 @@ class OrthrusConfig(Qwen3Config):
         super().__init__(**kwargs)
 
 
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float
+) -> torch.Tensor:
+    """torch's fused scaled_dot_product_attention. q [B, H, Tq, D], k and v [B, Hkv, Tk, D] -> [B, H, Tq, D];
+    ``mask`` is boolean (True = may attend) and broadcasts to [B, H, Tq, Tk]; ``causal`` needs Tq == Tk."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+def eager_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float
+) -> torch.Tensor:
+    """The same attention written out: softmax(q k^T * scale, masked) v, softmax in fp32 (as transformers' eager)."""
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: each K/V head serves H / Hkv query heads
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(weights, v)
+
+
+# the attention implementations our models honour, by the name transformers uses for them
+ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "eager": eager_attention}
+SUPPORTED_ATTN_IMPLEMENTATIONS = tuple(ATTENTION_FUNCTIONS)
+
+
+def check_attn_implementation(name: str | None, model: str = "this model") -> str:
+    """The attention implementation to use for a requested one (None: sdpa); others are one clear error."""
+    name = "sdpa" if name is None else name
+    if name not in ATTENTION_FUNCTIONS:
+        raise UserInputError(
+            f"attn_implementation {name!r} is not supported by {model}; use one of "
+            f"{', '.join(SUPPORTED_ATTN_IMPLEMENTATIONS)}."
+        )
+    return name
+
+
+def attention_function(name: str | None):
+    return ATTENTION_FUNCTIONS[check_attn_implementation(name)]
+
+
+class HonoursAttnImplementation:
+    """Mixin for our PreTrainedModels: transformers' attn_implementation checks, limited to what we honour.
+
+    ``from_pretrained(..., attn_implementation=...)``, ``config._attn_implementation`` and
+    ``set_attn_implementation`` all land here; anything outside SUPPORTED_ATTN_IMPLEMENTATIONS is
+    refused instead of being accepted and ignored.
+    """
+
+    # our attention modules read config._attn_implementation on every call, so switching is live
+    # (transformers otherwise guesses from the module source and would silently ignore a switch)
+    _can_set_attn_implementation_cached_value = True
+
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
+    ) -> str:
+        return check_attn_implementation(attn_implementation, type(self).__name__)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        return check_attn_implementation(requested_attention, type(self).__name__)
+
+
 class OrthrusAttention(nn.Module):
     """Qwen3 attention with a second (diffusion) set of projections and norms."""
 
     def __init__(self, config: OrthrusConfig, layer_idx: int) -> None:
         super().__init__()
+        self.config = config  # the model's own config object: its _attn_implementation picks the attention
         self.layer_idx = layer_idx
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.num_heads = config.num_attention_heads
@@ -82,15 +150,8 @@ class OrthrusAttention(nn.Module):
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, suffix: str
     ) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            scale=self.scaling,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        attention = attention_function(self.config._attn_implementation)  # read per call: set_attn_implementation works
+        out = attention(q, k, v, mask, causal, self.scaling)
         out = out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1)
         return getattr(self, f"o_proj{suffix}")(out)
 
@@ -145,6 +206,19 @@ def _with_prefix(
     return torch.cat([layer.keys[:, :, :past_len], k], dim=2), torch.cat([layer.values[:, :, :past_len], v], dim=2)
 
 
+def crop_cache(cache: Cache, length: int, held: int) -> None:
+    """Keep the first ``length`` of the ``held`` entries of every layer (``0 < length <= held``).
+
+    transformers' ``Cache.crop`` takes the number of entries to remove, as a negative int; a count
+    of 0 is a no-op, whereas a target length of 0 would empty the cache. Taking the length to keep
+    (and the length held, known to the caller without a device sync) avoids both traps.
+    """
+    if not 0 < length <= held:
+        raise ValueError(f"crop_cache keeps 1..{held} entries, not {length}.")
+    if length < held:
+        cache.crop(length - held)
+
+
 def cache_storage_bytes(cache: Cache) -> int:
     """Bytes of memory the cache's K/V tensors hold (their storage, not just the used length)."""
     total = 0
@@ -189,7 +263,7 @@ def init_qwen3_weights(module: nn.Module, std: float) -> None:
         nn.init.ones_(module.weight)
 
 
-class OrthrusPreTrainedModel(PreTrainedModel):
+class OrthrusPreTrainedModel(HonoursAttnImplementation, PreTrainedModel):
     config_class = OrthrusConfig
     base_model_prefix = "model"
     _no_split_modules = ["OrthrusDecoderLayer"]
@@ -217,8 +291,15 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *args: Any, dtype: torch.dtype | None = None, **kwargs: Any):
-        """Load a directory in the Orthrus-Qwen3 layout (no remote code)."""
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *args: Any,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+        **kwargs: Any,
+    ):
+        """Load a directory in the Orthrus-Qwen3 layout (no remote code); attention "sdpa" (default) or "eager"."""
         path = Path(resolve_model_path(path))
         config_dict = read_config(path)
         state = load_state_dict(path)
@@ -230,11 +311,18 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         config = OrthrusConfig(**{k: v for k, v in config_dict.items() if k not in ("model_type", "architectures")})
         if config.mask_token_id is None:
             raise UserInputError(f"{path}/config.json has no mask_token_id; add the id of the mask token to it.")
-        model = cls._from_state(config, state, dtype)
-        return model
+        return cls._from_state(config, state, dtype, attn_implementation)
 
     @classmethod
-    def _from_state(cls, config: OrthrusConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None):
+    def _from_state(
+        cls,
+        config: OrthrusConfig,
+        state: dict[str, torch.Tensor],
+        dtype: torch.dtype | None,
+        attn_implementation: str | None = None,
+    ):
+        if attn_implementation is not None or config._attn_implementation is None:
+            config._attn_implementation = check_attn_implementation(attn_implementation, cls.__name__)
         model = build_from_state(cls, config, state, dtype, "Orthrus-Qwen3")
         model.requires_grad_(False)
         for name, param in model.named_parameters():
@@ -249,11 +337,15 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         block_size: int = DEFAULT_BLOCK_SIZE,
         mask_token_id: int | None = None,
         dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
     ) -> OrthrusForCausalLM:
-        """Attach a fresh diffusion view (copies of the AR attention weights) to a Qwen3 model."""
+        """Attach a fresh diffusion view (copies of the AR attention weights) to a Qwen3 model.
+
+        ``attn_implementation`` (None: the base module's own, else sdpa) applies to both views."""
         if block_size < 1:
             raise UserInputError(f"block_size must be >= 1, got {block_size}.")
         if isinstance(base, nn.Module):
+            attn_implementation = attn_implementation or getattr(base.config, "_attn_implementation", None)
             config_dict = base.config.to_dict()
             state = {k: v.detach() for k, v in base.state_dict().items()}
         else:
@@ -280,7 +372,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
                 marker = f".self_attn.{twin}."
                 if marker in name:
                     state[name.replace(marker, f".self_attn.{twin}_diff.")] = state[name].clone()
-        return cls._from_state(OrthrusConfig(**config_dict), state, dtype)
+        return cls._from_state(OrthrusConfig(**config_dict), state, dtype, attn_implementation)
 
     # ------------------------------------------------------------------ passes
     def new_cache(self, max_len: int | None = None) -> Cache:
