@@ -1,4 +1,4 @@
-"""Reports, comparisons and CI gates made from a run's results files only (see orthrus.bench.records).
+"""Reports, comparisons and CI gates made from a run's results files only (see orthrus.results).
 
 Imports are deferred so that importing this package (the harness checks for ``render_run``) does
 not load matplotlib until a report is actually drawn.

@@ -321,9 +321,7 @@ def plot_memory_vs_context(run: RunData) -> Figure | None:
     if not sources:
         return None
     if sources[0][0] == "kv_cache_bytes_peak_max" and "engine" in df.columns and (df["engine"] == "ar").any():
-        overhead = [
-            kv_overhead_bytes(df, row) if row.get("engine") != "ar" else None for row in df.to_dict("records")
-        ]
+        overhead = [kv_overhead_bytes(df, row) if row.get("engine") != "ar" else None for row in df.to_dict("records")]
         df = df.assign(kv_overhead_bytes=[np.nan if v is None else v for v in overhead])
         if _has(df, "context_length", "kv_overhead_bytes"):
             sources.insert(1, ("kv_overhead_bytes", "KV cache beyond AR's at the same context", "KiB", 1 / 2**10))
