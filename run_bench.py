@@ -1,6 +1,6 @@
-"""Entry point: ``python run_bench.py suites/long_context.yaml`` (see orthrus.bench)."""
+"""Entry point: ``python run_bench.py suites/long_context.yaml`` (see orthrus.run_cli)."""
 
-from orthrus.bench.cli import main
+from orthrus.run_cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from orthrus.bench.matrix import expand, parse_shard, shard
-from orthrus.bench.schema import apply_quick, apply_sets, load_suite, split_key_path
+from orthrus.bench.suite.overrides import apply_quick, apply_sets, split_key_path
+from orthrus.bench.suite.validate import load_suite
 from orthrus.errors import UserInputError
 
 RAW = {
@@ -128,3 +129,9 @@ def test_select_quick_and_set_overrides():
     assert changed["sweep"]["context_lengths"] == [32, 48] and changed["engines"][1]["options"] == {"block_size": 4}
     assert RAW["sweep"]["context_lengths"] == [64, 128]  # the original is untouched
     assert apply_quick(RAW)["prompts"]["count"] == 1
+
+
+def test_a_validated_suite_carries_its_cells_expanded_once():
+    suite = _suite(exclude=[{"engine": "orthrus-dyn"}])
+    assert [c.cell_id for c in suite.cells] == [c.cell_id for c in expand(suite)]
+    assert {c.params["label"] for c in suite.cells} == {"ar", "orthrus"}

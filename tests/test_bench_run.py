@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-from orthrus.bench.cli import main
 from orthrus.bench.prompts import PromptFactory
-from orthrus.bench.schema import load_suite
 from orthrus.bench.store import read_records, record_key
+from orthrus.bench.suite.validate import load_suite
 from orthrus.models import OrthrusForCausalLM
 from orthrus.models.zoo_index import zoo_path
+from orthrus.run_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(zoo_path("tiny-draft") is None, reason="needs the zoo model tiny-draft")
@@ -295,3 +295,24 @@ def test_report_hook_failure_keeps_the_results(tmp_path, capsys, monkeypatch):
     assert "the report could not be rendered (RuntimeError: no plots today)" in captured.err
     assert "results: " in captured.out and "report: " not in captured.out
     assert (run_dir_of(out, "h") / "summary.csv").is_file()
+
+
+def test_a_gated_run_gates_then_renders_the_report_once(tmp_path, capsys, monkeypatch):
+    import orthrus.report
+
+    rendered = []
+    real_render = orthrus.report.render_run
+
+    def counting(run_dir):
+        rendered.append(Path(run_dir))
+        assert (Path(run_dir) / "gates.json").is_file(), "the report is rendered after the gates"
+        return real_render(run_dir)
+
+    monkeypatch.setattr(orthrus.report, "render_run", counting)
+    raw = suite(engines=[{"engine": "ar", "model": "base"}], sweep={"context_lengths": [32], "max_new_tokens": 4})
+    raw["measure"] = {"repetitions": 1, "warmup": 0, "threads": 1}
+    raw["gates"] = [{"rule": "n_failed == 0"}]
+    out = tmp_path / "reports"
+    assert main([str(write_suite(tmp_path, raw)), "--out", str(out), "--run-id", "g", "--quiet"]) == 0
+    assert rendered == [run_dir_of(out, "g")]
+    assert f"report: {run_dir_of(out, 'g') / 'report.html'}" in capsys.readouterr().out

@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
-from orthrus.bench.cli import main
-from orthrus.bench.schema import load_suite, split_key_path
+from orthrus.bench.suite.overrides import split_key_path
+from orthrus.bench.suite.validate import load_suite
+from orthrus.run_cli import main
 
 BASE = {
     "name": "schema_test",
@@ -74,7 +75,22 @@ CASES = [
     (
         "engines[1].options.blok_size",
         4,
-        "engines[1].options.blok_size: engine 'orthrus' takes no option 'blok_size'; did you mean 'block_size'?",
+        "engines[1].options.blok_size: engine 'orthrus' takes no option 'blok_size' (did you mean 'block_size'?); "
+        "its options are block_size, cache, accept_rule.",
+    ),
+    (
+        "engines[1].options",
+        {"draft_len": 8},
+        "engines[1].options.draft_len: engine 'orthrus' takes no option 'draft_len'; "
+        "its options are block_size, cache, accept_rule.",
+    ),
+    ("engines[0].options", {"cache": "static", "steps": 4}, "engines[0].options.steps: engine 'ar' takes no option"),
+    ("engines[2].options", {"draft_model": "draft"}, "name the draft model with the engine's draft_model key"),
+    (
+        "models.base.attn_implementation",
+        "flash_attention_2",
+        "models.base.attn_implementation: 'flash_attention_2' is not an attention implementation these models run; "
+        "use one of sdpa, eager.",
     ),
     ("engines[1].options.cache", 5, "engines[1].options.cache: must be a non-empty string, got an integer (5)."),
     ("sweep.exclude", [{"context": 64}], "sweep.exclude[0].context: unknown key; did you mean 'context_length'?"),

@@ -10,61 +10,28 @@ without one. Batch sizes above 1 are kept only for engines that can batch (none 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from orthrus.bench.suite.spec import Cell, EngineSpec, PromptSourceSpec, Suite, cell_id_of
+from orthrus.engines import engine_class
 from orthrus.errors import UserInputError
-
-if TYPE_CHECKING:
-    from orthrus.bench.schema import EngineSpec, ModelSpec, PromptSourceSpec, Suite
-
-
-@dataclass
-class Cell:
-    """One combination of settings; ``params`` is what records carry as ``cell`` and what ``cell_id`` hashes."""
-
-    cell_id: str
-    params: dict[str, Any]
-    engine: EngineSpec
-    model: ModelSpec
-    draft_model: ModelSpec | None
-    source: PromptSourceSpec
-
-    @property
-    def axes(self) -> dict[str, Any]:
-        return {
-            "engine": self.params["label"],
-            "prompt_source": self.params["prompt_source"],
-            "context_length": self.params["context_length"],
-            "block_size": self.params["block_size"],
-            "temperature": self.params["temperature"],
-            "top_k": self.params["top_k"],
-            "top_p": self.params["top_p"],
-            "max_new_tokens": self.params["max_new_tokens"],
-            "batch_size": self.params["batch_size"],
-        }
-
-
-def cell_id_of(params: dict[str, Any]) -> str:
-    """Stable across machines and runs: a hash of the settings as written (not of resolved paths)."""
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _engine_supports_batch(name: str) -> bool:
-    from orthrus.bench.schema import engine_class
+    return bool(getattr(engine_class(name), "supports_batch", False))
 
-    cls = engine_class(name)
-    return bool(getattr(cls, "supports_batch", False))
+
+def _takes_block_size(engine: EngineSpec) -> bool:
+    """The block-size axis applies to engines that take one, unless the suite fixed it in the options."""
+    return engine_class(engine.engine).takes_block_size and "block_size" not in engine.options
 
 
 def _axis_values(suite: Suite, engine: EngineSpec, source: PromptSourceSpec) -> dict[str, list[Any]]:
     axes = suite.sweep.axes
     return {
         "context_length": axes["context_length"] if source.uses_context_length else [None],
-        "block_size": axes["block_size"] if engine.takes_block_size else [None],
+        "block_size": axes["block_size"] if _takes_block_size(engine) else [None],
         "temperature": axes["temperature"],
         "top_k": axes["top_k"],
         "top_p": axes["top_p"],

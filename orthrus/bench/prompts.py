@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthrus.bench.schema import PromptSourceSpec, has_tokenizer_files
+from orthrus.bench.suite.models import has_tokenizer_files
+from orthrus.bench.suite.prompt_sources import jsonl_prompt_text
+from orthrus.bench.suite.spec import PromptSourceSpec
 from orthrus.errors import UserInputError
 
-JSONL_PROMPT_FIELDS = ("turns", "prompt", "text", "question", "input", "instruction")
 JSONL_ID_FIELDS = ("question_id", "id", "prompt_id")
 CORPUS_FILE_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".jsonl")
 
@@ -37,22 +38,6 @@ class Prompt:
     text: str | None = None
     context_length: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def jsonl_prompt_text(record: dict[str, Any], spec: PromptSourceSpec) -> str:
-    """The prompt text of one JSONL record (``turns`` lists give turn ``spec.turn``)."""
-    names = [spec.prompt_field] if spec.prompt_field else [f for f in JSONL_PROMPT_FIELDS if f in record]
-    if not names or names[0] not in record:
-        wanted = spec.prompt_field or " or ".join(JSONL_PROMPT_FIELDS)
-        raise UserInputError(f"no {wanted!r} field; set prompt_field to the field holding the prompt")
-    value = record[names[0]]
-    if isinstance(value, list):
-        if spec.turn >= len(value):
-            raise UserInputError(f"{names[0]!r} has {len(value)} turns, so turn {spec.turn} does not exist")
-        value = value[spec.turn]
-    if not isinstance(value, str) or not value.strip():
-        raise UserInputError(f"the {names[0]!r} field is not a non-empty string")
-    return value
 
 
 def _jsonl_id(record: dict[str, Any], spec: PromptSourceSpec, line: int) -> str:

@@ -3,7 +3,7 @@
 The runner knows nothing about how an engine decodes: it builds engines by name, feeds them token
 ids and turns each ``GenerationResult`` into a ``MeasurementRecord``. Order of work:
 
-1. expand the suite into cells (reference engine first), take this shard's slice;
+1. take the suite's cells (expanded once at validation, reference engine first), this shard's slice;
 2. build every prompt (so data problems stop the run before anything is written);
 3. per cell: load its model(s) once (kept while later cells need them), build the engine, run the
    warm-up generations (not recorded), then per prompt the repetitions: at least
@@ -11,7 +11,8 @@ ids and turns each ``GenerationResult`` into a ``MeasurementRecord``. Order of w
 4. per measurement: memory trackers around the call, identity against the reference engine's
    greedy tokens (greedy cells), AR NLL (engines that are not lossless); the record is appended to
    results.jsonl and fsynced at once;
-5. summary.csv/json, a table on the terminal, and the report hook.
+5. summary.csv/json and run.json; the caller (the composition root) prints the summary, runs the
+   gates and renders the report.
 
 A failure inside a cell (an exception, out of memory, a missing engine or model) becomes a failed
 record with its error and the run goes on; the exit code then says that something failed.
@@ -33,11 +34,12 @@ import torch
 import yaml
 
 from orthrus.bench.environment import collect_environment, git_commit
-from orthrus.bench.matrix import Cell, expand, shard
+from orthrus.bench.matrix import shard
 from orthrus.bench.prompts import Prompt, PromptFactory
-from orthrus.bench.schema import DLM_ENGINES, ModelSpec, Suite, engine_class
+from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
 from orthrus.bench.summary import format_table, overhead_stats, write_summary
 from orthrus.bench.trackers import MemoryTracker
+from orthrus.engines import DEFAULT_BLOCK_SIZE, engine_class
 from orthrus.errors import UserInputError
 from orthrus.results.record import MeasurementRecord, record_key
 from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
@@ -55,6 +57,22 @@ class RunOptions:
     argv: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RunOutcome:
+    """What a run leaves for its caller: the exit code and what the printed summary needs."""
+
+    code: int  # 0 everything measured, 1 some measurement or cell failed, 130 interrupted
+    run_dir: Path
+    records: list[dict[str, Any]]
+    info: dict[str, Any]
+    frame: Any = None  # the summary table (None when interrupted)
+
+
+def run_suite(suite: Suite, options: RunOptions) -> RunOutcome:
+    """Measure every (cell, prompt, repeat) of ``suite`` not yet recorded; write results and summary."""
+    return Runner(suite, options).run()
+
+
 class CellFailure(Exception):
     """A whole cell cannot run (its message is the record's error)."""
 
@@ -66,6 +84,12 @@ def one_line(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- models and engines
+def loader_key(model_key: str, model_kind: str) -> tuple[str, str]:
+    """A model is loaded once per loader: the DLM loader for ``dlm`` engines, else the causal loader,
+    whose model has both views (so ``causal`` and ``dual_view`` engines share it)."""
+    return (model_key, "dlm" if model_kind == "dlm" else "causal")
+
+
 class ModelPool:
     """Loads each (model, loader) once; frees models no remaining cell needs."""
 
@@ -74,13 +98,13 @@ class ModelPool:
         self.failures: dict[tuple[str, str], str] = {}
         self._weight_bytes: dict[int, int] = {}
 
-    def get(self, spec: ModelSpec, loader: str) -> Any:
-        key = (spec.key, loader)
+    def get(self, spec: ModelSpec, model_kind: str = "causal") -> Any:
+        key = loader_key(spec.key, model_kind)
         if key in self.failures:
             raise CellFailure(self.failures[key])
         if key not in self.models:
             try:
-                self.models[key] = load_model(spec, loader)
+                self.models[key] = load_model(spec, key[1])
             except CellFailure as err:
                 self.failures[key] = str(err)
                 raise
@@ -114,26 +138,22 @@ class ModelPool:
         return self._weight_bytes[id(model)]
 
 
-def loader_of(engine_name: str) -> str:
-    return "dlm" if engine_name in DLM_ENGINES else "causal"
-
-
 def load_model(spec: ModelSpec, loader: str) -> Any:
+    """The model behind ``spec`` through ``loader`` ('dlm' or 'causal'), in eval mode."""
     if spec.resolved is None:
         raise CellFailure(spec.missing_reason or f"model {spec.key!r} is not available")
     if loader == "dlm":
         from orthrus.models.dlm import load_diffusion_lm
 
         model = load_diffusion_lm(
-            spec.resolved, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code
+            spec.resolved,
+            dtype=spec.dtype,
+            device=spec.device,
+            trust_remote_code=spec.trust_remote_code,
+            attn_implementation=spec.attn_implementation,
         )
     else:
         model = _load_causal(spec)
-    if spec.attn_implementation != "sdpa":
-        setter = getattr(model, "set_attn_implementation", None)
-        if setter is None:
-            raise CellFailure(f"model {spec.key!r} cannot switch to attn_implementation {spec.attn_implementation!r}")
-        setter(spec.attn_implementation)
     model.eval()
     return model
 
@@ -162,9 +182,15 @@ def _load_causal(spec: ModelSpec) -> Any:
                 if mask is not None and token.get("content") == mask:
                     mask_id = int(token["id"])
     if mask_id is None or mask_id >= int(config.get("vocab_size", 0)):
-        return load_causal_lm(spec.resolved, dtype=spec.dtype, device=spec.device)
+        return load_causal_lm(
+            spec.resolved, dtype=spec.dtype, device=spec.device, attn_implementation=spec.attn_implementation
+        )
     model = OrthrusForCausalLM.from_base(
-        spec.resolved, block_size=16, mask_token_id=mask_id, dtype=parse_dtype(spec.dtype)
+        spec.resolved,
+        block_size=DEFAULT_BLOCK_SIZE,
+        mask_token_id=mask_id,
+        dtype=parse_dtype(spec.dtype),
+        attn_implementation=spec.attn_implementation,
     )
     model.name_or_path = spec.path
     return model.to(spec.device)
@@ -174,16 +200,12 @@ def build_cell_engine(cell: Cell, pool: ModelPool) -> Any:
     from orthrus.engines import build_engine
 
     name = cell.engine.engine
-    if engine_class(name) is None:
-        raise CellFailure(
-            f"engine {name!r} is not available in this installation (not registered in orthrus.engines.ENGINES)"
-        )
-    model = pool.get(cell.model, loader_of(name))
+    model = pool.get(cell.model, engine_class(name).model_kind)
     options = dict(cell.engine.options)
     if cell.params["block_size"] is not None:
         options["block_size"] = cell.params["block_size"]
     if cell.draft_model is not None:
-        options["draft_model"] = pool.get(cell.draft_model, "causal")
+        options["draft_model"] = pool.get(cell.draft_model)
     try:
         return build_engine(name, model, **options)
     except UserInputError as err:
@@ -221,7 +243,7 @@ class Reference:
 
     @property
     def needed_models(self) -> set[tuple[str, str]]:
-        return set() if self.spec is None else {(self.spec.model, "causal")}
+        return set() if self.spec is None else {loader_key(self.spec.model, "causal")}
 
     def compatible(self, cell: Cell) -> bool:
         """Token ids mean the same to the reference model (same tokenizer file)."""
@@ -253,7 +275,7 @@ class Reference:
 
     def model(self) -> Any:
         assert self.spec is not None
-        return self.pool.get(self.model_spec, "causal")
+        return self.pool.get(self.model_spec)
 
     def tokens(self, prompt: Prompt, cell: Cell, eos: int | None) -> list[int]:
         key = self._key(prompt, cell)
@@ -294,7 +316,7 @@ class PlannedCell:
 
 def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactory) -> list[PlannedCell]:
     """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet)."""
-    cells = expand(suite)
+    cells = suite.cells  # expanded once, when the suite was validated
     wanted = [b for b in suite.sweep.axes["batch_size"] if b > 1]
     if wanted and not any(c.params["batch_size"] > 1 for c in cells):
         print(
@@ -474,7 +496,7 @@ class Runner:
         return info
 
     # ---------------------------------------------------------------- main loop
-    def run(self) -> int:
+    def run(self) -> RunOutcome:
         suite = self.suite
         if suite.measure.threads:
             torch.set_num_threads(suite.measure.threads)
@@ -501,23 +523,21 @@ class Runner:
             status = "interrupted"
             bar.close()
             print(f"\ninterrupted; continue with: python run_bench.py --resume {self.run_dir}", file=sys.stderr)
-            self._run_info(status, started, read_records(results))
-            return 130
+            records = read_records(results)
+            return RunOutcome(130, self.run_dir, records, self._run_info(status, started, records))
         finally:
             bar.close()
         records = read_records(results)
         frame = write_summary(self.run_dir, records)
         info = self._run_info(status, started, records)
-        report = render_report(self.run_dir, self.options.quiet)
-        print_summary(self.run_dir, frame, records, info, report, self.options.quiet)
-        return 1 if info["failed"] else 0
+        return RunOutcome(1 if info["failed"] else 0, self.run_dir, records, info, frame)
 
     def _models_needed(self, remaining: list[PlannedCell]) -> set[tuple[str, str]]:
         keep = set(self.reference.needed_models)
         for item in remaining:
-            keep.add((item.cell.model.key, loader_of(item.cell.engine.engine)))
+            keep.add(loader_key(item.cell.model.key, engine_class(item.cell.engine.engine).model_kind))
             if item.cell.draft_model is not None:
-                keep.add((item.cell.draft_model.key, "causal"))
+                keep.add(loader_key(item.cell.draft_model.key, "causal"))
         return keep
 
     def _write(self, writer: ResultsWriter, record: MeasurementRecord) -> None:
@@ -730,33 +750,14 @@ def _progress(total: int, quiet: bool) -> Any:
 
 
 # --------------------------------------------------------------------------- end of a run
-def render_report(run_dir: Path, quiet: bool = False) -> Path | None:
-    """The report hook: orthrus.report.render_run(run_dir) when the reports package provides it."""
-    try:
-        from orthrus.report import render_run  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        return None
-    try:
-        out = render_run(run_dir)
-    except Exception as err:  # noqa: BLE001 - results are safe on disk; the report can be re-rendered
-        print(
-            f"warning: the report could not be rendered ({one_line(err)}); the results are in {run_dir}.",
-            file=sys.stderr,
-        )
-        return None
-    if isinstance(out, (str, Path)):
-        return Path(out)
-    return run_dir / "report.html" if (run_dir / "report.html").is_file() else None
-
-
 def print_summary(
     run_dir: Path,
     frame: Any,
     records: list[dict[str, Any]],
     info: dict[str, Any],
-    report: Path | None,
     quiet: bool,
 ) -> None:
+    """The summary table, harness overhead and failures (unless quiet), then where the files are."""
     failed = [r for r in records if r.get("status") != "ok"]
     overhead = info.get("harness_overhead") or {}
     if not quiet:
@@ -773,5 +774,3 @@ def print_summary(
             print(f"... and {len(failed) - 10} more failed records (see results.jsonl)")
     print(f"results: {run_dir} ({info.get('ok', 0)} ok, {info.get('failed', 0)} failed)")
     print(f"summary: {run_dir / 'summary.csv'}")
-    if report is not None:
-        print(f"report: {report}")

@@ -1,0 +1,125 @@
+"""Changes the command line makes to a suite's raw mapping before it is validated:
+``--set key.path=value``, ``--quick``, ``--device`` and ``--engines``. Each returns a new mapping."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from orthrus.bench.suite.checks import a_kind
+from orthrus.bench.suite.load import parse_yaml
+from orthrus.errors import UserInputError
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def split_key_path(path: str) -> list[str | int]:
+    """'engines[2].options.block_size' or 'engines.2.options.block_size' -> ['engines', 2, 'options', 'block_size']."""
+    parts: list[str | int] = []
+    pos = 0
+    for match in _PATH_TOKEN.finditer(path):
+        if match.start() != pos and path[pos : match.start()] != ".":
+            break
+        name, index = match.groups()
+        parts.append(int(index) if index is not None else (int(name) if name.isdigit() else name))
+        pos = match.end()
+    if not parts or pos != len(path):
+        raise UserInputError(
+            f"key path {path!r} is malformed; write it like sweep.context_lengths or engines[2].options.block_size."
+        )
+    return parts
+
+
+def set_key_path(raw: dict[str, Any], path: str, value: Any, what: str = "--set") -> None:
+    parts = split_key_path(path)
+    node: Any = raw
+    walked = ""
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                raise UserInputError(
+                    f"{what} {path}: {walked or 'the suite'} is not a list, so [{part}] cannot index it."
+                )
+            if part >= len(node):
+                raise UserInputError(f"{what} {path}: {walked} has only {len(node)} entries (indices from 0).")
+            if last:
+                node[part] = value
+            else:
+                if node[part] is None:
+                    node[part] = {}
+                node = node[part]
+            walked += f"[{part}]"
+        else:
+            if not isinstance(node, dict):
+                raise UserInputError(f"{what} {path}: {walked or 'the suite'} is {a_kind(node)}, not a mapping.")
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            walked = f"{walked}.{part}" if walked else part
+
+
+def apply_sets(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` overrides (the value is read as YAML: [512,1024], true, 0.7, text)."""
+    raw = copy.deepcopy(raw)
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise UserInputError(
+                f"--set {assignment!r}: write it as key.path=value, e.g. --set sweep.context_lengths=[512,1024]."
+            )
+        path, text = assignment.split("=", 1)
+        value = parse_yaml(text, f"--set {path}") if text.strip() else None
+        set_key_path(raw, path.strip(), value)
+    return raw
+
+
+def apply_quick(raw: dict[str, Any]) -> dict[str, Any]:
+    """The small slice --quick runs: one repetition, one prompt per source, then the suite's own ``quick``."""
+    raw = copy.deepcopy(raw)
+    measure = raw.get("measure")
+    if measure is None or isinstance(measure, dict):
+        measure = raw.setdefault("measure", {}) or {}
+        raw["measure"] = measure
+        measure.update(repetitions=1, min_duration_s=0)
+    prompts = raw.get("prompts")
+    for source in prompts if isinstance(prompts, list) else [prompts]:
+        if isinstance(source, dict) and source.get("source") in ("synthetic", "jsonl"):
+            source["count"] = 1
+            source.pop("per_category", None)
+    quick = raw.pop("quick", None)
+    if quick is None:
+        return raw
+    if not isinstance(quick, dict):
+        raise UserInputError(
+            f"quick: must be a mapping of key paths to values (e.g. measure.repetitions: 1), not {a_kind(quick)}."
+        )
+    for path, value in quick.items():
+        set_key_path(raw, str(path), copy.deepcopy(value), what="quick:")
+    return raw
+
+
+def apply_device(raw: dict[str, Any], device: str) -> dict[str, Any]:
+    """Every model on ``device`` (a bare path string becomes a mapping so the device can be set)."""
+    raw = copy.deepcopy(raw)
+    models = raw.get("models")
+    if isinstance(models, dict):
+        for key, spec in list(models.items()):
+            if isinstance(spec, dict):
+                spec["device"] = device
+            elif isinstance(spec, str):
+                models[key] = {"path": spec, "device": device}
+    return raw
+
+
+def apply_engine_selection(raw: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    select = raw.get("select")
+    if not isinstance(select, dict):
+        select = {}
+    select["engines"] = labels
+    raw["select"] = select
+    return raw

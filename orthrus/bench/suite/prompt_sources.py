@@ -1,0 +1,171 @@
+"""``prompts:``: one source or a list of sources (synthetic, jsonl, inline), each an axis value of
+the matrix. A JSONL file is read through once here, so a run cannot fail on its data halfway."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orthrus.bench.suite.checks import (
+    as_bool,
+    as_choice,
+    as_int,
+    as_list,
+    as_mapping,
+    as_str,
+    check_keys,
+    fail,
+    resolve_file,
+)
+from orthrus.bench.suite.spec import CORPUS_SPLITS, INLINE_PROMPT_KEYS, PROMPT_KEYS, PROMPT_SOURCES, PromptSourceSpec
+from orthrus.errors import UserInputError
+
+JSONL_PROMPT_FIELDS = ("turns", "prompt", "text", "question", "input", "instruction")
+
+
+def jsonl_prompt_text(record: dict[str, Any], spec: PromptSourceSpec) -> str:
+    """The prompt text of one JSONL record (``turns`` lists give turn ``spec.turn``)."""
+    names = [spec.prompt_field] if spec.prompt_field else [f for f in JSONL_PROMPT_FIELDS if f in record]
+    if not names or names[0] not in record:
+        wanted = spec.prompt_field or " or ".join(JSONL_PROMPT_FIELDS)
+        raise UserInputError(f"no {wanted!r} field; set prompt_field to the field holding the prompt")
+    value = record[names[0]]
+    if isinstance(value, list):
+        if spec.turn >= len(value):
+            raise UserInputError(f"{names[0]!r} has {len(value)} turns, so turn {spec.turn} does not exist")
+        value = value[spec.turn]
+    if not isinstance(value, str) or not value.strip():
+        raise UserInputError(f"the {names[0]!r} field is not a non-empty string")
+    return value
+
+
+def validate_prompts(value: Any, base_dir: Path | None) -> list[PromptSourceSpec]:
+    if value is None:
+        value = [{"source": "synthetic"}]
+    entries = value if isinstance(value, list) else [value]
+    if not entries:
+        raise fail("prompts", "is an empty list; give at least one prompt source (synthetic, jsonl or inline).")
+    specs: list[PromptSourceSpec] = []
+    names: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        path = f"prompts[{i}]" if isinstance(value, list) else "prompts"
+        entry = as_mapping(entry, path, "a prompt source mapping (source: synthetic | jsonl | inline)")
+        if "source" not in entry:
+            raise fail(f"{path}.source", f"missing; choose one of {', '.join(PROMPT_SOURCES)}.")
+        source = as_choice(entry["source"], f"{path}.source", PROMPT_SOURCES)
+        check_keys(entry, PROMPT_KEYS[source], path)
+        spec = PromptSourceSpec(index=i, source=source, name="")
+        if source == "synthetic":
+            default_name = _synthetic(spec, entry, path, base_dir)
+        elif source == "jsonl":
+            default_name = _jsonl(spec, entry, path, base_dir)
+        else:
+            default_name = _inline(spec, entry, path)
+        if source != "synthetic":
+            spec.chat_template = as_bool(entry.get("chat_template", False), f"{path}.chat_template")
+            if entry.get("system_prompt") is not None:
+                spec.system_prompt = as_str(entry["system_prompt"], f"{path}.system_prompt")
+        spec.name = as_str(entry.get("name", default_name), f"{path}.name")
+        if spec.name in names:
+            raise fail(
+                f"{path}.name",
+                f"{spec.name!r} is already used by prompts[{names[spec.name]}]; give each source a distinct name.",
+            )
+        names[spec.name] = i
+        specs.append(spec)
+    return specs
+
+
+def _synthetic(spec: PromptSourceSpec, entry: dict[str, Any], path: str, base_dir: Path | None) -> str:
+    spec.count = as_int(entry.get("count", 2), f"{path}.count", 1)
+    corpus = as_str(entry.get("corpus", "heldout"), f"{path}.corpus")
+    if corpus not in CORPUS_SPLITS:
+        resolved = resolve_file(corpus, base_dir)
+        if not resolved.exists():
+            raise fail(
+                f"{path}.corpus",
+                f"{corpus!r} is neither {' nor '.join(CORPUS_SPLITS)} nor an existing text file or directory.",
+            )
+        corpus = str(resolved)
+    spec.corpus = corpus
+    return "synthetic" if corpus == "heldout" else f"synthetic-{Path(corpus).stem}"
+
+
+def _jsonl(spec: PromptSourceSpec, entry: dict[str, Any], path: str, base_dir: Path | None) -> str:
+    if "path" not in entry:
+        raise fail(f"{path}.path", "missing; give the path of a JSONL file (one JSON object per line).")
+    file = resolve_file(as_str(entry["path"], f"{path}.path"), base_dir)
+    if not file.is_file():
+        raise fail(f"{path}.path", f"{entry['path']!r} not found; give the path of an existing JSONL file.")
+    spec.path = file
+    if entry.get("count") is not None:
+        spec.count = as_int(entry["count"], f"{path}.count", 1)
+    if entry.get("per_category") is not None:
+        spec.per_category = as_int(entry["per_category"], f"{path}.per_category", 1)
+    for key in ("prompt_field", "id_field"):
+        if entry.get(key) is not None:
+            setattr(spec, key, as_str(entry[key], f"{path}.{key}"))
+    spec.category_field = as_str(entry.get("category_field", "category"), f"{path}.category_field")
+    spec.turn = as_int(entry.get("turn", 0), f"{path}.turn", 0)
+    if entry.get("categories") is not None:
+        categories = as_list(entry["categories"], f"{path}.categories")
+        spec.categories = [as_str(c, f"{path}.categories[{j}]") for j, c in enumerate(categories)]
+    _check_jsonl(spec, path)
+    return file.stem
+
+
+def _check_jsonl(spec: PromptSourceSpec, path: str) -> None:
+    """Every line parses, and the prompt field is there."""
+    assert spec.path is not None
+    count = 0
+    with spec.path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise fail(f"{path}.path", f"{spec.path} line {number} is not valid JSON ({err.msg}).") from err
+            if not isinstance(record, dict):
+                raise fail(f"{path}.path", f"{spec.path} line {number} is not a JSON object.")
+            try:
+                jsonl_prompt_text(record, spec)
+            except UserInputError as err:
+                raise fail(f"{path}.path", f"{spec.path} line {number}: {err}") from err
+            count += 1
+    if count == 0:
+        raise fail(f"{path}.path", f"{spec.path} holds no records.")
+
+
+def _inline(spec: PromptSourceSpec, entry: dict[str, Any], path: str) -> str:
+    prompts = entry.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise fail(f"{path}.prompts", "must be a non-empty list of prompt texts or mappings with text or ids.")
+    spec.prompts = [_inline_prompt(p, f"{path}.prompts[{j}]", j) for j, p in enumerate(prompts)]
+    ids = [p["id"] for p in spec.prompts]
+    for j, pid in enumerate(ids):
+        if pid in ids[:j]:
+            raise fail(f"{path}.prompts[{j}].id", f"{pid!r} is used twice; give each prompt a distinct id.")
+    return "inline"
+
+
+def _inline_prompt(value: Any, path: str, index: int) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = {"text": value}
+    value = as_mapping(value, path, "a prompt text or a mapping with text or ids")
+    check_keys(value, INLINE_PROMPT_KEYS, path)
+    has_text, has_ids = value.get("text") is not None, value.get("ids") is not None
+    if has_text == has_ids:
+        raise fail(path, "give exactly one of text (a string) or ids (a list of token ids).")
+    prompt: dict[str, Any] = {"id": str(value.get("id", index)), "category": value.get("category")}
+    if has_text:
+        prompt["text"] = as_str(value["text"], f"{path}.text")
+    else:
+        ids = value["ids"]
+        if not isinstance(ids, list) or not ids:
+            raise fail(f"{path}.ids", "must be a non-empty list of token ids.")
+        prompt["ids"] = [as_int(t, f"{path}.ids[{k}]", 0) for k, t in enumerate(ids)]
+    if prompt["category"] is not None:
+        prompt["category"] = as_str(prompt["category"], f"{path}.category")
+    return prompt

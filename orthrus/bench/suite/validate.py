@@ -1,0 +1,237 @@
+"""``load_suite``: read a suite (or take a mapping), apply the command line's changes, check every
+key and value, and expand the matrix once. Every error a user can cause is one sentence naming the
+key path, raised as ``UserInputError`` before anything runs or is written."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from orthrus.bench.matrix import expand
+from orthrus.bench.suite.checks import (
+    a_kind,
+    as_bool,
+    as_device,
+    as_int,
+    as_list,
+    as_mapping,
+    as_number,
+    as_str,
+    check_keys,
+    fail,
+    suggestion,
+)
+from orthrus.bench.suite.engines import validate_engines, validate_reference
+from orthrus.bench.suite.load import read_suite_file
+from orthrus.bench.suite.models import validate_models
+from orthrus.bench.suite.overrides import (
+    apply_device,
+    apply_engine_selection,
+    apply_quick,
+    apply_sets,
+    split_key_path,
+)
+from orthrus.bench.suite.prompt_sources import validate_prompts
+from orthrus.bench.suite.spec import (
+    AXES,
+    MEASURE_KEYS,
+    SELECT_KEYS,
+    SWEEP_AXES,
+    SWEEP_DEFAULTS,
+    SWEEP_KEYS,
+    TOP_KEYS,
+    MeasureSpec,
+    Suite,
+    Sweep,
+)
+
+
+def load_suite(
+    path: str | Path | None,
+    sets: list[str] | None = None,
+    quick: bool = False,
+    device: str | None = None,
+    engines: list[str] | None = None,
+    raw: dict[str, Any] | None = None,
+) -> Suite:
+    """Read a suite file (or take ``raw``), apply the command line's changes, validate."""
+    file_sha = None
+    if raw is None:
+        assert path is not None
+        raw, file_sha = read_suite_file(path)
+    if quick:
+        raw = apply_quick(raw)
+    if sets:
+        raw = apply_sets(raw, sets)
+    if device is not None:
+        as_device(device, "--device")
+        raw = apply_device(raw, device)
+    if engines:
+        raw = apply_engine_selection(raw, engines)
+    return validate_suite(raw, Path(path) if path is not None else None, file_sha)
+
+
+def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sha256: str | None = None) -> Suite:
+    """Check every key and value of a suite mapping; return the typed suite with defaults filled and
+    its cells expanded (``Suite.cells``). Gate rules are checked for shape only: their grammar is the
+    report's, checked by the caller that runs the gates."""
+    base_dir = source_path.resolve().parent if source_path is not None else None
+    raw = copy.deepcopy(raw)
+    check_keys(raw, TOP_KEYS, "")
+    name = raw.get("name")
+    if name is None:
+        name = source_path.stem if source_path is not None else "suite"
+    name = as_str(name, "name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise fail("name", f"{name!r} must be letters, digits, '_', '-' or '.' (it names the reports/<name>/ folder).")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise fail("description", f"must be a string, got {a_kind(description)}.")
+
+    models = validate_models(raw.get("models"), base_dir)
+    engines = validate_engines(raw.get("engines"), models)
+    prompts = validate_prompts(raw.get("prompts"), base_dir)
+    measure = _validate_measure(raw.get("measure"))
+    labels = [e.label for e in engines]
+    engine_names = list(dict.fromkeys(labels + [e.engine for e in engines]))
+    sweep = _validate_sweep(raw.get("sweep"), engine_names, [p.name for p in prompts])
+    reference = validate_reference(raw.get("reference", "default"), engines, models)
+    gates = _validate_gates(raw.get("gates"))
+    if raw.get("quick") is not None:
+        quick = as_mapping(raw["quick"], "quick", "a mapping of key paths to values (e.g. measure.repetitions: 1)")
+        for key in quick:
+            split_key_path(str(key))
+    suite = Suite(
+        name=name,
+        description=description,
+        models=models,
+        engines=engines,
+        sweep=sweep,
+        prompts=prompts,
+        measure=measure,
+        reference=reference,
+        gates=gates,
+        selected_engines=_validate_select(raw.get("select"), labels),
+        raw=raw,
+        source_path=source_path,
+        file_sha256=file_sha256,
+    )
+    suite.cells = expand(suite)  # also checks context lengths against each model's maximum
+    if not suite.cells:
+        raise fail("sweep", "the matrix is empty after exclude/include and select; keep at least one combination.")
+    return suite
+
+
+def _validate_gates(value: Any) -> list[Any]:
+    gates = [] if value is None else value
+    if not isinstance(gates, list):
+        raise fail("gates", f"must be a list of gate rules (mappings), got {a_kind(gates)}.")
+    for i, gate in enumerate(gates):
+        as_mapping(gate, f"gates[{i}]")
+    return gates
+
+
+def _validate_select(value: Any, labels: list[str]) -> list[str] | None:
+    if value is None:
+        return None
+    select = as_mapping(value, "select")
+    check_keys(select, SELECT_KEYS, "select")
+    chosen = select.get("engines")
+    if chosen is None:
+        return None
+    if isinstance(chosen, str):
+        chosen = [chosen]
+    if not isinstance(chosen, list) or not chosen:
+        raise fail("select.engines", "must be a non-empty list of engine labels.")
+    for i, label in enumerate(chosen):
+        if label not in labels:
+            raise fail(f"select.engines[{i}]", f"no engine is labelled {label!r}; {suggestion(str(label), labels)}")
+    return list(dict.fromkeys(chosen))
+
+
+def _validate_sweep(value: Any, labels: list[str], sources: list[str]) -> Sweep:
+    sweep = as_mapping(value if value is not None else {}, "sweep")
+    check_keys(sweep, SWEEP_KEYS, "sweep")
+    axes: dict[str, list[Any]] = {}
+    for key, axis in SWEEP_AXES.items():
+        values = as_list(sweep.get(key, SWEEP_DEFAULTS[key]), f"sweep.{key}")
+        indexed = isinstance(sweep.get(key), list)
+        checked = [
+            _axis_value(axis, item, f"sweep.{key}[{j}]" if indexed else f"sweep.{key}") for j, item in enumerate(values)
+        ]
+        for j, item in enumerate(checked):
+            if item in checked[:j]:
+                raise fail(f"sweep.{key}", f"{item} is listed twice; list each value once.")
+        axes[axis] = checked
+    result = Sweep(axes=axes)
+    valid = {**axes, "engine": labels, "prompt_source": sources}
+    for kind in ("exclude", "include"):
+        entries = sweep.get(kind) or []
+        if not isinstance(entries, list):
+            raise fail(f"sweep.{kind}", f"must be a list of mappings over {', '.join(AXES)}.")
+        for i, entry in enumerate(entries):
+            path = f"sweep.{kind}[{i}]"
+            entry = as_mapping(entry, path, f"a mapping over {', '.join(AXES)}")
+            if not entry:
+                raise fail(path, "is empty; name at least one axis (e.g. engine: dlm).")
+            check_keys(entry, AXES, path)
+            checked_entry = {}
+            for axis, item in entry.items():
+                item_path = f"{path}.{axis}"
+                if axis in ("engine", "prompt_source"):
+                    item = as_str(item, item_path)
+                    choices = valid[axis]
+                    if item not in choices:
+                        what = "engine (label or name)" if axis == "engine" else "prompt source name"
+                        raise fail(item_path, f"no {what} {item!r} in this suite; {suggestion(item, choices)}")
+                else:
+                    item = _axis_value(axis, item, item_path)
+                    if kind == "exclude" and item not in valid[axis]:
+                        key = next(k for k, a in SWEEP_AXES.items() if a == axis)
+                        raise fail(item_path, f"{item} is not in sweep.{key} {valid[axis]}, so it excludes nothing.")
+                checked_entry[axis] = item
+            getattr(result, kind).append(checked_entry)
+    return result
+
+
+def _axis_value(axis: str, value: Any, path: str) -> Any:
+    if axis == "block_size":
+        return None if value is None else as_int(value, path, 1)
+    if axis == "temperature":
+        return as_number(value, path, 0.0)
+    if axis == "top_k":
+        return as_int(value, path, 0)
+    if axis == "top_p":
+        top_p = as_number(value, path, 0.0, exclusive=True)
+        if top_p > 1.0:
+            raise fail(path, f"must be in (0, 1], got {top_p:g}.")
+        return top_p
+    if axis in ("context_length", "max_new_tokens", "batch_size"):
+        return as_int(value, path, 1)
+    raise AssertionError(axis)
+
+
+def _validate_measure(value: Any) -> MeasureSpec:
+    measure = as_mapping(value if value is not None else {}, "measure")
+    check_keys(measure, MEASURE_KEYS, "measure")
+    spec = MeasureSpec()
+    spec.repetitions = as_int(measure.get("repetitions", spec.repetitions), "measure.repetitions", 1)
+    spec.warmup = as_int(measure.get("warmup", spec.warmup), "measure.warmup", 0)
+    spec.min_duration_s = as_number(measure.get("min_duration_s", 0.0), "measure.min_duration_s", 0.0)
+    spec.max_repetitions = as_int(
+        measure.get("max_repetitions", max(100, spec.repetitions)), "measure.max_repetitions", 1
+    )
+    if spec.max_repetitions < spec.repetitions:
+        raise fail(
+            "measure.max_repetitions",
+            f"must be >= measure.repetitions ({spec.repetitions}), got {spec.max_repetitions}.",
+        )
+    spec.seed = as_int(measure.get("seed", 0), "measure.seed", 0)
+    spec.threads = as_int(measure.get("threads", 0), "measure.threads", 0)
+    spec.stop_at_eos = as_bool(measure.get("stop_at_eos", False), "measure.stop_at_eos")
+    spec.sample_interval_ms = as_number(
+        measure.get("sample_interval_ms", 10.0), "measure.sample_interval_ms", 0.0, exclusive=True
+    )
+    return spec

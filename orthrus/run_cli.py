@@ -1,0 +1,176 @@
+"""``python run_bench.py SUITE [options]`` and its subcommands: the composition root of a benchmark run.
+
+It wires the harness (``orthrus.bench``: load the suite, plan, run, merge shards) to the reports
+(``orthrus.report``: gates, report.html, compare, baselines), which know nothing of each other.
+A run is: validate (suite, gate rules, baseline) -> run -> print the summary -> gates -> render
+the report once.
+
+Exit codes: 0 everything measured (and the gates pass), 1 some measurement or cell failed or a
+gate found a regression, 2 bad input (one sentence on stderr, nothing written), 130 interrupted
+(resume with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orthrus.report
+from orthrus.bench.matrix import parse_shard
+from orthrus.bench.merge import merge_runs
+from orthrus.bench.prompts import PromptFactory
+from orthrus.bench.resume import resumed_suite
+from orthrus.bench.runner import RunOptions, describe_plan, one_line, plan, print_summary, run_suite
+from orthrus.bench.suite.validate import load_suite
+from orthrus.bench.summary import summarize
+from orthrus.errors import UserInputError
+from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
+from orthrus.report.commands import check_gate_inputs
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-sentence errors and exit code 2 through UserInputError."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"{message} (see {self.prog} --help).")
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="run_bench.py",
+        description="Run a benchmark suite: python run_bench.py suites/long_context.yaml",
+        epilog="subcommands: " + ", ".join(["merge DIR...", *REPORT_SUBCOMMANDS]),
+    )
+    parser.add_argument("suite", nargs="?", help="suite YAML file (optional with --resume: the run's own suite.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a suite key, value read as YAML (e.g. --set sweep.context_lengths=[512,1024]); repeatable",
+    )
+    parser.add_argument("--engines", help="comma-separated engine labels to measure (the others are skipped)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small slice: 1 repetition, 1 prompt per source, plus the suite's quick: overrides",
+    )
+    parser.add_argument("--device", help="run every model on this device (cpu, cuda, cuda:N)")
+    parser.add_argument(
+        "--out", default="reports", help="reports root; runs land in OUT/<suite>/<run-id>/ (default: reports)"
+    )
+    parser.add_argument("--run-id", help="name of the run directory (default: the start time)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate, print the expanded matrix and the work; run and write nothing"
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run: skip every (cell, prompt, repeat) already recorded"
+    )
+    parser.add_argument(
+        "--shard", metavar="I/N", help="run slice I (0-based) of N of the matrix; merge the slices with 'merge'"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no table (for CI)")
+    # performance gates (orthrus.report), checked after the run: exit 1 on a regression
+    parser.add_argument(
+        "--gate", action="append", default=[], metavar="FILE", help="gate rules file (default: the suite's gates:)"
+    )
+    parser.add_argument("--baseline", metavar="FILE", help="baseline for the gates (made by 'baseline save')")
+    parser.add_argument("--junit", metavar="FILE", help="also write the gate results as JUnit XML")
+    return parser
+
+
+def cmd_run(argv: list[str]) -> int:
+    args = build_run_parser().parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
+    shard = parse_shard(args.shard) if args.shard else None
+    resume_dir = Path(args.resume) if args.resume else None
+    if resume_dir is not None:
+        suite, shard = resumed_suite(resume_dir, args.suite, args.sets, args.quick, args.device, engines, shard)
+    elif not args.suite:
+        raise UserInputError("give a suite file, e.g. python run_bench.py suites/long_context.yaml.")
+    else:
+        suite = load_suite(args.suite, args.sets, args.quick, args.device, engines)
+    gated = bool(suite.gates or args.gate)
+    if gated:  # the rules parse and the baseline is there before anything runs
+        check_gate_inputs(suite.gates, args.gate, args.baseline)
+    if args.dry_run:
+        print(describe_plan(suite, plan(suite, shard, PromptFactory())))
+        print("dry run: nothing was run or written.")
+        return 0
+    options = RunOptions(
+        out_root=Path(args.out),
+        run_id=args.run_id,
+        resume_dir=resume_dir,
+        shard=shard,
+        quiet=args.quiet,
+        argv=["run_bench.py", *argv],
+    )
+    outcome = run_suite(suite, options)
+    if outcome.code == 130:
+        return 130
+    print_summary(outcome.run_dir, outcome.frame, outcome.records, outcome.info, args.quiet)
+    code = outcome.code
+    if gated:
+        gate_code = orthrus.report.run_gates(outcome.run_dir, args.gate, args.baseline, args.junit, args.quiet)
+        code = 2 if gate_code == 2 else max(code, gate_code)
+    _render(outcome.run_dir)
+    return code
+
+
+def cmd_merge(argv: list[str]) -> int:
+    parser = _Parser(prog="run_bench.py merge", description="merge shard run directories into one run")
+    parser.add_argument("run_dirs", nargs="+", metavar="DIR")
+    parser.add_argument("--out", help="merged run directory (default: <first shard's run id>-merged beside it)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    out_dir, records = merge_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    ok = sum(1 for r in records if r.get("status") == "ok")
+    info = {"ok": ok, "failed": len(records) - ok, "harness_overhead": {}}
+    print_summary(out_dir, summarize(records), records, info, args.quiet)
+    _render(out_dir)
+    return 1 if info["failed"] else 0
+
+
+def _render(run_dir: Path) -> Path | None:
+    """report.html for the run, once; a failure to render leaves the results (re-render with 'report')."""
+    try:
+        path = Path(orthrus.report.render_run(run_dir))
+    except Exception as err:  # noqa: BLE001 - the results are safe on disk; the report can be re-rendered
+        print(
+            f"warning: the report could not be rendered ({one_line(err)}); the results are in {run_dir}.",
+            file=sys.stderr,
+        )
+        return None
+    print(f"report: {path}")
+    return path
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": cmd_run,
+    "merge": cmd_merge,
+    **REPORT_SUBCOMMANDS,  # report, compare, gate, baseline
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _quiet_libraries()
+        if argv and argv[0] in SUBCOMMANDS and (argv[0] in ("run", "merge") or not Path(argv[0]).exists()):
+            return int(SUBCOMMANDS[argv[0]](argv[1:]) or 0)
+        return cmd_run(argv)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    try:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+    except ImportError:
+        pass
