@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from orthrus.engines import build_engine
-from orthrus.models.modeling_orthrus import cache_storage_bytes
+from orthrus.engines.orthrus_engine import OrthrusEngine
+from orthrus.models.modeling_orthrus import cache_storage_bytes, crop_cache
 
 
 @pytest.mark.parametrize("cache_kind", ["static", None])
@@ -24,25 +25,47 @@ def test_diffusion_pass_leaves_the_committed_cache_alone(orthrus_model, prompts,
         assert torch.equal(layer.keys[:, :, :300], keys) and torch.equal(layer.values[:, :, :300], values)
 
 
+class CacheCheckingEngine(OrthrusEngine):
+    """Orthrus with its after_cycle hook checking the cache against a fresh AR prefill of the committed text."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompt: list[int] = []
+        self.checked: list[int] = []
+
+    def after_cycle(self, cache, committed_length, tokens):
+        # the anchor (last committed token) is not in the cache yet; everything before it is
+        assert committed_length == int(cache.get_seq_length()) == len(self.prompt) + len(tokens) - 1
+        fresh = self.model.new_cache(None)
+        self.model.forward_ar(torch.tensor([self.prompt + tokens[:-1]]), fresh, 0)
+        for held, exact in zip(cache.layers, fresh.layers):
+            assert torch.allclose(held.keys[:, :, :committed_length], exact.keys, atol=1e-5)
+            assert torch.allclose(held.values[:, :, :committed_length], exact.values, atol=1e-5)
+        self.checked.append(committed_length)
+
+
 @pytest.mark.parametrize("cache_kind", ["static", "dynamic"])
 def test_cache_holds_exactly_the_committed_prefix_after_every_cycle(orthrus_model, prompts, cache_kind):
-    prompt = prompts[7]
-    engine = build_engine("orthrus", orthrus_model, block_size=4, cache=cache_kind)
-    checked = []
+    engine = CacheCheckingEngine(orthrus_model, block_size=4, cache=cache_kind)
+    engine.prompt = prompts[7]
+    result = engine.generate(engine.prompt, 40)
+    assert len(engine.checked) == result.cycles + result.forward_passes["decode"] > 5
+    assert (
+        result.tokens
+        == build_engine("orthrus", orthrus_model, block_size=4, cache=cache_kind).generate(engine.prompt, 40).tokens
+    )  # the hook only watches
 
-    def inspect(cache, length, tokens):
-        # the anchor (last committed token) is not in the cache yet; everything before it is
-        assert length == int(cache.get_seq_length()) == len(prompt) + len(tokens) - 1
-        fresh = orthrus_model.new_cache(None)
-        orthrus_model.forward_ar(torch.tensor([prompt + tokens[:-1]]), fresh, 0)
-        for held, exact in zip(cache.layers, fresh.layers):
-            assert torch.allclose(held.keys[:, :, :length], exact.keys, atol=1e-5)
-            assert torch.allclose(held.values[:, :, :length], exact.values, atol=1e-5)
-        checked.append(length)
 
-    engine.on_cycle = inspect
-    result = engine.generate(prompt, 40)
-    assert len(checked) == result.cycles + result.forward_passes["decode"] > 5
+def test_crop_keeps_a_positive_length_and_refuses_zero(orthrus_model, prompts):
+    cache = orthrus_model.new_cache(None)
+    with torch.no_grad():
+        orthrus_model.forward_ar(torch.tensor([prompts[7]]), cache, 0)
+    crop_cache(cache, 7, held=7)  # keeping everything is a no-op, not an emptied cache
+    assert int(cache.get_seq_length()) == 7
+    crop_cache(cache, 3, held=7)
+    assert int(cache.get_seq_length()) == 3
+    with pytest.raises(ValueError):
+        crop_cache(cache, 0, held=3)
 
 
 @pytest.mark.parametrize("cache_kind", ["static", "dynamic"])

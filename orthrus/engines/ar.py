@@ -31,29 +31,19 @@ class AREngine(Engine):
         result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
         cache = model.new_cache(len(prompt) + max_new_tokens if self.cache_kind == "static" else None)
         sync(device)
-        result.start_time = time.perf_counter()
+        result.start()
         logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0, last_only=True)
-        result.forward_passes["prefill"] += 1
-        past = len(prompt)
-        peak = cache_storage_bytes(cache)
-        while True:
-            token = pick_token(logits[0, -1], settings, generator)
-            value = int(token)
-            result.tokens.append(value)
-            result.commit(1)
-            if value == eos_token_id:
-                result.stop_reason = "eos"
-                break
-            if len(result.tokens) >= max_new_tokens:
-                break
+        token = pick_token(logits[0, -1], settings, generator)
+        result.record_step("prefill", [int(token)], kv_bytes=cache_storage_bytes(cache))
+        past = len(prompt)  # entries in the cache: every committed token before the last one
+        grows = self.cache_kind == "dynamic"  # a static cache's storage is fixed at prefill
+        while result.tokens[-1] != eos_token_id and result.new_tokens < max_new_tokens:
             logits = model.forward_ar(token.view(1, 1), cache, past)
-            result.forward_passes["decode"] += 1
             past += 1
-            if self.cache_kind == "dynamic":
-                peak = max(peak, cache_storage_bytes(cache))
-        result.end_time = time.perf_counter()
-        result.kv_cache_bytes_peak = max(peak, cache_storage_bytes(cache))
-        return result
+            token = pick_token(logits[0, -1], settings, generator)
+            result.record_step("decode", [int(token)], kv_bytes=cache_storage_bytes(cache) if grows else None)
+        stop = "eos" if result.tokens[-1] == eos_token_id else "max_new_tokens"
+        return result.finish(stop, kv_bytes=cache_storage_bytes(cache))
 
 
 class _TimingStreamer(BaseStreamer):
@@ -82,7 +72,7 @@ def as_qwen3(model: Any) -> Qwen3ForCausalLM:
     for key in ("model_type", "architectures", "block_size", "mask_token_id", "lm_head_size"):
         config_dict.pop(key, None)
     config = Qwen3Config(**config_dict)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = getattr(model.config, "_attn_implementation", None) or "sdpa"  # as the model
     state = {k: v for k, v in model.state_dict().items() if not is_diffusion_param(k)}
     return build_from_state(Qwen3ForCausalLM, config, state, None, "Qwen3").eval()
 
@@ -132,7 +122,7 @@ def run_hf_generate(
         kwargs.update(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p)
         torch.manual_seed(0 if seed is None else seed)
     sync(device)
-    result.start_time = time.perf_counter()
+    result.start()
     out = hf_model.generate(input_ids, **kwargs)
     sync(device)
     result.end_time = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -128,12 +128,60 @@ class GenerationResult:
             return None
         return (self.new_tokens - 1) / ((self.e2e_ms - self.ttft_ms) / 1e3)
 
+    # ----------------------------------------------------------- bookkeeping (engines call these)
+    def start(self) -> None:
+        """Start the clock (after the caller synchronised the device)."""
+        self.start_time = time.perf_counter()
+
+    def record_step(
+        self,
+        passes: str | Sequence[str],
+        tokens: Sequence[int] = (),
+        drafted: int | None = None,
+        accepted: int | None = None,
+        kv_bytes: int | None = None,
+    ) -> None:
+        """Book one step of a decoding loop in one call: the forward passes it ran (kinds from
+        FORWARD_KINDS), the tokens it committed (appended and time-stamped now), for a draft-verify
+        cycle the drafted and accepted counts, and the K/V bytes held (the peak keeps the largest)."""
+        for kind in (passes,) if isinstance(passes, str) else passes:
+            self.record_pass(kind)
+        if drafted is not None:
+            self.record_cycle(drafted, 0 if accepted is None else accepted)
+        if kv_bytes is not None:
+            self.record_kv_bytes(kv_bytes)
+        self.tokens.extend(tokens)
+        self.commit(len(tokens))
+
+    def record_pass(self, kind: str, count: int = 1) -> None:
+        """``count`` more forward passes of one kind."""
+        if kind not in self.forward_passes:
+            raise ValueError(f"unknown forward pass kind {kind!r}; one of {', '.join(FORWARD_KINDS)}.")
+        self.forward_passes[kind] += count
+
+    def record_cycle(self, drafted: int, accepted: int) -> None:
+        """One verification of ``drafted`` proposed tokens, of which the first ``accepted`` were kept."""
+        self.drafted_per_cycle.append(drafted)
+        self.accepted_per_cycle.append(accepted)
+
+    def record_kv_bytes(self, kv_bytes: int) -> None:
+        """K/V bytes held at some moment; ``kv_cache_bytes_peak`` keeps the largest."""
+        self.kv_cache_bytes_peak = max(self.kv_cache_bytes_peak or 0, kv_bytes)
+
     def commit(self, count: int) -> None:
-        """Record that ``count`` tokens became available on the host now."""
+        """Record that the last ``count`` tokens became available on the host now."""
         if count > 0:
             self.commits.append((time.perf_counter(), count))
             if self.listener is not None:
                 self.listener(self.tokens[-count:])
+
+    def finish(self, stop_reason: str, kv_bytes: int | None = None) -> GenerationResult:
+        """Stop the clock; why generation ended, and the K/V bytes held at the end."""
+        self.end_time = time.perf_counter()
+        self.stop_reason = stop_reason
+        if kv_bytes is not None:
+            self.record_kv_bytes(kv_bytes)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record: raw fields plus every derived metric."""

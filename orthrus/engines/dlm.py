@@ -39,16 +39,17 @@ with an EOS among its tokens ends generation; the output is cut after the first 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
-from orthrus.engines.base import Engine, GenerationResult, SamplingSettings, sync, warp_probs
+from orthrus.engines.base import Engine, GenerationResult, SamplingSettings, sync, truncate_at_eos, warp_probs
 from orthrus.errors import UserInputError
 from orthrus.models.dlm import as_diffusion_lm
 
 REMASKING = ("low_confidence", "random")
+# LLaDA's and Fast-dLLM's own default block length; a different notion from Orthrus' draft block size
+DEFAULT_BLOCK_LENGTH = 32
 CACHES = ("none", "prefix", "dual")
 
 
@@ -56,7 +57,7 @@ class DLMEngine(Engine):
     """LLaDA-style masked diffusion: fixed step budget, no cache.
 
     Options: ``steps`` (total forward passes, default = max_new_tokens, i.e. one token per step),
-    ``block_length`` (default 32), ``remasking`` (``low_confidence`` | ``random``),
+    ``block_length`` (default DEFAULT_BLOCK_LENGTH, 32), ``remasking`` (``low_confidence`` | ``random``),
     ``mask_token_id`` (default: the model's ``config.mask_token_id``).
     """
 
@@ -68,7 +69,7 @@ class DLMEngine(Engine):
         self,
         model: Any,
         steps: int | None = None,
-        block_length: int = 32,
+        block_length: int = DEFAULT_BLOCK_LENGTH,
         remasking: str = "low_confidence",
         mask_token_id: int | None = None,
         **options: Any,
@@ -162,7 +163,7 @@ class DLMEngine(Engine):
         stopped = False  # an EOS reached the decoded prefix: later tokens are discarded
 
         sync(device)
-        result.start_time = time.perf_counter()
+        result.start()
         kv = model.new_kv(x.shape[1]) if self.cache != "none" else None
         for block in range(num_blocks):
             start = prompt_len + block * self.block_length
@@ -179,43 +180,37 @@ class DLMEngine(Engine):
                     if self.threshold is not None or step >= len(counts):
                         break
                 logits = self._forward_block(x, start, end, step == 0, kv)
-                result.forward_passes["denoise"] += 1
                 tokens, confidence = self._predict(logits, settings, generator)
                 chosen = self._select(confidence, masked, counts[step] if self.threshold is None else 0)
                 x[0, start + chosen] = tokens[chosen]
                 tokens_per_step.append(int(chosen.numel()))
                 step += 1
+                final: list[int] = []
                 if not stopped:
-                    decoded, stopped = self._stream(x, prompt_len, decoded, result, eos_token_id)
+                    final, decoded, stopped = self._newly_final(x, prompt_len, decoded, eos_token_id)
+                result.record_step("denoise", final)
                 if self.threshold is None and step >= len(counts):
                     break
             if stopped:
                 break
 
         sync(device)
-        result.end_time = time.perf_counter()
-        if stopped:
-            result.stop_reason = "eos"
-        result.kv_cache_bytes_peak = kv_peak
+        result.finish("eos" if stopped else "max_new_tokens", kv_bytes=kv_peak)
         result.extra = {"denoise_steps": len(tokens_per_step), "tokens_per_step": tokens_per_step}
         return result
 
-    def _stream(
-        self, x: torch.Tensor, prompt_len: int, decoded: int, result: GenerationResult, eos_token_id: int | None
-    ) -> tuple[int, bool]:
-        """Commit the newly final tokens (the growth of the decoded prefix); True once an EOS was committed."""
+    def _newly_final(
+        self, x: torch.Tensor, prompt_len: int, decoded: int, eos_token_id: int | None
+    ) -> tuple[list[int], int, bool]:
+        """The tokens that just became final (the growth of the decoded prefix, cut after an EOS),
+        the new decoded length, and whether an EOS is among them."""
         generated = x[0, prompt_len:]
         still_masked = (generated == self.mask_token_id).nonzero()
         upto = int(still_masked[0]) if still_masked.numel() else generated.numel()
         if upto <= decoded:
-            return decoded, False
-        new = generated[decoded:upto].tolist()
-        stopped = eos_token_id is not None and eos_token_id in new
-        if stopped:
-            new = new[: new.index(eos_token_id) + 1]
-        result.tokens.extend(new)
-        result.commit(len(new))
-        return upto, stopped
+            return [], decoded, False
+        new, stopped = truncate_at_eos(generated[decoded:upto].tolist(), eos_token_id)
+        return new, upto, stopped
 
 
 class FastDLLMEngine(DLMEngine):
@@ -233,7 +228,7 @@ class FastDLLMEngine(DLMEngine):
         self,
         model: Any,
         steps: int | None = None,
-        block_length: int = 32,
+        block_length: int = DEFAULT_BLOCK_LENGTH,
         remasking: str = "low_confidence",
         mask_token_id: int | None = None,
         threshold: float | None = 0.9,

@@ -112,18 +112,13 @@ class _SpeculativeEngine(Engine):
                 self.hf_model, prompt, max_new_tokens, settings, seed, eos_token_id, result, self._generate_kwargs()
             )
         for index, (drafted, accepted) in enumerate(zip(log.drafted, log.accepted)):
-            if index == 0:
-                result.forward_passes["prefill"] += 1
-            elif drafted > 0:
-                result.forward_passes["verify"] += 1
-            else:
-                result.forward_passes["decode"] += 1
+            kind = "prefill" if index == 0 else "verify" if drafted > 0 else "decode"
+            result.record_pass(kind)
             if drafted > 0:
-                result.drafted_per_cycle.append(drafted)
-                result.accepted_per_cycle.append(accepted)
+                result.record_cycle(drafted, accepted)
         if self.draft is self.hf_model:  # self-drafting: one module, one hook for both roles
             log.draft_calls = log.target_calls - len(log.accepted)
-        result.forward_passes["draft"] = log.draft_calls
+        result.record_pass("draft", log.draft_calls)
         draft_cache = getattr(log.generator, "assistant_kwargs", {}).get("cache")
         if draft_cache is not None:
             result.kv_cache_bytes_peak = (result.kv_cache_bytes_peak or 0) + cache_storage_bytes(draft_cache)
