@@ -1,0 +1,376 @@
+"""Device latency profiles: the three pass types the engines run, timed at each context length.
+
+Per context length c (the KV cache holding c entries) and block size K:
+  decode   AR view over 1 token        (one step of ``ar``; one AR step of any engine)
+  verify   AR view over K tokens       (Orthrus's and speculative decoding's verification)
+  draft    diffusion view over K tokens ([anchor, MASK x (K-1)], Orthrus's drafting)
+Each timed pass includes what the engines do with its logits before the next step can start:
+the greedy argmax and, for decode and verify, reading the chosen ids back to the host.
+
+The cache is a preallocated (static) cache whose lengths are set directly to c instead of running
+a prefill (values are zeros: latency depends on how many keys each query attends to, not on what
+they hold). After a decode or verify the cache is cropped back to c; a draft writes nothing.
+Timing: CUDA events around each pass on a GPU (then a synchronise), ``perf_counter`` on a CPU;
+every (pass, K) is warmed up first, then measured round-robin ``repeats`` times so that drift on a
+shared machine spreads over all cells alike. Each cell keeps its median, p10 and p90.
+
+The file format is documented in reports/profiles/README.md; ``LatencyProfile.load`` validates it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orthrus.errors import UserInputError
+
+PROFILE_FORMAT = "orthrus-latency-profile"
+PROFILE_VERSION = 1
+PASSES = ("decode", "verify", "draft")
+DEFAULT_CONTEXTS = (1024, 8192, 32768)
+DEFAULT_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class PassTiming:
+    """Latency of one pass type at one (context, block): milliseconds over ``repeats`` runs."""
+
+    context: int
+    block: int  # tokens in the pass (1 for decode)
+    kind: str  # decode | verify | draft
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+
+@dataclass
+class LatencyProfile:
+    device: dict[str, Any]  # type, name (GPU or CPU model), and for CUDA memory and capability
+    dtype: str
+    model: dict[str, Any]  # spec, shape (orthrus.profile.shapes.model_shape), params_ar, params_diffusion
+    timings: list[PassTiming]
+    versions: dict[str, str | None] = field(default_factory=dict)  # python, torch, transformers
+    threads: dict[str, Any] = field(default_factory=dict)  # torch intra/inter-op threads
+    settings: dict[str, Any] = field(default_factory=dict)  # contexts, blocks, warmup, repeats, timer, cache
+    created: str = ""
+    format: str = PROFILE_FORMAT
+    version: int = PROFILE_VERSION
+
+    # ------------------------------------------------------------------ file
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data = {"format": data.pop("format"), "version": data.pop("version"), **data}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "profile") -> LatencyProfile:
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            raise UserInputError(
+                f'{where} is not an Orthrus latency profile (no "format": "{PROFILE_FORMAT}"); '
+                "make one with 'python -m orthrus profile'."
+            )
+        if data.get("version") != PROFILE_VERSION:
+            raise UserInputError(
+                f"{where} has profile format version {data.get('version')!r}, this code reads version "
+                f"{PROFILE_VERSION}; re-measure it with 'python -m orthrus profile'."
+            )
+        try:
+            timings = [PassTiming(**row) for row in data["timings"]]
+            profile = cls(
+                device=dict(data["device"]),
+                dtype=str(data["dtype"]),
+                model=dict(data["model"]),
+                timings=timings,
+                versions=dict(data.get("versions") or {}),
+                threads=dict(data.get("threads") or {}),
+                settings=dict(data.get("settings") or {}),
+                created=str(data.get("created") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserInputError(f"{where} is a malformed latency profile ({type(err).__name__}: {err}).") from err
+        problems = profile.problems()
+        if problems:
+            raise UserInputError(f"{where} is a malformed latency profile: {problems[0]}.")
+        return profile
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyProfile:
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"latency profile {path} does not exist; make one with 'python -m orthrus profile'.")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserInputError(f"latency profile {path} is not valid JSON ({err}); re-measure or fix it.") from err
+        return cls.from_dict(data, where=f"latency profile {path}")
+
+    def problems(self) -> list[str]:
+        out = []
+        if "shape" not in self.model or not isinstance(self.model["shape"], dict):
+            out.append("model.shape is missing")
+        if not self.device.get("name"):
+            out.append("device.name is missing")
+        for row in self.timings:
+            if row.kind not in PASSES:
+                out.append(f"unknown pass {row.kind!r} (expected one of {', '.join(PASSES)})")
+            values = (row.median_ms, row.p10_ms, row.p90_ms)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+                out.append(f"{row.kind} at context {row.context}, block {row.block} has a non-positive time")
+            if row.context < 0 or row.block < 1:
+                out.append(f"{row.kind} has context {row.context} and block {row.block}")
+        for kind in PASSES:
+            if not any(r.kind == kind for r in self.timings):
+                out.append(f"no {kind} timings")
+        return out
+
+    # ------------------------------------------------------------------ lookup
+    @property
+    def label(self) -> str:
+        return f"{self.device.get('name')} {self.dtype} {self.model.get('shape', {}).get('name')}"
+
+    def grid(self, kind: str) -> tuple[list[int], list[int]]:
+        rows = [r for r in self.timings if r.kind == kind]
+        return sorted({r.context for r in rows}), sorted({r.block for r in rows})
+
+    def time_ms(self, kind: str, context: float, block: int = 1) -> float:
+        """Median ms of a pass, linearly interpolated between measured contexts and blocks.
+
+        Raises OutsideProfile for a point outside the measured range (no silent extrapolation).
+        """
+        table = {(r.context, r.block): r.median_ms for r in self.timings if r.kind == kind}
+        contexts, blocks = self.grid(kind)
+        if kind == "decode":
+            blocks, block = [1], 1
+        c_lo, c_hi, c_w = _bracket(contexts, context, f"context {context:g}", kind)
+        b_lo, b_hi, b_w = _bracket(blocks, block, f"block {block}", kind)
+
+        def at(c: int, b: int) -> float:
+            if (c, b) not in table:
+                raise OutsideProfile(f"the profile has no {kind} timing at context {c}, block {b}")
+            return table[(c, b)]
+
+        low = at(c_lo, b_lo) * (1 - b_w) + at(c_lo, b_hi) * b_w
+        high = at(c_hi, b_lo) * (1 - b_w) + at(c_hi, b_hi) * b_w
+        return low * (1 - c_w) + high * c_w
+
+
+class OutsideProfile(ValueError):
+    """A projection asked for a context or block outside what a profile measured."""
+
+
+def _bracket(points: Sequence[int], value: float, what: str, kind: str) -> tuple[int, int, float]:
+    if not points:
+        raise OutsideProfile(f"the profile has no {kind} timings")
+    if value < points[0] or value > points[-1]:
+        raise OutsideProfile(f"{what} is outside the profile's measured {kind} range {points[0]}..{points[-1]}")
+    for lo, hi in zip(points, points[1:]):
+        if lo <= value <= hi:
+            return lo, hi, (value - lo) / (hi - lo)
+    return points[0], points[0], 0.0  # a single measured point equal to value
+
+
+# ---------------------------------------------------------------------- measuring
+def device_description(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return {
+            "type": "cuda",
+            "name": props.name,
+            "total_memory_mib": round(props.total_memory / 2**20),
+            "capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+        }
+    return {"type": device.type, "name": _cpu_model() or platform.machine(), "logical_cores": os.cpu_count()}
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def library_versions() -> dict[str, str | None]:
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except ImportError:  # pragma: no cover - a dependency
+        transformers_version = None
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers_version}
+
+
+class Timer:
+    """Times one callable: CUDA events bracketing it on a GPU, perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.name = "cuda_events" if self.cuda else "perf_counter"
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        """Milliseconds fn took on the device (the device is idle before and after)."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        begin = time.perf_counter()
+        fn()
+        return (time.perf_counter() - begin) * 1e3
+
+
+def fill_cache(cache: Any, model: Any, length: int) -> None:
+    """Make every layer of a static cache hold ``length`` entries without running a prefill."""
+    attn = model.model.layers[0].self_attn
+    param = model.model.embed_tokens.weight
+    probe = torch.zeros(1, attn.num_kv_heads, 1, attn.head_dim, dtype=param.dtype, device=param.device)
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            layer.lazy_initialization(probe, probe)
+        layer.cumulative_length.fill_(length)
+
+
+class PassRunner:
+    """The three passes over one preallocated cache at a settable context length."""
+
+    def __init__(self, model: Any, max_context: int, max_block: int) -> None:
+        self.model = model
+        self.device = model.model.embed_tokens.weight.device
+        self.cache = model.new_cache(max_context + max_block)
+        self.context = 0
+        self.mask_id = int(model.config.mask_token_id)
+
+    def set_context(self, length: int) -> None:
+        fill_cache(self.cache, self.model, length)
+        self.context = length
+
+    def decode(self) -> None:
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        logits = self.model.forward_ar(ids, self.cache, self.context)
+        int(logits[0, -1].argmax())
+        self.cache.crop(-1)
+
+    def verify(self, block: int) -> None:
+        ids = torch.zeros(1, block, dtype=torch.long, device=self.device)
+        logits = self.model.forward_ar(ids, self.cache, self.context)
+        logits[0].argmax(-1).tolist()
+        self.cache.crop(-block)
+
+    def draft(self, block: int) -> None:
+        ids = torch.full((1, block), self.mask_id, dtype=torch.long, device=self.device)
+        ids[0, 0] = 0
+        logits = self.model.forward_diffusion(ids, self.cache, self.context)
+        logits[0, : max(block - 1, 1)].argmax(-1)
+
+    def run(self, kind: str, block: int) -> None:
+        if kind == "decode":
+            self.decode()
+        elif kind == "verify":
+            self.verify(block)
+        else:
+            self.draft(block)
+
+
+def _check_grid(model: Any, contexts: Sequence[int], blocks: Sequence[int], spec: str) -> None:
+    if not contexts or not blocks:
+        raise UserInputError("--contexts and --blocks each need at least one value.")
+    if min(contexts) < 1 or min(blocks) < 1:
+        raise UserInputError(f"contexts and blocks must be >= 1, got {list(contexts)} and {list(blocks)}.")
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if limit and max(contexts) + max(blocks) > limit:
+        raise UserInputError(
+            f"context {max(contexts)} + block {max(blocks)} exceeds {spec}'s max_position_embeddings ({limit}); "
+            "use smaller --contexts."
+        )
+
+
+@torch.inference_mode()
+def measure_profile(
+    model: Any,
+    spec: str,
+    contexts: Sequence[int] = DEFAULT_CONTEXTS,
+    blocks: Sequence[int] = DEFAULT_BLOCKS,
+    repeats: int = 10,
+    warmup: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> LatencyProfile:
+    """Time decode(1), verify(K) and draft(K) for every context and K on the model's device."""
+    from orthrus.profile.shapes import model_shape, parameter_counts
+
+    contexts, blocks = sorted(set(int(c) for c in contexts)), sorted(set(int(b) for b in blocks))
+    _check_grid(model, contexts, blocks, spec)
+    if repeats < 1 or warmup < 0:
+        raise UserInputError(f"--repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    runner = PassRunner(model, max(contexts), max(blocks))
+    timer = Timer(runner.device)
+    cells = [("decode", 1)] + [(kind, k) for k in blocks for kind in ("verify", "draft")]
+    timings: list[PassTiming] = []
+    for context in contexts:
+        runner.set_context(context)
+        samples: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
+        for kind, block in cells:
+            for _ in range(warmup):
+                runner.run(kind, block)
+        for _ in range(repeats):
+            for kind, block in cells:
+                samples[(kind, block)].append(timer(lambda kind=kind, block=block: runner.run(kind, block)))
+        for (kind, block), values in samples.items():
+            arr = np.asarray(values)
+            timings.append(
+                PassTiming(
+                    context=context,
+                    block=block,
+                    kind=kind,
+                    median_ms=float(np.median(arr)),
+                    p10_ms=float(np.percentile(arr, 10)),
+                    p90_ms=float(np.percentile(arr, 90)),
+                    repeats=len(values),
+                )
+            )
+        if progress is not None:
+            decode = samples[("decode", 1)]
+            progress(f"context {context}: decode {np.median(decode):.2f} ms, {len(cells)} cells x {repeats}")
+    dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    return LatencyProfile(
+        device=device_description(runner.device),
+        dtype=dtype,
+        model={"spec": spec, "shape": model_shape(model.config), **parameter_counts(model)},
+        timings=timings,
+        versions=library_versions(),
+        threads={"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads()},
+        settings={
+            "contexts": contexts,
+            "blocks": blocks,
+            "repeats": repeats,
+            "warmup": warmup,
+            "timer": timer.name,
+            "cache": "static, lengths set directly (no prefill)",
+        },
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
