@@ -128,6 +128,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from orthrus.profile.cli import cmd_profile as measure_and_write
+
+    return measure_and_write(args)
+
+
 def _text_streamer(tokenizer: Any, show_cycles: bool) -> Callable[[list[int]], None]:
     """Prints text as it is committed; with show_cycles, each commit in an alternating colour."""
     state = {"ids": [], "printed": 0, "block": 0}
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    prof = sub.add_parser("profile", help="time decode/verify/draft passes on a device: one latency profile JSON")
+    from orthrus.profile.cli import add_profile_arguments
+
+    add_profile_arguments(prof)
+    prof.set_defaults(func=cmd_profile)
 
     sub.add_parser("train", help="train the tokenizer and the zoo models (see: train --help)", add_help=False)
     return parser
