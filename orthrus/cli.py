@@ -28,12 +28,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from orthrus.engines import build_engine
+    from orthrus.engines import DEFAULT_ENGINE, build_engine, engine_class, engine_names
     from orthrus.models import load_causal_lm, resolve_model_path
+    from orthrus.models.dlm import load_diffusion_lm
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
+    name = args.engine or DEFAULT_ENGINE
+    cls = engine_class(name)  # an unknown name is one sentence with a did-you-mean
+    options: dict[str, Any] = {}
+    if args.block_size is not None:
+        if not cls.takes_block_size:
+            takers = ", ".join(repr(n) for n in engine_names() if engine_class(n).takes_block_size)
+            raise UserInputError(f"--block-size applies to engines that take a block size ({takers}), not {name!r}.")
+        options["block_size"] = args.block_size
+    load = load_diffusion_lm if cls.model_kind == "dlm" else load_causal_lm
+    model = load(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation)
     tokenizer = None
     model_dir = resolve_model_path(args.model)
     if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
@@ -44,12 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids = tokenizer(args.prompt)["input_ids"]
     else:
         prompt_ids = _parse_ids(args.prompt_ids)
-    options: dict[str, Any] = {}
-    if args.block_size is not None:
-        if args.engine != "orthrus":
-            raise UserInputError(f"--block-size applies to engine 'orthrus' only, not {args.engine!r}.")
-        options["block_size"] = args.block_size
-    engine = build_engine(args.engine, model, **options)
+    engine = build_engine(name, model, **options)
     eos = args.eos_token_id
     if eos is None and tokenizer is not None:
         eos = tokenizer.eos_token_id
@@ -93,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print()
     tpf = result.tokens_per_forward
     print(
-        f"[{args.engine}] {result.new_tokens} tokens, {result.total_forward_passes} forward passes "
+        f"[{name}] {result.new_tokens} tokens, {result.total_forward_passes} forward passes "
         f"({tpf:.2f} tokens/forward), {result.e2e_ms:.0f} ms",
         file=sys.stderr,
     )
@@ -158,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="decode one prompt with one engine")
     gen.add_argument("--model", required=True, help="checkpoint directory or zoo name (e.g. tiny-orthrus)")
-    gen.add_argument("--engine", default="orthrus")
-    gen.add_argument("--block-size", type=int)
+    gen.add_argument("--engine", help="a registered engine name (default: the Orthrus dual-view engine)")
+    gen.add_argument("--block-size", type=int, help="for engines that take one (default: the model's own)")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=0)
@@ -168,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--eos-token-id", type=int)
     gen.add_argument("--dtype", default="float32")
     gen.add_argument("--device", default="cpu")
+    gen.add_argument("--attn-implementation", default="sdpa", help="attention: sdpa or eager")
     gen.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     prompt = gen.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt")

@@ -91,6 +91,9 @@ def test_cli_json_output(capsys, saved_orthrus):
         (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
         (["--prompt-ids", ",".join(["5"] * 5000)], "exceeds the model's context"),
         (["--prompt-ids", "5,x"], "--prompt-ids must be comma-separated integers"),
+        (["--engine", "ar", "--block-size", "4"], "--block-size applies to engines that take a block size ('orthrus')"),
+        (["--engine", "orthrus_x"], "unknown engine 'orthrus_x' (did you mean 'orthrus'?)"),
+        (["--attn-implementation", "flex_attention"], "use one of sdpa, eager"),
         (
             ["--device", "cuda"] if not torch.cuda.is_available() else ["--temperature", "-1"],
             "no CUDA GPU" if not torch.cuda.is_available() else "temperature must be >= 0",
@@ -114,3 +117,18 @@ def test_cli_rejects_a_directory_that_is_not_qwen3(tmp_path):
     assert proc.returncode == 2
     assert "not Qwen3 or Orthrus" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_cli_engine_default_attention_and_dlm_loader_come_from_the_registry(capsys, saved_orthrus):
+    def generate(*args: str) -> dict:
+        code, out, _ = run_cli(capsys, "generate", "--prompt-ids", "5,6,7", "--max-new-tokens", "10", "--json", *args)
+        assert code == 0
+        return json.loads(out)
+
+    default = generate("--model", str(saved_orthrus))
+    assert default["forward_passes"]["draft"] > 0  # the default engine is the dual-view one
+    assert default["tokens"] == generate("--model", str(saved_orthrus), "--engine", "ar")["tokens"]
+    eager = generate("--model", str(saved_orthrus), "--attn-implementation", "eager")
+    assert eager["tokens"] == default["tokens"]
+    dlm = generate("--model", "tiny-dlm", "--engine", "dlm")  # model_kind 'dlm': the diffusion loader
+    assert len(dlm["tokens"]) == 10 and dlm["forward_passes"]["denoise"] > 0

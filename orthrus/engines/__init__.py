@@ -31,9 +31,12 @@ ENGINES: dict[str, type[Engine]] = {
         PromptLookupEngine,
     )
 }
+# what a caller that names no engine gets (the command line's generate): the method this suite is about
+DEFAULT_ENGINE = OrthrusEngine.name
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_ENGINE",
     "ENGINES",
     "MODEL_KINDS",
     "Engine",
