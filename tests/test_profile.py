@@ -432,3 +432,20 @@ def test_shape_checkpoint_loads_as_a_checkpoint(test_shape, tmp_path):
     model = load_causal_lm(str(directory), dtype="bfloat16")
     assert shapes.model_shape(model.config)["name"] == test_shape
     assert shapes.spec_shape(str(directory))["name"] == test_shape
+
+
+def test_profile_command_unknown_shape_exit_2(capsys):
+    from orthrus.cli import main
+
+    assert main(["profile", "--model", "qwen3-shape:3b", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown model shape 'qwen3-shape:3b'" in err
+
+
+def test_profile_command_writes_a_profile(test_shape, tmp_path):
+    from orthrus.cli import main
+
+    out = tmp_path / "p.json"
+    args = ["profile", "--model", test_shape, "--contexts", "8,16", "--blocks", "1,2", "--repeats", "1", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert LatencyProfile.load(out).model["spec"] == test_shape

@@ -469,11 +469,13 @@ def project(
                     row.measured_speedup_decode = row.measured_speedup_e2e = None
             rows.extend(projected)
         target_profile = dict(members)[used_target]
-        same_machine = bool(
-            run_device
-            and run_device.get("name") == device
-            and run_device.get("threads") in (None, target_profile.threads.get("torch_intra_op"))
-        )
+        same_machine = bool(run_device and run_device.get("name") == device)
+        profile_threads = target_profile.threads.get("torch_intra_op")
+        if same_machine and run_device.get("threads") not in (None, profile_threads):
+            warnings.append(
+                f"the run's environment records {run_device.get('threads')} torch threads, the profile "
+                f"{profile_threads}: profile with the threads the suite measured with (measure.threads)"
+            )
         if not same_machine:
             for row in rows:  # a speedup measured elsewhere is no check of this device's projection
                 row.measured_speedup_decode = row.measured_speedup_e2e = None
