@@ -214,6 +214,7 @@ def test_acceptance_conventions():
         expected_accepted(c, 5)
     # a shrunk last block (2 drafted) does not count as a rejection at position 3
     assert conditional_rates([3, 2], [3, 2]) == [1.0, 1.0, 1.0]
+    assert conditional_rates([4, 4], [1, 0]) == [0.5, 0.0, 0.0, 0.0]  # nobody reached 3: u_3 = 0
     assert tokens_per_cycle(geometric_rates(5.0, 8), 8) == pytest.approx(5.0)
     assert geometric_rates(8.0, 8) == pytest.approx([1.0] * 7)
 

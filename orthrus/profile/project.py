@@ -43,12 +43,13 @@ PROJECTED_ENGINES = ("orthrus", "assisted")
 # ---------------------------------------------------------------------- arithmetic
 def conditional_rates(drafted_per_cycle: Sequence[int], accepted_per_cycle: Sequence[int]) -> list[float]:
     """c_j over pooled cycles: of the cycles that drafted position j with drafts 1..j-1 accepted,
-    the fraction that accepted draft j. Stops at the first position no cycle reached."""
+    the fraction that accepted draft j (0 once no cycle reaches j: u_j = 0 from there on)."""
     width = max(drafted_per_cycle, default=0)
     rates = []
     for j in range(1, width + 1):
         reached = [a for d, a in zip(drafted_per_cycle, accepted_per_cycle) if d >= j and a >= j - 1]
-        if not reached:
+        if not reached:  # drafted, but every cycle had rejected earlier: u_j = 0 from here on
+            rates.extend([0.0] * (width - j + 1))
             break
         rates.append(sum(1 for a in reached if a >= j) / len(reached))
     return rates
