@@ -24,10 +24,10 @@ from orthrus.bench.prompts import PromptFactory
 from orthrus.bench.resume import resumed_suite
 from orthrus.bench.runner import RunOptions, describe_plan, one_line, plan, print_summary, run_suite
 from orthrus.bench.suite.validate import load_suite
-from orthrus.bench.summary import summarize
 from orthrus.errors import UserInputError
 from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
 from orthrus.report.commands import check_gate_inputs
+from orthrus.results.summary import summarize
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,10 +15,11 @@ import torch
 import yaml
 
 from orthrus.bench.prompts import PromptFactory
-from orthrus.bench.store import read_records, record_key
 from orthrus.bench.suite.validate import load_suite
 from orthrus.models import OrthrusForCausalLM
 from orthrus.models.zoo_index import zoo_path
+from orthrus.results.record import record_key
+from orthrus.results.rundir import read_records
 from orthrus.run_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ def test_static_cache_lives_on_the_device(zoo_cuda):
 
     engine = build_engine("orthrus", zoo_cuda, cache="static")
     seen = []
-    engine.on_cycle = lambda cache, length, tokens: seen.append(
+    engine.after_cycle = lambda cache, length, tokens: seen.append(
         {layer.keys.device.type for layer in cache.layers if layer.is_initialized}
     )
     engine.generate(PROMPT, 32)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orthrus.bench.cli import main as bench_main
 from orthrus.errors import UserInputError
 from orthrus.models.zoo_index import zoo_path
 from orthrus.report.commands import cmd_baseline, cmd_gate
 from orthrus.report.gates import evaluate_gates, is_wall_clock, load_baseline, parse_rule, parse_rules
+from orthrus.run_cli import main as bench_main
 from tests.report_synthetic import KV_BYTES_PER_TOKEN, make_run
 
 

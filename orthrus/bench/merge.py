@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orthrus.bench.schema import parse_yaml, suite_hash
+from orthrus.bench.suite.load import parse_yaml
+from orthrus.bench.suite.spec import suite_hash
 from orthrus.errors import UserInputError
 from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
 from orthrus.results.summary import dedupe, overhead_stats, write_summary

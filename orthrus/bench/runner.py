@@ -37,12 +37,13 @@ from orthrus.bench.environment import collect_environment, git_commit
 from orthrus.bench.matrix import shard
 from orthrus.bench.prompts import Prompt, PromptFactory
 from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
-from orthrus.bench.summary import format_table, overhead_stats, write_summary
+from orthrus.bench.summary import format_table
 from orthrus.bench.trackers import MemoryTracker
 from orthrus.engines import DEFAULT_BLOCK_SIZE, engine_class
 from orthrus.errors import UserInputError
 from orthrus.results.record import MeasurementRecord, record_key
 from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
+from orthrus.results.summary import overhead_stats, write_summary
 
 CELL_PROMPT = "*"  # prompt_id of a record that fails a whole cell (model, engine or prompts unavailable)
 
@@ -688,7 +689,7 @@ class Runner:
             record.extra["output_text"] = tokenizer.decode(result.tokens)
         quality_start = time.perf_counter()
         try:
-            self._quality(record, cell, prompt, list(result.tokens), eos, engine)
+            self._quality(record, cell, prompt, list(result.tokens), eos)
         except Exception as err:  # noqa: BLE001 - a quality check must not lose the measurement
             _free_after_error(err)
             record.extra["quality_error"] = one_line(err)
@@ -700,7 +701,7 @@ class Runner:
         return record
 
     def _quality(
-        self, record: MeasurementRecord, cell: Cell, prompt: Prompt, tokens: list[int], eos: int | None, engine: Any
+        self, record: MeasurementRecord, cell: Cell, prompt: Prompt, tokens: list[int], eos: int | None
     ) -> None:
         reference = self.reference
         if reference.spec is None or not reference.compatible(cell):
@@ -715,7 +716,7 @@ class Runner:
             record.identity_exact, record.first_divergence, record.match_fraction = exact, first, fraction
             if first is not None:
                 record.divergence_margin = reference.margin(prompt, cell, expected, first)
-        if not getattr(engine, "lossless", True):
+        if not record.lossless:
             record.ar_nll = reference.nll(prompt, tokens)
 
 

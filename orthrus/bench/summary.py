@@ -1,8 +1,4 @@
-"""The summary table on the terminal; the summary itself is built by ``orthrus.results.summary``.
-
-``summarize``, ``write_summary`` and ``overhead_stats`` are re-exported here for the harness's
-callers that still import them from this module.
-"""
+"""The summary table on the terminal; the summary itself is built by ``orthrus.results.summary``."""
 
 from __future__ import annotations
 
@@ -11,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from orthrus.results.summary import frame_rows, overhead_stats, summarize, write_summary
+from orthrus.results.summary import frame_rows
 
-__all__ = ["format_table", "overhead_stats", "summarize", "write_summary"]
+__all__ = ["format_table"]
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
