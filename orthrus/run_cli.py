@@ -41,7 +41,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="run_bench.py",
         description="Run a benchmark suite: python run_bench.py suites/long_context.yaml",
-        epilog="subcommands: " + ", ".join(["merge DIR...", *REPORT_SUBCOMMANDS]),
+        epilog="subcommands: " + ", ".join(["merge DIR...", "project RUN_DIR --profile FILE", *REPORT_SUBCOMMANDS]),
     )
     parser.add_argument("suite", nargs="?", help="suite YAML file (optional with --resume: the run's own suite.yaml)")
     parser.add_argument(
@@ -148,9 +148,17 @@ def _render(run_dir: Path) -> Path | None:
     return path
 
 
+def cmd_project(argv: list[str]) -> int:
+    """``project RUN_DIR --profile FILE ...``: projected speedups on other devices (orthrus.profile)."""
+    from orthrus.profile.cli import main_project
+
+    return main_project(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": cmd_run,
     "merge": cmd_merge,
+    "project": cmd_project,
     **REPORT_SUBCOMMANDS,  # report, compare, gate, baseline
 }
 
