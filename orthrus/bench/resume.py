@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from orthrus.bench.suite.load import parse_yaml
 from orthrus.bench.suite.spec import Suite
 from orthrus.bench.suite.validate import load_suite, validate_suite
 from orthrus.errors import UserInputError
+
+SHARD_NAME = re.compile(r"-shard(\d+)of(\d+)$")  # the run-id suffix of a --shard run (runner._make_run_dir)
 
 
 def resumed_suite(
@@ -22,7 +25,8 @@ def resumed_suite(
     shard: tuple[int, int] | None = None,
 ) -> tuple[Suite, tuple[int, int] | None]:
     """The run's own suite (its suite.yaml) and shard. Suite options given again must produce the
-    same suite, and a shard given again must be the run's; anything else is refused."""
+    same suite, and a shard given again must be the run's (also "no shard" for a run of all cells);
+    anything else is refused before the run directory is touched."""
     stored_file = run_dir / "suite.yaml"
     if not stored_file.is_file():
         raise UserInputError(f"--resume {run_dir}: not a run directory (no suite.yaml); pass reports/<suite>/<run-id>.")
@@ -37,12 +41,27 @@ def resumed_suite(
                 f"--resume {run_dir}: the suite and options given differ from the ones this run started with; "
                 "resume with the same ones (or none) or start a new run."
             )
-    stored_shard = (int(info["shard"][0]), int(info["shard"][1])) if info.get("shard") else None
-    if shard is not None and stored_shard is not None and shard != stored_shard:
+    stored_shard = run_shard(run_dir, info)
+    if shard is not None and shard != stored_shard:
+        started = f"shard {stored_shard[0]}/{stored_shard[1]}" if stored_shard else "without --shard (all cells)"
         raise UserInputError(
-            f"--resume {run_dir}: this run is shard {stored_shard[0]}/{stored_shard[1]}, not {shard[0]}/{shard[1]}."
+            f"--resume {run_dir}: this run was started {started}, not with --shard {shard[0]}/{shard[1]}; "
+            "resume it without --shard (it keeps its own), or start a new run for another shard."
         )
-    return suite, shard or stored_shard
+    return suite, stored_shard
+
+
+def run_shard(run_dir: Path, info: dict[str, Any] | None = None) -> tuple[int, int] | None:
+    """The shard a run directory was started with (run.json, else its -shardIofN name), None for all cells."""
+    info = _run_info(run_dir) if info is None else info
+    if "shard" in info:
+        value = info["shard"]
+        try:
+            return (int(value[0]), int(value[1])) if value else None
+        except (TypeError, ValueError, IndexError, KeyError):
+            pass  # a damaged run.json: the directory's name still tells
+    match = SHARD_NAME.search(run_dir.name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:

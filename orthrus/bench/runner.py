@@ -42,7 +42,7 @@ from orthrus.bench.trackers import MemoryTracker
 from orthrus.engines import DEFAULT_BLOCK_SIZE, engine_class
 from orthrus.errors import UserInputError
 from orthrus.results.record import MeasurementRecord, record_key
-from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
+from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, RunLock, read_records, write_json
 from orthrus.results.summary import overhead_stats, write_summary
 
 CELL_PROMPT = "*"  # prompt_id of a record that fails a whole cell (model, engine or prompts unavailable)
@@ -389,7 +389,9 @@ class Runner:
 
     # ---------------------------------------------------------------- setup
     def _make_run_dir(self) -> Path:
+        """The run directory, locked for this process (a second process on it is refused)."""
         if self.options.resume_dir is not None:
+            self._lock = RunLock(self.options.resume_dir)  # before anything in it is read or changed
             return self.options.resume_dir
         run_id = self.options.run_id or time.strftime("%Y%m%d-%H%M%S")
         if self.options.shard is not None:
@@ -407,6 +409,7 @@ class Runner:
                 suffix += 1
             run_dir = base / f"{run_id}-{suffix}"
         run_dir.mkdir(parents=True)
+        self._lock = RunLock(run_dir)  # a --resume of it while this run measures is refused
         return run_dir
 
     def _write_metadata(self, planned: list[PlannedCell]) -> None:
@@ -498,6 +501,15 @@ class Runner:
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> RunOutcome:
+        """Measure what is not yet recorded, holding the run directory's lock throughout."""
+        self._lock: RunLock | None = None
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self) -> RunOutcome:
         suite = self.suite
         if suite.measure.threads:
             torch.set_num_threads(suite.measure.threads)

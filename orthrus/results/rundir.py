@@ -10,6 +10,8 @@ A run directory ``reports/<suite>/<run-id>/`` holds:
   prompts.jsonl     one line per prompt used: prompt_id, source, category, context_length, text, ids
   run.json          run id, suite name, command line, shard, status counts, harness overhead
   plots/*.png, report.html, gates.json   written by orthrus.report from the files above only
+  run.lock          held (``fcntl.flock``) by the one process measuring into the directory, for the
+                    run's life; the OS releases it when that process ends, however it ends
 
 One rule for a JSON-lines file, read or resumed: a line counts only if it ends with a newline and
 parses as a JSON object. A run killed at any moment leaves whole lines plus at most one unfinished
@@ -20,6 +22,7 @@ lost and nothing is counted twice.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -37,6 +40,7 @@ RUN_INFO_FILE = "run.json"
 PROMPTS_FILE = "prompts.jsonl"
 SUITE_FILE = "suite.yaml"
 GATES_FILE = "gates.json"
+LOCK_FILE = "run.lock"
 
 
 def _counted_length(data: bytes) -> int:
@@ -107,6 +111,62 @@ def _cut_uncounted_tail(path: Path) -> None:
             handle.truncate(counted)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so that one process at a time measures into it.
+
+    ``fcntl.flock`` on ``run.lock`` (never deleted: deleting a lock file lets two processes hold
+    locks on two different files); the holder's pid is written into it for the refusal message.
+    The lock belongs to the open file, so the OS releases it when the holder exits or is killed.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        try:
+            self._handle = (run_dir / LOCK_FILE).open("a+", encoding="utf-8")
+        except OSError as err:
+            raise UserInputError(
+                f"cannot write into run directory {run_dir} ({err.strerror}); check that it exists and is writable."
+            ) from None
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip()
+            self._handle.close()
+            by = f"process {holder}" if holder.isdigit() else "another process"
+            raise UserInputError(
+                f"{run_dir} is being measured by {by} right now; wait for it to finish (or stop it) "
+                "and then resume, since two processes would measure the same cells twice."
+            ) from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"{os.getpid()}\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()  # closing the file releases the lock
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a process holds the run directory's lock (it is measuring into it now)."""
+    file = run_dir / LOCK_FILE
+    if not file.is_file():
+        return False
+    with file.open("rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def _json_default(value: Any) -> Any:
