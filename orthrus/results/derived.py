@@ -100,3 +100,90 @@ def kv_overhead_bytes(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> fl
     ar = ar_counterpart(row, rows)
     theirs = ar.get("kv_cache_bytes_peak_max") if ar is not None else None
     return float(own) - float(theirs) if is_present(theirs) else None
+
+
+# ----------------------------------------------------------------------------- the cost model
+# A draft-verify cycle of a dual-view engine costs two forward passes over a block of K tokens
+# (draft, verify) and commits accepted + 1 tokens; AR commits one token per one-token pass. So the
+# predicted speedup over AR is (accepted + 1) / 2 x t_fwd(1) / t_fwd(K). Both times come from the
+# run's own records: the mean time of a pass after the prefill, (e2e - ttft) / passes after the
+# prefill, in the AR counterpart cell (t_fwd(1)) and in the dual-view cell (t_fwd(K), the mean of its
+# draft and verify passes; the last, shorter block and any one-token tail step are included).
+COST_MODEL_KIND = "dual_view"  # the engines' model_kind the cost model describes (Orthrus)
+
+
+def time_per_pass_after_prefill_ms(record: dict[str, Any]) -> float | None:
+    """(e2e_ms - ttft_ms) / forward passes after the prefill, for an ok record that counted its passes."""
+    if record.get("status", "ok") != "ok":
+        return None
+    e2e, ttft, passes = record.get("e2e_ms"), record.get("ttft_ms"), record.get("forward_passes")
+    if not (is_present(e2e) and is_present(ttft) and is_present(passes)):
+        return None
+    prefill = (record.get("forward_passes_by_kind") or {}).get("prefill", 1)  # METRICS.md: the prefill is one
+    after = float(passes) - float(prefill)
+    if after <= 0 or float(e2e) <= float(ttft):
+        return None
+    return (float(e2e) - float(ttft)) / after
+
+
+def median_time_per_pass_ms(records: Iterable[dict[str, Any]]) -> float | None:
+    """The median of ``time_per_pass_after_prefill_ms`` over records (None when none has one)."""
+    times = [t for t in (time_per_pass_after_prefill_ms(r) for r in records) if t is not None]
+    return float(np.median(times)) if times else None
+
+
+def cost_model_speedup(accepted_per_cycle: float, t_fwd_1_ms: float, t_fwd_k_ms: float) -> float:
+    """Predicted speedup over AR: (accepted + 1) / 2 x t_fwd(1) / t_fwd(K)."""
+    return (accepted_per_cycle + 1) / 2 * t_fwd_1_ms / t_fwd_k_ms
+
+
+def _is_cost_model_engine(name: Any) -> bool:
+    from orthrus.engines import engine_class
+    from orthrus.errors import UserInputError
+
+    try:
+        return engine_class(str(name)).model_kind == COST_MODEL_KIND
+    except UserInputError:  # an engine this version does not know (an old run)
+        return False
+
+
+def cost_model(rows: Iterable[dict[str, Any]], records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predicted vs measured speedup for every summary row of a dual-view engine with an AR
+    counterpart in ``rows``: accepted drafts per cycle (token-weighted), t_fwd(1) and t_fwd(K) from
+    the records of the two cells, the cost model's speedup, ``speedup_vs_ar`` as measured (whole
+    calls, prefill included) and their ratio. Rows lacking a figure carry None for what follows."""
+    rows = list(rows)
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_cell.setdefault(str(record.get("cell_id")), []).append(record)
+    out = []
+    for row in rows:
+        if not _is_cost_model_engine(row.get("engine")):
+            continue
+        ar = ar_counterpart(row, rows)
+        if ar is None:
+            continue
+        accepted = row.get("acceptance_length_token_weighted")
+        t1 = median_time_per_pass_ms(by_cell.get(str(ar.get("cell_id")), []))
+        tk = median_time_per_pass_ms(by_cell.get(str(row.get("cell_id")), []))
+        measured = row.get("speedup_vs_ar")
+        known = is_present(accepted) and t1 is not None and tk is not None and tk > 0
+        predicted = cost_model_speedup(float(accepted), t1, tk) if known else None
+        out.append(
+            {
+                "cell_id": row.get("cell_id"),
+                "label": row.get("label") if is_present(row.get("label")) else row.get("engine"),
+                "engine": row.get("engine"),
+                "model": row.get("model"),
+                "block_size": row.get("block_size"),
+                "context_length": row.get("context_length"),
+                "accepted_per_cycle": float(accepted) if is_present(accepted) else None,
+                "t_fwd_1_ms": t1,
+                "t_fwd_k_ms": tk,
+                "t_fwd_k_over_t_fwd_1": tk / t1 if t1 and tk is not None else None,
+                "speedup_predicted": predicted,
+                "speedup_measured": float(measured) if is_present(measured) else None,
+                "measured_over_predicted": float(measured) / predicted if predicted and is_present(measured) else None,
+            }
+        )
+    return out
