@@ -37,6 +37,7 @@ from orthrus.report.rundata import (
     load_run,
     series_label,
 )
+from orthrus.results.derived import cost_model
 
 TEMPLATES = Path(__file__).parent / "templates"
 # record.extra keys shown as sample text; the prompt's text also comes from prompts.jsonl
@@ -346,6 +347,29 @@ def _cell_params(cell: dict[str, Any]) -> str:
     return ", ".join(f"{k}={cell[k]}" for k in keep if is_present(cell.get(k)))
 
 
+def cost_model_rows(run: RunData) -> list[dict[str, Any]]:
+    """The cost-model section: per Orthrus cell, predicted (orthrus.results.derived.cost_model, from
+    this run's records) vs measured speedup over AR, formatted for the template."""
+    rows = []
+    for c in cost_model(run.summary.to_dict("records"), run.records):
+        rows.append(
+            {
+                "series": str(c["label"]),
+                "params": ", ".join(
+                    f"{k}={_plain(c[k])}" for k in ("context_length", "block_size", "model") if is_present(c.get(k))
+                ),
+                "accepted": fmt(c["accepted_per_cycle"]),
+                "t_fwd_1_ms": fmt(c["t_fwd_1_ms"]),
+                "t_fwd_k_ms": fmt(c["t_fwd_k_ms"]),
+                "ratio_k_1": fmt(c["t_fwd_k_over_t_fwd_1"]),
+                "predicted": fmt(c["speedup_predicted"]),
+                "measured": fmt(c["speedup_measured"]),
+                "measured_over_predicted": fmt(c["measured_over_predicted"]),
+            }
+        )
+    return rows
+
+
 def environment_items(env: dict[str, Any]) -> list[tuple[str, str]]:
     items = []
     for key, value in env.items():
@@ -410,6 +434,7 @@ def render_run(run_dir: str | Path, update_index: bool = True) -> Path:
             warnings=warnings,
             table=summary_table(run.summary) if len(run.summary) else None,
             full_table=full_table(run.summary) if len(run.summary) else None,
+            cost_model=cost_model_rows(run),
             samples=samples(run),
             failed=failed_cells(run),
             gates=run.gates,
