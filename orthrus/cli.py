@@ -106,30 +106,74 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
+    """Run suites/diffusion_view.yaml through the harness with the flags as overrides, then print
+    (and with --write-card, --json-out write) the evaluation read back from the run directory."""
+    from pathlib import Path
 
-    from orthrus.train.evaluate import evaluate_view, format_report
+    from orthrus.models import resolve_model_path
+    from orthrus.train.evaluate import SUITE_FILE, VIEW_LABEL, evaluation, format_report, suite_sets
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    blocks = _parse_ids(args.block_sizes)
+    try:
+        blocks = [int(x) for x in args.block_sizes.split(",") if x.strip()]
+    except ValueError:
+        blocks = []
     if not blocks or min(blocks) < 2:
-        raise UserInputError(f"--block-sizes must be integers >= 2, got {args.block_sizes!r}.")
-    report = evaluate_view(args.model, blocks, args.prompts, args.max_new_tokens, quiet=args.quiet)
-    print(format_report(report))
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(report, handle, indent=2)
-    if args.write_card:
-        from orthrus.models import resolve_model_path
-        from orthrus.train.base import invocation
-        from orthrus.train.distill import EVALUATION_HEADING
+        raise UserInputError(f"--block-sizes must be comma-separated integers >= 2, got {args.block_sizes!r}.")
+    if args.prompts < 1:
+        raise UserInputError(f"--prompts must be at least 1, got {args.prompts}.")
+    if args.max_new_tokens < 1:
+        raise UserInputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
+        raise UserInputError(
+            f"--json-out {args.json_out}: the folder {Path(args.json_out).parent} does not exist; create it first."
+        )
+    card = resolve_model_path(args.model) / "README.md"  # a missing model is one sentence before anything runs
 
-        card = resolve_model_path(args.model) / "README.md"
+    import orthrus.report
+    from orthrus.bench.runner import RunOptions, run_suite
+    from orthrus.bench.suite.load import read_suite_file
+    from orthrus.bench.suite.validate import load_suite
+
+    raw, _ = read_suite_file(SUITE_FILE)
+    # the untrained view is the suite's base checkpoint with a copied view: it only fits the suite's own
+    # model, or a model whose base --untrained-base names
+    same_model = args.model == raw["models"]["base"]["path"]
+    engines = None if (same_model or args.untrained_base) else [VIEW_LABEL, "ar"]
+    sets = suite_sets(
+        model=args.model,
+        block_sizes=blocks,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        threads=args.threads or None,
+        untrained_base=args.untrained_base,
+    )
+    suite = load_suite(SUITE_FILE, sets, engines=engines)
+    outcome = run_suite(suite, RunOptions(out_root=Path(args.out), quiet=args.quiet, argv=list(sys.argv)))
+    if outcome.code == 130:
+        return 130
+    try:
+        print(f"report: {orthrus.report.render_run(outcome.run_dir)}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - the results are on disk; 'run_bench.py report DIR' redraws it
+        print(f"warning: the report could not be rendered ({type(err).__name__}: {err}).", file=sys.stderr)
+    report = evaluation(outcome.run_dir)
+    text = format_report(report)
+    print(text)
+    if outcome.code != 0:
+        failed = outcome.info.get("failed")
+        print(
+            f"error: {failed} measurement(s) failed (see {outcome.run_dir}); nothing written to the card or --json-out.",
+            file=sys.stderr,
+        )
+        return outcome.code
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+    if args.write_card:
+        from orthrus.train.distill import EVALUATION_HEADING
+        from orthrus.train.loop import invocation
+
         head = card.read_text().split(EVALUATION_HEADING)[0] if card.is_file() else f"# {args.model}\n\n"
-        section = f"{EVALUATION_HEADING}\nCommand: `{invocation()}`\n\n{format_report(report)}\n"
-        card.write_text(head + section)
-        (card.parent / "eval.json").write_text(json.dumps(report, indent=2))
+        card.write_text(head + f"{EVALUATION_HEADING}\nCommand: `{invocation()}`\n\n{text}\n")
+        (card.parent / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -188,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", type=int, default=50)
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--threads", type=int, default=0)
-    ev.add_argument("--json-out", help="also write the report as JSON to this file")
+    ev.add_argument("--json-out", help="also write the evaluation as JSON to this file")
+    ev.add_argument("--out", default="reports", help="reports root; the run lands in OUT/diffusion_view/<run-id>/")
+    ev.add_argument(
+        "--untrained-base",
+        help="the plain checkpoint the view was trained on, measured with a fresh (copied) view at block 16 "
+        "(default: the suite's, for the suite's own model; other models skip it)",
+    )
     ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)

@@ -1,180 +1,137 @@
-"""Measure a diffusion view: draft accuracy by position, accepted drafts per cycle, tokens per
-forward, identity with AR, and wall-clock speedup against the cost model, all in one run.
+"""The evaluation of a diffusion view, read from a run of ``suites/diffusion_view.yaml``.
 
     python -m orthrus evaluate --model tiny-orthrus --block-sizes 4,8,16,32 --prompts 50
+
+The harness measures (``orthrus/cli.py`` runs the suite with ``suite_sets``' overrides); this
+module only reads the run directory through ``orthrus.results``: the summary rows (identity,
+acceptance, tokens per forward, speedup vs AR) and ``derived.cost_model`` (predicted vs measured
+speedup), and formats them as the table printed and written into the model card.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-import time
-from dataclasses import dataclass
+import json
+from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-from transformers import AutoTokenizer
+from orthrus.errors import UserInputError
+from orthrus.results.derived import cost_model, is_present
+from orthrus.results.rundir import RESULTS_FILE, read_records, read_summary_rows
 
-from orthrus.engines import build_engine
-from orthrus.models import OrthrusForCausalLM, load_causal_lm, resolve_model_path
-from orthrus.train.corpus import corpus_documents
-
-
-@dataclass
-class HeldoutPrompt:
-    name: str
-    ids: list[int]
+SUITE_FILE = Path(__file__).resolve().parents[2] / "suites" / "diffusion_view.yaml"
+VIEW_LABEL = "orthrus"  # the suite's engine label of the view under evaluation
+UNTRAINED_LABEL = "untrained_view"  # ... and of the same view untrained
 
 
-def heldout_prompts(tokenizer: Any, count: int, min_len: int = 128, max_len: int = 1024) -> list[HeldoutPrompt]:
-    """``count`` prompts from held-out files, lengths spread evenly over [min_len, max_len], each
-    ending right after a newline so that the continuation starts at a line boundary."""
-    documents = corpus_documents("heldout")
-    encoded = [(d.name, tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in documents]
-    newline_ends = {}
-    prompts: list[HeldoutPrompt] = []
-    doc_index = 0
-    for i in range(count):
-        length = min_len + (i * (max_len - min_len)) // max(count - 1, 1)
-        for _ in range(len(encoded)):
-            name, ids = encoded[doc_index % len(encoded)]
-            doc_index += 1
-            if name not in newline_ends:
-                newline_ends[name] = [p + 1 for p, t in enumerate(ids) if "\n" in tokenizer.decode([t])]
-            ends = [p for p in newline_ends[name] if p >= length]
-            if ends:
-                end = ends[0]
-                prompts.append(HeldoutPrompt(f"{name}@{end - length}:{end}", ids[end - length : end]))
-                break
-    return prompts
-
-
-@torch.inference_mode()
-def forward_time_ms(model: OrthrusForCausalLM, context: int, tokens: int, repeats: int = 20) -> float:
-    """Median time of one AR forward over ``tokens`` new tokens after ``context`` cached ones."""
-    cache = model.new_cache(context + tokens)
-    model.forward_ar(torch.randint(3, 100, (1, context)), cache, 0)
-    block = torch.randint(3, 100, (1, tokens))
-    times = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
-        model.forward_ar(block, cache, context)
-        times.append((time.perf_counter() - start) * 1e3)
-        cache.crop(-tokens)
-    return statistics.median(times[2:])
-
-
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def evaluate_view(
-    model_name: str,
-    block_sizes: list[int],
-    prompt_count: int,
-    max_new_tokens: int = 128,
-    untrained_block: int | None = 16,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    model = load_causal_lm(model_name)
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(model_name)))
-    prompts = heldout_prompts(tokenizer, prompt_count)
-    ar = build_engine("ar", model)
-    bar = tqdm(total=len(prompts) * (len(block_sizes) + 1), disable=quiet, desc="evaluate", unit="gen")
-    reference, ar_ms = {}, {}
-    for prompt in prompts:
-        ar.generate(prompt.ids[:16], 4)  # warm-up
-        result = ar.generate(prompt.ids, max_new_tokens)
-        reference[prompt.name], ar_ms[prompt.name] = result.tokens, result.e2e_ms
-        bar.update(1)
-    context = int(statistics.median(len(p.ids) for p in prompts))
-    t1 = forward_time_ms(model, context, 1)
-    report: dict[str, Any] = {
-        "model": model_name,
-        "prompts": len(prompts),
-        "max_new_tokens": max_new_tokens,
-        "prompt_tokens_min": min(len(p.ids) for p in prompts),
-        "prompt_tokens_max": max(len(p.ids) for p in prompts),
-        "threads": torch.get_num_threads(),
-        "t_fwd_1_ms": t1,
-        "cost_model_context": context,
-        "block_sizes": {},
+def suite_sets(
+    model: str | None = None,
+    block_sizes: list[int] | None = None,
+    prompts: int | None = None,
+    max_new_tokens: int | None = None,
+    threads: int | None = None,
+    untrained_base: str | None = None,
+) -> list[str]:
+    """The ``--set key.path=value`` overrides of the suite for evaluate's flags (None: the suite's own)."""
+    values: dict[str, Any] = {
+        "models.base.path": model,
+        "models.untrained.path": untrained_base,
+        "sweep.block_sizes": block_sizes,
+        "prompts[0].count": prompts,
+        "sweep.max_new_tokens": [max_new_tokens] if max_new_tokens is not None else None,
+        "measure.threads": threads,
     }
-    for block in block_sizes:
-        engine = build_engine("orthrus", model, block_size=block)
-        accepted, drafted, identical, speedups, tpf, per_request = [], [], 0, [], [], []
-        for prompt in prompts:
-            result = engine.generate(prompt.ids, max_new_tokens)
-            identical += result.tokens == reference[prompt.name]
-            accepted += result.accepted_per_cycle
-            drafted += result.drafted_per_cycle
-            speedups.append(ar_ms[prompt.name] / result.e2e_ms)
-            tpf.append(result.tokens_per_forward)
-            if result.acceptance_length is not None:
-                per_request.append(result.acceptance_length)
-            bar.update(1)
-        tk = forward_time_ms(model, context, block)
-        mean_accepted = sum(accepted) / len(accepted)
-        predicted = (mean_accepted + 1) / 2 * t1 / tk
-        measured = geometric_mean(speedups)
-        report["block_sizes"][str(block)] = {
-            "identical_to_ar": f"{identical}/{len(prompts)}",
-            "accepted_per_cycle_token_weighted": round(mean_accepted, 3),
-            "accepted_per_cycle_per_request_mean": round(statistics.mean(per_request), 3),
-            "acceptance_by_position": [
-                round(
-                    sum(1 for d, a in zip(drafted, accepted) if d >= j and a >= j)
-                    / max(sum(1 for d in drafted if d >= j), 1),
-                    3,
-                )
-                for j in range(1, block)
-            ],
-            "tokens_per_forward_median": round(statistics.median(tpf), 3),
-            "t_fwd_k_ms": round(tk, 3),
-            "t_fwd_k_over_t_fwd_1": round(tk / t1, 3),
-            "speedup_vs_ar_measured": round(measured, 3),
-            "speedup_vs_ar_cost_model": round(predicted, 3),
-            "measured_over_predicted": round(measured / predicted, 3),
-        }
-    bar.close()
-    if untrained_block:
-        fresh = OrthrusForCausalLM.from_base(
-            model, block_size=untrained_block, mask_token_id=model.config.mask_token_id
-        )
-        engine = build_engine("orthrus", fresh, block_size=untrained_block)
-        accepted = []
-        for prompt in prompts:
-            accepted += engine.generate(prompt.ids, max_new_tokens).accepted_per_cycle
+    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]  # JSON is YAML
+
+
+def evaluation(run_dir: Path) -> dict[str, Any]:
+    """What a run of the suite says about the view, from its summary rows and records."""
+    rows = read_summary_rows(run_dir)
+    if rows is None:
+        raise UserInputError(f"{run_dir} has no summary.json; was the run interrupted? Resume it with run_bench.py.")
+    records = read_records(run_dir / RESULTS_FILE)
+    predicted = {c["cell_id"]: c for c in cost_model(rows, records)}
+    views = sorted(
+        (r for r in rows if r.get("label") == VIEW_LABEL),
+        key=lambda r: (r.get("context_length") or 0, r.get("block_size") or 0),
+    )
+    ok = [r for r in records if r.get("status") == "ok"]
+    ar = [r for r in rows if r.get("engine") == "ar"]
+    report: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "model": views[0].get("model_path") if views else None,
+        "prompts": int(ar[0]["n_ok"]) if ar and is_present(ar[0].get("n_ok")) else None,
+        "max_new_tokens": _int(views[0].get("max_new_tokens")) if views else None,
+        "prompt_tokens": sorted({r["prompt_tokens"] for r in ok if r.get("prompt_tokens") is not None}),
+        "cells": [_cell(row, predicted.get(row["cell_id"], {})) for row in views],
+    }
+    untrained = [r for r in rows if r.get("label") == UNTRAINED_LABEL]
+    if untrained:
         report["untrained_view"] = {
-            "block_size": untrained_block,
-            "accepted_per_cycle_token_weighted": round(sum(accepted) / len(accepted), 3),
+            "block_size": _int(untrained[0].get("block_size")),
+            "accepted_per_cycle_token_weighted": _round(untrained[0].get("acceptance_length_token_weighted")),
         }
     return report
 
 
+def _round(value: Any, digits: int = 3) -> Any:
+    return round(float(value), digits) if is_present(value) else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if is_present(value) else None  # summary.json keeps integers of a column with gaps as floats
+
+
+def _cell(row: dict[str, Any], cost: dict[str, Any]) -> dict[str, Any]:
+    n_ok, rate = row.get("n_ok"), row.get("identity_exact_rate")
+    identical = f"{round(rate * n_ok)}/{int(n_ok)}" if is_present(rate) and is_present(n_ok) else None
+    return {
+        "block_size": _int(row.get("block_size")),
+        "context_length": _int(row.get("context_length")),
+        "identical_to_ar": identical,
+        "accepted_per_cycle_token_weighted": _round(row.get("acceptance_length_token_weighted")),
+        "accepted_per_cycle_per_request_mean": _round(row.get("acceptance_length_mean")),
+        "acceptance_by_position": [_round(v) for v in row.get("acceptance_by_position") or []],
+        "tokens_per_forward_median": _round(row.get("tokens_per_forward_median")),
+        "t_fwd_1_ms": _round(cost.get("t_fwd_1_ms")),
+        "t_fwd_k_ms": _round(cost.get("t_fwd_k_ms")),
+        "t_fwd_k_over_t_fwd_1": _round(cost.get("t_fwd_k_over_t_fwd_1")),
+        "speedup_vs_ar_measured": _round(row.get("speedup_vs_ar")),
+        "speedup_vs_ar_cost_model": _round(cost.get("speedup_predicted")),
+        "measured_over_predicted": _round(cost.get("measured_over_predicted")),
+    }
+
+
+def _show(value: Any, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value}{suffix}"
+
+
 def format_report(report: dict[str, Any]) -> str:
+    """The evaluation as Markdown: one line of settings, the table, draft accuracy by position."""
+    lengths = report["prompt_tokens"]
+    span = f"{lengths[0]}-{lengths[-1]}" if len(lengths) > 1 else (str(lengths[0]) if lengths else "?")
     lines = [
-        f"{report['prompts']} held-out prompts ({report['prompt_tokens_min']}-{report['prompt_tokens_max']} tokens), "
-        f"{report['max_new_tokens']} new tokens, greedy, {report['threads']} threads; "
-        f"t_fwd(1) = {report['t_fwd_1_ms']:.2f} ms at {report['cost_model_context']} context",
+        f"{_show(report['prompts'])} held-out prompts ({span} tokens), {_show(report['max_new_tokens'])} new tokens, "
+        f"greedy; t_fwd = (e2e - TTFT) / passes after the prefill, from the same run's records "
+        f"(run: `{report['run_dir']}`)",
         "",
-        "| block | identical to AR | accepted/cycle | TPF (median) | t_fwd(K)/t_fwd(1) | speedup measured | cost model | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| block | context | identical to AR | accepted/cycle | TPF (median) | t_fwd(K)/t_fwd(1) | speedup measured "
+        "| cost model | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for block, row in report["block_sizes"].items():
+    for c in report["cells"]:
         lines.append(
-            f"| {block} | {row['identical_to_ar']} | {row['accepted_per_cycle_token_weighted']} | "
-            f"{row['tokens_per_forward_median']} | {row['t_fwd_k_over_t_fwd_1']} | {row['speedup_vs_ar_measured']}x | "
-            f"{row['speedup_vs_ar_cost_model']}x | {row['measured_over_predicted']} |"
+            f"| {c['block_size']} | {c['context_length']} | {_show(c['identical_to_ar'])} | "
+            f"{_show(c['accepted_per_cycle_token_weighted'])} | {_show(c['tokens_per_forward_median'])} | "
+            f"{_show(c['t_fwd_k_over_t_fwd_1'])} | {_show(c['speedup_vs_ar_measured'], 'x')} | "
+            f"{_show(c['speedup_vs_ar_cost_model'], 'x')} | {_show(c['measured_over_predicted'])} |"
         )
     lines.append("")
-    for block, row in report["block_sizes"].items():
-        lines.append(f"- draft accuracy by position, block {block}: {row['acceptance_by_position']}")
+    for c in report["cells"]:
+        lines.append(f"- draft accuracy by position, block {c['block_size']}: {c['acceptance_by_position']}")
     if "untrained_view" in report:
         u = report["untrained_view"]
         lines.append(
             f"- untrained (copied) view, block {u['block_size']}: "
-            f"{u['accepted_per_cycle_token_weighted']} accepted drafts per cycle"
+            f"{_show(u['accepted_per_cycle_token_weighted'])} accepted drafts per cycle"
         )
     return "\n".join(lines)
