@@ -1,4 +1,10 @@
-"""Merge shard directories of one run (``--shard I/N`` on several machines) into one run directory."""
+"""Merge shard directories of one run (``--shard I/N`` on several machines) into one run directory.
+
+The shards must cover the suite's cells exactly once: ``merge`` refuses (exit 2, nothing written)
+when a shard is missing, given twice or overlaps another input, or when an input has not finished
+(killed or still being measured), and names the shards and cells concerned. ``partial=True`` merges
+what there is anyway, and the merged run.json says ``status: partial`` with what is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orthrus.bench.matrix import shard
+from orthrus.bench.resume import run_shard
 from orthrus.bench.suite.load import parse_yaml
-from orthrus.bench.suite.spec import suite_hash
+from orthrus.bench.suite.spec import Cell, suite_hash
+from orthrus.bench.suite.validate import validate_suite
 from orthrus.errors import UserInputError
-from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, read_records, write_json
+from orthrus.results.rundir import RESULTS_FILE, ResultsWriter, is_locked, read_json, read_records, write_json
 from orthrus.results.summary import dedupe, overhead_stats, write_summary
 
 SHARD_SUFFIX = re.compile(r"-shard\d+of\d+$")
@@ -27,8 +36,13 @@ def _load_suite(run_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def merge_runs(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path, list[dict[str, Any]]]:
-    """Write the union of the shards' records (each (cell, prompt, repeat) once) and a fresh summary."""
+def merge_runs(
+    run_dirs: list[Path], out_dir: Path | None = None, partial: bool = False
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the union of the shards' records (each (cell, prompt, repeat) once) and a fresh summary.
+
+    Inputs that do not cover the suite's cells exactly once, or that have not finished, are refused
+    (``UserInputError`` naming the shards and cells) unless ``partial``."""
     if not run_dirs:
         raise UserInputError("merge needs at least one run directory.")
     for run_dir in run_dirs:
@@ -41,6 +55,17 @@ def merge_runs(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path,
     for run_dir, raw in zip(run_dirs[1:], suites[1:]):
         if suite_hash(raw) != first_hash:
             raise UserInputError(f"{run_dir} ran a different suite than {run_dirs[0]}; merge only shards of one run.")
+    inputs = [_Input(d, read_records(d / RESULTS_FILE)) for d in run_dirs]
+    try:
+        cells: list[Cell] | None = validate_suite(suites[0], _suite_path(run_dirs[0])).cells
+    except UserInputError:  # its models or data are not on this machine: check what the records tell
+        cells = None
+    problems = coverage_problems(cells, inputs)
+    if problems and not partial:
+        raise UserInputError(
+            f"merge refused, the inputs are not one complete run: {'; '.join(problems)} "
+            "(nothing was written; pass --partial to merge what there is)."
+        )
     base_id = SHARD_SUFFIX.sub("", run_dirs[0].name)
     if out_dir is None:
         out_dir = run_dirs[0].parent / f"{base_id}-merged"
@@ -50,8 +75,8 @@ def merge_runs(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path,
     run_id = out_dir.name
 
     records: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
-        for record in read_records(run_dir / RESULTS_FILE):
+    for item in inputs:
+        for record in item.records:
             record = dict(record, extra={**record["extra"], "shard_run_id": record["run_id"]}, run_id=run_id)
             records.append(record)
     records = dedupe(records)  # each (cell, prompt, repeat) once; an ok record wins over a failed one
@@ -83,7 +108,9 @@ def merge_runs(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path,
         "suite_sha256": first_hash,
         "merged_from": [str(d) for d in run_dirs],
         "merged_at": time.time(),
-        "status": "finished",
+        "shard": None,
+        "status": "partial" if problems else "finished",
+        "problems": problems,
         "records": len(records),
         "ok": ok,
         "failed": len(records) - ok,
@@ -91,3 +118,91 @@ def merge_runs(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path,
     }
     write_json(out_dir / "run.json", info)
     return out_dir, records
+
+
+class _Input:
+    """One run directory given to merge: its shard, whether it finished, what it recorded."""
+
+    def __init__(self, run_dir: Path, records: list[dict[str, Any]]) -> None:
+        self.run_dir = run_dir
+        self.records = records
+        self.shard = run_shard(run_dir)
+        info = read_json(run_dir / "run.json")
+        self.status = str(info.get("status")) if isinstance(info, dict) else "unknown"
+        self.running = is_locked(run_dir)
+        self.recorded = {r["cell_id"] for r in records}
+
+    @property
+    def name(self) -> str:
+        part = f"shard {self.shard[0]}/{self.shard[1]}" if self.shard else "all cells"
+        return f"{self.run_dir} ({part})"
+
+    def planned(self, cells: list[Cell]) -> list[Cell]:
+        """The cells this input was started for (its shard's slice of the suite's cells)."""
+        return shard(cells, *self.shard) if self.shard else list(cells)
+
+
+def coverage_problems(cells: list[Cell] | None, inputs: list[_Input]) -> list[str]:
+    """What keeps ``inputs`` from being the suite's cells measured once each: inputs unfinished, a
+    shard given twice or missing, inputs covering the same cells, cells no input measured. Empty
+    when complete. ``cells`` None (the suite cannot be expanded here) checks shards and records only."""
+    problems = []
+    for item in inputs:
+        if item.running:
+            problems.append(f"{item.name} is still being measured")
+        elif item.status != "finished":
+            problems.append(
+                f"{item.name} did not finish (status {item.status}; resume it with --resume {item.run_dir})"
+            )
+    by_shard: dict[tuple[int, int] | None, list[_Input]] = {}
+    for item in inputs:
+        by_shard.setdefault(item.shard, []).append(item)
+    for spec, same in by_shard.items():
+        if len(same) > 1:
+            what = f"shard {spec[0]}/{spec[1]}" if spec else "a run of all cells"
+            problems.append(f"{what} is given {len(same)} times ({', '.join(str(i.run_dir) for i in same)})")
+    counts = {i.shard[1] for i in inputs if i.shard}
+    if len(counts) == 1 and None not in by_shard:
+        (count,) = counts
+        absent = [f"{k}/{count}" for k in range(count) if (k, count) not in by_shard]
+        if absent:
+            problems.append(f"shard {', '.join(absent)} is not given")
+    by_id = {c.cell_id: c for c in cells or []}
+    covered: dict[str, list[_Input]] = {}
+    for item in inputs:
+        planned = {c.cell_id for c in item.planned(cells)} if cells is not None else set()
+        for cell_id in planned | item.recorded:
+            covered.setdefault(cell_id, []).append(item)
+    overlaps: dict[tuple[str, ...], list[str]] = {}
+    for cell_id, items in covered.items():
+        if len(items) > 1 and len({i.shard for i in items}) > 1:  # the same shard twice is said above
+            overlaps.setdefault(tuple(i.name for i in items), []).append(cell_id)
+    for names, cell_ids in overlaps.items():
+        problems.append(f"{' and '.join(names)} both cover {_cells_text(cell_ids, by_id)}")
+    if cells is not None:
+        measured = set().union(*(i.recorded for i in inputs))
+        missing = [c.cell_id for c in cells if c.cell_id not in measured]
+        if missing:
+            problems.append(f"no input measured {_cells_text(missing, by_id)} (of the suite's {len(cells)})")
+    return problems
+
+
+def _cells_text(cell_ids: list[str], by_id: dict[str, Cell], limit: int = 6) -> str:
+    def one(cell_id: str) -> str:
+        cell = by_id.get(cell_id)
+        if cell is None:
+            return f"{cell_id} (not in the suite)"
+        params = cell.params
+        context = f" ctx {params['context_length']}" if params.get("context_length") is not None else ""
+        return f"{params['label']}{context} ({cell_id})"
+
+    shown = ", ".join(one(c) for c in cell_ids[:limit])
+    more = f" and {len(cell_ids) - limit} more" if len(cell_ids) > limit else ""
+    noun = "cell" if len(cell_ids) == 1 else "cells"
+    return f"{len(cell_ids)} {noun}: {shown}{more}"
+
+
+def _suite_path(run_dir: Path) -> Path | None:
+    info = read_json(run_dir / "run.json")
+    path = info.get("suite_path") if isinstance(info, dict) else None
+    return Path(path) if isinstance(path, str) and path else None

@@ -1,9 +1,12 @@
 """Read one run directory (through ``orthrus.results``) into plain pandas tables.
 
 Everything in ``orthrus.report`` goes through ``load_run``, so a report, a comparison or a gate
-can be made from any old run without re-running it. The summary is summary.json, or, when a run
-has none (killed before the end), rebuilt from results.jsonl with ``orthrus.results.summary``;
-a directory with neither is a user error. Missing optional files give empty tables.
+can be made from any old run without re-running it. results.jsonl is the truth: the summary is
+summary.json when it counts the same measurements, else (a run killed before its summary was
+written, or resumed since) rebuilt from results.jsonl with ``orthrus.results.summary``. A run that
+has not finished (run.json status running or interrupted, a partial merge) is loaded with a note on
+stderr saying so, so that a report, gate or comparison of it is not taken for the whole run. A
+directory with no measurement at all is a user error. Missing optional files give empty tables.
 
 Conventions used by every plot, table and gate:
 - a *series* is what a legend shows: the engine's ``label`` from the suite;
@@ -14,6 +17,7 @@ Conventions used by every plot, table and gate:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +34,13 @@ from orthrus.results.rundir import (
     RESULTS_FILE,
     RUN_INFO_FILE,
     SUITE_FILE,
+    is_locked,
     read_json,
     read_jsonl,
     read_records,
     read_summary_rows,
 )
-from orthrus.results.summary import SUMMARY_COLUMNS, frame_rows, summarize
+from orthrus.results.summary import SUMMARY_COLUMNS, dedupe, frame_rows, summarize
 
 LABEL_COLUMN = "label"
 # cell parameters that may differ between two runs of the same suite without making cells different
@@ -54,6 +59,7 @@ class RunData:
     gates: dict[str, Any] | None = None  # gates.json when present
     info: dict[str, Any] = field(default_factory=dict)  # run.json: run id, suite, sessions
     prompts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # prompts.jsonl by (source, id)
+    unfinished: str | None = None  # why the run is not whole (killed, still running, partial merge), else None
 
     @property
     def run_id(self) -> str:
@@ -120,8 +126,13 @@ def load_run(run_dir: str | Path) -> RunData:
         raise UserInputError(f"run directory {str(path)!r} does not exist; pass a reports/<suite>/<run-id> folder.")
     records = read_records(path / RESULTS_FILE)
     rows = read_summary_rows(path)
-    if rows is None:
+    if rows is None or (records and not _counts_all(rows, records)):
         if not records:
+            if (path / RESULTS_FILE).is_file():
+                raise UserInputError(
+                    f"{str(path)!r} has no finished measurement yet; continue it with "
+                    f"python run_bench.py --resume {path} before reporting on it."
+                )
             raise UserInputError(
                 f"{str(path)!r} has no summary.json or results.jsonl; is it a benchmark run directory?"
             )
@@ -129,7 +140,11 @@ def load_run(run_dir: str | Path) -> RunData:
     environment = read_json(path / ENVIRONMENT_FILE) or {}
     suite_text = (path / SUITE_FILE).read_text() if (path / SUITE_FILE).is_file() else ""
     info = read_json(path / RUN_INFO_FILE) or {}
+    info = info if isinstance(info, dict) else {}
     prompts = {(str(p.get("source")), str(p.get("prompt_id"))): p for p in read_jsonl(path / PROMPTS_FILE)}
+    unfinished = _unfinished(path, info, len(dedupe(records)))
+    if unfinished:
+        print(f"note: {unfinished}", file=sys.stderr)
     return RunData(
         path,
         summary_table(rows),
@@ -138,9 +153,30 @@ def load_run(run_dir: str | Path) -> RunData:
         _parse_yaml(suite_text),
         suite_text,
         read_json(path / GATES_FILE),
-        info if isinstance(info, dict) else {},
+        info,
         prompts,
+        unfinished,
     )
+
+
+def _counts_all(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> bool:
+    """summary.json counts every measurement of results.jsonl (it is not from an earlier session)."""
+    counted = [int(row.get("n_ok") or 0) + int(row.get("n_failed") or 0) for row in rows if "n_ok" in row]
+    return len(counted) < len(rows) or sum(counted) == len(dedupe(records))
+
+
+def _unfinished(path: Path, info: dict[str, Any], measurements: int) -> str | None:
+    """A sentence saying that the run is not whole, None when it finished."""
+    status = info.get("status")
+    if status in (None, "finished") and not (status is None and is_locked(path)):
+        return None
+    shown = f"what is shown are the {measurements} measurements in results.jsonl so far"
+    if is_locked(path):
+        return f"{path} is being measured right now; {shown}."
+    if status == "partial":
+        problems = "; ".join(str(p) for p in info.get("problems") or []) or "inputs incomplete"
+        return f"{path} is a partial merge ({problems}); {shown}."
+    return f"{path} did not finish (status {status}); {shown}; complete it with python run_bench.py --resume {path}."
 
 
 def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
