@@ -27,6 +27,7 @@ from orthrus.bench.suite.validate import load_suite
 from orthrus.errors import UserInputError
 from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
 from orthrus.report.commands import check_gate_inputs
+from orthrus.results.rundir import RUN_INFO_FILE, read_json
 from orthrus.results.summary import summarize
 
 
@@ -121,17 +122,34 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
-    parser = _Parser(prog="run_bench.py merge", description="merge shard run directories into one run")
+    parser = _Parser(
+        prog="run_bench.py merge",
+        description="Merge the shard run directories of one run (--shard I/N) into one run directory.",
+        epilog="The inputs must cover the suite's cells exactly once and have finished; otherwise merge names "
+        "the shards and cells missing, given twice or overlapping, and writes nothing. Exit codes: 0 merged, "
+        "every measurement ok; 1 merged, but some measurements failed, or --partial merged an incomplete set; "
+        "2 refused (missing, duplicated, overlapping or unfinished inputs, or not run directories).",
+    )
     parser.add_argument("run_dirs", nargs="+", metavar="DIR")
     parser.add_argument("--out", help="merged run directory (default: <first shard's run id>-merged beside it)")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="merge incomplete or overlapping inputs anyway (each measurement once); run.json says status partial",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    out_dir, records = merge_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    out_dir, records = merge_runs(
+        [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, partial=args.partial
+    )
     ok = sum(1 for r in records if r.get("status") == "ok")
     info = {"ok": ok, "failed": len(records) - ok, "harness_overhead": {}}
     print_summary(out_dir, summarize(records), records, info, args.quiet)
+    problems = read_json(out_dir / RUN_INFO_FILE).get("problems") or []
+    if problems:
+        print(f"warning: {out_dir} is a partial run: {'; '.join(problems)}.", file=sys.stderr)
     _render(out_dir)
-    return 1 if info["failed"] else 0
+    return 1 if info["failed"] or problems else 0
 
 
 def _render(run_dir: Path) -> Path | None:
