@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 from orthrus.errors import UserInputError
 from orthrus.profile.shapes import SHAPE_KEYS, same_shape, shape_name, spec_shape
 from orthrus.profile.timing import LatencyProfile, OutsideProfile
+from orthrus.results import RESULTS_FILE, ar_counterpart, read_records
 
 PROJECTION_FORMAT = "orthrus-projection"
 PROJECTION_VERSION = 1
@@ -128,37 +129,13 @@ def _first(*values: Any) -> Any:
 
 
 def _read_records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "results.jsonl"
+    path = run_dir / RESULTS_FILE
     if not path.is_file():
-        raise UserInputError(f"{run_dir} has no results.jsonl; give a run directory made by run_bench.py.")
-    try:  # the run directory's one reader, where the results package exists
-        from orthrus.results import read_records
-
-        return read_records(path)
-    except ImportError:
-        import json
-
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "cell" in row:
-                rows.append(row)
-        return rows
+        raise UserInputError(f"{run_dir} has no {RESULTS_FILE}; give a run directory made by run_bench.py.")
+    return read_records(path)
 
 
 def _ar_counterpart_id(cell: dict[str, Any], cells: dict[str, dict[str, Any]]) -> str | None:
-    try:
-        from orthrus.results import ar_counterpart
-    except ImportError:  # before the results package: the same keys by hand
-        keys = ("prompt_source", "context_length", "temperature", "max_new_tokens", "device", "dtype")
-
-        def ar_counterpart(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-            found = [o for o in rows if o.get("engine") == "ar" and all(o.get(k) == row.get(k) for k in keys)]
-            return found[0] if found else None
-
     rows = [{**c, "_cell_id": cid} for cid, c in cells.items()]
     match = ar_counterpart(cell, rows)
     return match["_cell_id"] if match else None

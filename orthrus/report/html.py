@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import jinja2
 import pandas as pd
+from markupsafe import Markup
 
 from orthrus.report.gates import GateReport, GateResult, fmt
 from orthrus.report.plots import PlotInfo, make_plots, near_tie_margin
@@ -347,6 +348,14 @@ def _cell_params(cell: dict[str, Any]) -> str:
     return ", ".join(f"{k}={cell[k]}" for k in keep if is_present(cell.get(k)))
 
 
+def _projection_markup(run_dir: Path) -> Markup | None:
+    """The "projected on <device>" sections from the run's projection.json (``run_bench.py project``)."""
+    from orthrus.profile.report import projection_section
+
+    section = projection_section(run_dir)
+    return Markup(section[0]) if section is not None else None  # autoescaped by its own template
+
+
 def cost_model_rows(run: RunData) -> list[dict[str, Any]]:
     """The cost-model section: per Orthrus cell, predicted (orthrus.results.derived.cost_model, from
     this run's records) vs measured speedup over AR, formatted for the template."""
@@ -411,13 +420,17 @@ def _created(run: RunData) -> str:
 
 
 # ---------------------------------------------------------------------------------------- pages
-def render_run(run_dir: str | Path, update_index: bool = True) -> Path:
+def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Path | None = None) -> Path:
     """Draw the plots and write ``<run_dir>/report.html``; returns its path.
 
     With ``update_index``, also rewrites ``reports/index.html`` when the run lies in
-    ``reports/<suite>/<run-id>``."""
+    ``reports/<suite>/<run-id>``. With ``out_dir``, the page and its plots go there instead (the run
+    directory is only read: an archived, read-only run) and the index is left alone."""
     run = load_run(run_dir)
-    plots, warnings = make_plots(run)
+    target = run.path if out_dir is None else Path(out_dir)  # elsewhere: a read-only (archived) run
+    if out_dir is not None:
+        target.mkdir(parents=True, exist_ok=True)
+    plots, warnings = make_plots(run, target / "plots")
     page = (
         environment()
         .get_template("report.html.j2")
@@ -435,6 +448,7 @@ def render_run(run_dir: str | Path, update_index: bool = True) -> Path:
             table=summary_table(run.summary) if len(run.summary) else None,
             full_table=full_table(run.summary) if len(run.summary) else None,
             cost_model=cost_model_rows(run),
+            projection=_projection_markup(run.path),
             samples=samples(run),
             failed=failed_cells(run),
             gates=run.gates,
@@ -445,10 +459,10 @@ def render_run(run_dir: str | Path, update_index: bool = True) -> Path:
             generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
     )
-    out = run.path / "report.html"
+    out = target / "report.html"
     out.write_text(page, encoding="utf-8")
     root = run.path.resolve().parents[1] if len(run.path.resolve().parents) > 1 else None
-    if update_index and root is not None and root.name == "reports":
+    if update_index and out_dir is None and root is not None and root.name == "reports":
         render_index(root)
     return out
 
