@@ -219,7 +219,41 @@ def crop_cache(cache: Cache, length: int, held: int) -> None:
         cache.crop(length - held)
 
 
-def cache_storage_bytes(cache: Cache) -> int:
+class RowCacheLayer:
+    """One layer of a RowCache: keys and values [B, Hkv, max_len, D], preallocated."""
+
+    is_initialized = True
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+
+
+class RowCache:
+    """A preallocated K/V cache for a batch of rows that advance at different speeds.
+
+    Rows are left-aligned: row r's committed prefix occupies slots [0, lengths[r]) of every layer,
+    where ``lengths`` is kept by the caller (as ``past_len`` is for the single-row cache) and
+    passed to ``forward_ar_rows`` / ``forward_diffusion_rows`` as ``starts``. A pass over a block
+    of T tokens writes row r's K/V at slots [starts[r], starts[r] + T) (one scatter per layer) and
+    every query of row r sees only slots it may: the prefix below starts[r] and its own block
+    (causally for the AR view, whole for the diffusion view). Slots at or past a row's committed
+    length hold stale K/V (rejected drafts, another pass's block) that the mask hides, so dropping
+    rejected drafts needs no crop: the caller just does not advance the row's length past them.
+    """
+
+    def __init__(self, layers: list[RowCacheLayer]) -> None:
+        self.layers = layers
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].keys.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].keys.shape[2]
+
+
+def cache_storage_bytes(cache: Cache | RowCache) -> int:
     """Bytes of memory the cache's K/V tensors hold (their storage, not just the used length)."""
     total = 0
     for layer in cache.layers:
@@ -428,6 +462,73 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             q, k, v = attn.project(normed, cos, sin, "_diff")
             k, v = _with_prefix(cache, attn.layer_idx, past_len, k, v)
             hidden = layer.feed_forward(hidden, attn.attend(q, k, v, None, False, "_diff"))
+        return self.lm_head(self.model.norm(hidden))
+
+    # ------------------------------------------------------------------ passes over a batch of rows
+    def new_row_cache(self, batch_size: int, max_len: int) -> RowCache:
+        """A preallocated cache of ``max_len`` slots per row for ``forward_*_rows`` (see RowCache)."""
+        attn = self.model.layers[0].self_attn
+        weight = self.model.embed_tokens.weight
+        shape = (batch_size, attn.num_kv_heads, max_len, attn.head_dim)
+        return RowCache([RowCacheLayer(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in self.model.layers])
+
+    def forward_ar_rows(
+        self, input_ids: torch.Tensor, cache: RowCache, starts: list[int], last: list[int] | None = None
+    ) -> torch.Tensor:
+        """AR view over ``input_ids`` [B, T]; row r sits at positions starts[r] .. starts[r] + T - 1,
+        attends causally to its own cached prefix (slots < starts[r]) and writes its K/V to slots
+        starts[r] ... Returns logits [B, T, V], or [B, V] at block index ``last[r]`` of each row when
+        given (a ragged prefill: prompts right-padded to one length, each row's last real token)."""
+        return self._forward_rows(input_ids, cache, starts, "", last)
+
+    def forward_diffusion_rows(
+        self, block_ids: torch.Tensor, cache: RowCache, starts: list[int], widths: list[int] | None = None
+    ) -> torch.Tensor:
+        """Diffusion view over blocks [B, K] (anchor first, then masks), row r at positions starts[r]..;
+        full attention over its cached prefix, bidirectional inside its block: its first widths[r]
+        positions (default all K; a narrower row's block is what it would draft alone, the positions
+        past it are padding no query of the row sees). The committed slots (< starts[r]) are only
+        read; the block's own K/V go into the row's free slots from starts[r] on, which the verify
+        pass overwrites. Returns logits [B, K, V]."""
+        return self._forward_rows(block_ids, cache, starts, "_diff", None, widths)
+
+    def _forward_rows(
+        self,
+        ids: torch.Tensor,
+        cache: RowCache,
+        starts: list[int],
+        suffix: str,
+        last: list[int] | None,
+        widths: list[int] | None = None,
+    ) -> torch.Tensor:
+        batch, steps = ids.shape
+        device = ids.device
+        hidden = self.model.embed_tokens(ids)
+        start = torch.tensor(starts, device=device).unsqueeze(1)  # [B, 1]
+        positions = start + torch.arange(steps, device=device)  # [B, T] absolute positions = slots
+        cos, sin = self.model.rotary_emb(hidden, positions)
+        span = max(starts) + steps  # slots any row may see in this pass
+        slots = torch.arange(span, device=device).view(1, 1, span)
+        if suffix:  # diffusion view: the committed prefix and the whole block (its first widths[r] positions)
+            end = start + (steps if widths is None else torch.tensor(widths, device=device).unsqueeze(1))
+            visible = slots < end.unsqueeze(-1)
+        else:  # AR view: every slot up to the query's own position (prefix, then the block causally)
+            visible = slots <= positions.unsqueeze(-1)
+        # [B, 1, T, span]; slots past a row's block (stale or another row's span) are never visible,
+        # so each row computes exactly what it would alone over its own prefix
+        mask = visible.unsqueeze(1)
+        where = positions.view(batch, 1, steps, 1)
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, suffix)
+            held = cache.layers[attn.layer_idx]
+            index = where.expand(-1, k.shape[1], -1, k.shape[3])
+            held.keys.scatter_(2, index, k)  # row r's block into slots starts[r] .. starts[r] + T - 1
+            held.values.scatter_(2, index, v)
+            keys, values = held.keys[:, :, :span], held.values[:, :, :span]
+            hidden = layer.feed_forward(hidden, attn.attend(q, keys, values, mask, False, suffix))
+        if last is not None:
+            hidden = hidden[torch.arange(batch, device=device), torch.tensor(last, device=device)]
         return self.lm_head(self.model.norm(hidden))
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
