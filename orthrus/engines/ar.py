@@ -9,15 +9,34 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from orthrus.engines.base import Engine, GenerationResult, SamplingSettings, pick_token, sync
+from orthrus.engines.base import (
+    BatchResult,
+    Engine,
+    GenerationResult,
+    SamplingSettings,
+    new_batch,
+    pick_token,
+    prefill_rows,
+    row_finished,
+    sync,
+)
 from orthrus.errors import UserInputError
 from orthrus.models.modeling_orthrus import build_from_state, cache_storage_bytes, is_diffusion_param
 
 
 class AREngine(Engine):
-    """Prefill, then one token per forward pass over a preallocated KV cache (gpt-fast style)."""
+    """Prefill, then one token per forward pass over a preallocated KV cache (gpt-fast style).
+
+    ``generate_batch``: all rows in one pass per step over a preallocated RowCache (the ``cache``
+    option applies to ``generate``). Rows are left-aligned, not left-padded: row r's tokens sit at
+    positions and cache slots 0 .. len_r - 1 exactly as when it is decoded alone, and each step
+    writes row r's new K/V at its own slot len_r; the attention mask hides every slot past a row's
+    own length. A finished row keeps its length (its passes are counted as wasted) until the last
+    row finishes.
+    """
 
     name = "ar"
+    batchable = True
 
     def __init__(self, model: Any, cache: str = "static", **options: Any) -> None:
         super().__init__(model, **options)
@@ -44,6 +63,31 @@ class AREngine(Engine):
             result.record_step("decode", [int(token)], kv_bytes=cache_storage_bytes(cache) if grows else None)
         stop = "eos" if result.tokens[-1] == eos_token_id else "max_new_tokens"
         return result.finish(stop, kv_bytes=cache_storage_bytes(cache))
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts, max_new_tokens, settings, generator, seed, eos_token_id) -> BatchResult:
+        model, device = self.model, self.device
+        batch = new_batch(prompts)
+        cache = model.new_row_cache(len(prompts), max(len(p) for p in prompts) + max_new_tokens)
+        sync(device)
+        batch.start()
+        token = pick_token(prefill_rows(model, prompts, cache), settings, generator)  # [B]
+        active = [True] * len(prompts)
+        batch.record_pass("prefill", active)
+        for r, (row, new) in enumerate(zip(batch.rows, token.tolist())):
+            row.record_step("prefill", [new])
+            active[r] = not row_finished(row, max_new_tokens, eos_token_id)
+        lengths = [len(p) for p in prompts]  # entries in row r's cache: every committed token before its last
+        while any(active):
+            logits = model.forward_ar_rows(token.view(-1, 1), cache, lengths)
+            batch.record_pass("decode", active)
+            token = pick_token(logits[:, -1], settings, generator)
+            for r, (row, new) in enumerate(zip(batch.rows, token.tolist())):
+                if active[r]:
+                    lengths[r] += 1
+                    row.record_step("decode", [new])
+                    active[r] = not row_finished(row, max_new_tokens, eos_token_id)
+        return batch.finish(kv_bytes=cache_storage_bytes(cache))
 
 
 class _TimingStreamer(BaseStreamer):
@@ -77,10 +121,38 @@ def as_qwen3(model: Any) -> Qwen3ForCausalLM:
     return build_from_state(Qwen3ForCausalLM, config, state, None, "Qwen3").eval()
 
 
+class _BatchTimingStreamer(BaseStreamer):
+    """Records, per row, when generate() hands each new token to the host, until the row ends."""
+
+    def __init__(self, batch: BatchResult, max_new_tokens: int, eos_token_id: int | None) -> None:
+        self.batch, self.max_new_tokens, self.eos_token_id = batch, max_new_tokens, eos_token_id
+        self.prompt_seen = False
+        self.active = [True] * batch.batch_size
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first put() is the prompts
+            self.prompt_seen = True
+            return
+        kind = "decode" if self.batch.forward_passes["prefill"] else "prefill"
+        self.batch.record_pass(kind, self.active)
+        for r, (row, token) in enumerate(zip(self.batch.rows, value.view(-1).tolist())):
+            if self.active[r]:  # generate() pads a finished row; those tokens are not the row's
+                row.record_step(kind, [token])
+                self.active[r] = not row_finished(row, self.max_new_tokens, self.eos_token_id)
+
+    def end(self) -> None:
+        pass
+
+
 class HFGenerateEngine(Engine):
-    """transformers' generate() on the same weights: the reference implementation."""
+    """transformers' generate() on the same weights: the reference implementation.
+
+    ``generate_batch`` is one generate() call over the prompts left-padded to one length with an
+    attention mask (transformers' own way to batch a decoder); a row's output ends at its EOS.
+    """
 
     name = "hf_generate"
+    batchable = True
 
     def __init__(self, model: Any, **options: Any) -> None:
         super().__init__(model, **options)
@@ -90,6 +162,26 @@ class HFGenerateEngine(Engine):
     def _generate(self, prompt, max_new_tokens, settings, generator, seed, eos_token_id) -> GenerationResult:
         result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
         return run_hf_generate(self.hf_model, prompt, max_new_tokens, settings, seed, eos_token_id, result, {})
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts, max_new_tokens, settings, generator, seed, eos_token_id) -> BatchResult:
+        hf_model, batch = self.hf_model, new_batch(prompts)
+        device = hf_model.device
+        pad = eos_token_id if eos_token_id is not None else 0
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        kwargs = _generate_kwargs(settings, max_new_tokens, eos_token_id, seed)
+        kwargs.update(attention_mask=attention_mask, streamer=_BatchTimingStreamer(batch, max_new_tokens, eos_token_id))
+        sync(device)
+        batch.start()
+        out = hf_model.generate(input_ids, **kwargs)
+        sync(device)
+        for row in batch.rows:
+            if not row.end_time:  # (every row ends in the streamer; this is a guard)
+                row.finish("max_new_tokens")
+        cache = getattr(out, "cache", None)
+        return batch.finish(kv_bytes=cache_storage_bytes(cache) if cache is not None else None)
 
 
 def run_hf_generate(
@@ -105,22 +197,12 @@ def run_hf_generate(
     """Call generate() with explicit settings and fill ``result`` (shared by the transformers engines)."""
     device = hf_model.device
     input_ids = torch.tensor([prompt], device=device)
-    kwargs: dict[str, Any] = dict(
+    kwargs = _generate_kwargs(settings, max_new_tokens, eos_token_id, seed)
+    kwargs.update(
         attention_mask=torch.ones_like(input_ids),  # explicit: never inferred from the pad id
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
-        do_sample=not settings.greedy,
-        eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id if eos_token_id is not None else 0,
-        return_dict_in_generate=True,
         streamer=_TimingStreamer(result),
         **extra_kwargs,
     )
-    if settings.greedy:
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    else:
-        kwargs.update(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p)
-        torch.manual_seed(0 if seed is None else seed)
     sync(device)
     result.start()
     out = hf_model.generate(input_ids, **kwargs)
@@ -132,3 +214,23 @@ def run_hf_generate(
     cache = getattr(out, "cache", None)  # transformers 5.x name (was past_key_values)
     result.kv_cache_bytes_peak = cache_storage_bytes(cache) if cache is not None else None
     return result
+
+
+def _generate_kwargs(
+    settings: SamplingSettings, max_new_tokens: int, eos_token_id: int | None, seed: int | None
+) -> dict[str, Any]:
+    """generate() settings spelled out (never the checkpoint's generation_config); seeds torch when sampling."""
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=not settings.greedy,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id if eos_token_id is not None else 0,
+        return_dict_in_generate=True,
+    )
+    if settings.greedy:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    else:
+        kwargs.update(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p)
+        torch.manual_seed(0 if seed is None else seed)
+    return kwargs

@@ -208,6 +208,115 @@ class GenerationResult:
         }
 
 
+class CannotBatchError(UserInputError):
+    """The engine decodes one prompt at a time; a harness records the cell as skipped with this reason."""
+
+
+@dataclass
+class BatchResult:
+    """What one ``generate_batch`` call produced: one GenerationResult per row (in prompt order;
+    each row's passes, cycles and commits are those it took part in until it finished, its
+    ``end_time`` is when it finished) plus the batch's own timing and pass counts.
+
+    ``forward_passes`` counts forward calls of the whole batch (each over every row);
+    ``wasted_row_passes`` counts the row-passes that did no work for their row: rows that had
+    already finished (a finished row stays in the batch until the last one ends) and, for Orthrus,
+    the draft pass of a row with one token left; ``kv_cache_bytes_peak`` is the batch's cache.
+    """
+
+    rows: list[GenerationResult]
+    forward_passes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FORWARD_KINDS, 0))
+    wasted_row_passes: int = 0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    kv_cache_bytes_peak: int | None = None
+
+    @classmethod
+    def of_single(cls, row: GenerationResult) -> BatchResult:
+        """A batch of one around a solo result (engines that cannot batch)."""
+        return cls(
+            rows=[row],
+            forward_passes=dict(row.forward_passes),
+            start_time=row.start_time,
+            end_time=row.end_time,
+            kv_cache_bytes_peak=row.kv_cache_bytes_peak,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(row.new_tokens for row in self.rows)
+
+    @property
+    def total_forward_passes(self) -> int:
+        return sum(self.forward_passes.values())
+
+    @property
+    def row_passes(self) -> int:
+        """Forward passes times rows: the work the batch did, counted per row."""
+        return self.total_forward_passes * self.batch_size
+
+    @property
+    def wasted_row_pass_fraction(self) -> float:
+        return self.wasted_row_passes / max(self.row_passes, 1)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """New tokens per row-pass spent on a live row: the batch's TPF, comparable with batch 1
+        (all rows' tokens over all rows' own passes)."""
+        return self.new_tokens / max(sum(row.total_forward_passes for row in self.rows), 1)
+
+    @property
+    def e2e_ms(self) -> float:
+        return (self.end_time - self.start_time) * 1e3
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Total throughput: new tokens of every row per second of the whole call."""
+        return self.new_tokens / (self.e2e_ms / 1e3) if self.end_time > self.start_time else None
+
+    def start(self) -> None:
+        """Start the clock for the batch and every row (after the caller synchronised the device)."""
+        self.start_time = time.perf_counter()
+        for row in self.rows:
+            row.start_time = self.start_time
+
+    def record_pass(self, kind: str, active: Sequence[bool]) -> None:
+        """One forward pass of the batch; rows it does no work for (``active`` False) make it partly wasted."""
+        if kind not in self.forward_passes:
+            raise ValueError(f"unknown forward pass kind {kind!r}; one of {', '.join(FORWARD_KINDS)}.")
+        self.forward_passes[kind] += 1
+        self.wasted_row_passes += sum(1 for live in active if not live)
+
+    def finish(self, kv_bytes: int | None = None) -> BatchResult:
+        """Stop the batch clock; the K/V bytes the batch held (each row is given its equal share)."""
+        self.end_time = time.perf_counter()
+        if kv_bytes is not None:
+            self.kv_cache_bytes_peak = max(self.kv_cache_bytes_peak or 0, kv_bytes)
+            for row in self.rows:  # every row owns an equal slice of the batch's cache
+                row.record_kv_bytes(self.kv_cache_bytes_peak // self.batch_size)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record of the batch (the rows have their own ``to_dict``)."""
+        return {
+            "batch_size": self.batch_size,
+            "new_tokens": self.new_tokens,
+            "forward_passes": self.total_forward_passes,
+            "forward_passes_by_kind": dict(self.forward_passes),
+            "row_passes": self.row_passes,
+            "wasted_row_passes": self.wasted_row_passes,
+            "wasted_row_pass_fraction": self.wasted_row_pass_fraction,
+            "tokens_per_forward": self.tokens_per_forward,
+            "e2e_ms": self.e2e_ms,
+            "tokens_per_s": self.tokens_per_s,
+            "kv_cache_bytes_peak": self.kv_cache_bytes_peak,
+        }
+
+
 @dataclass
 class SamplingSettings:
     temperature: float = 0.0
@@ -256,7 +365,7 @@ class Engine:
 
     The class describes itself, so that a harness asks it instead of keeping lists of names:
     ``model_kind`` (which model it loads, one of MODEL_KINDS), ``takes_block_size``,
-    ``needs_draft_model``, ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
+    ``needs_draft_model``, ``batchable`` (``generate_batch`` at batch > 1), ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
     ``options()`` (the constructor options it accepts, with their defaults) and, once built,
     ``describe()`` (the effective settings it will actually use).
     """
@@ -265,6 +374,9 @@ class Engine:
     model_kind: ClassVar[str] = "causal"
     takes_block_size: ClassVar[bool] = False
     needs_draft_model: ClassVar[bool] = False
+    # whether generate_batch decodes several prompts in one batch; if not, why (CannotBatchError says it)
+    batchable: ClassVar[bool] = False
+    cannot_batch_reason: ClassVar[str] = "it decodes one prompt at a time"
     lossless: bool = True  # class default; an instance may set its own
 
     def __init__(self, model: Any, **options: Any) -> None:
@@ -317,26 +429,68 @@ class Engine:
         seed: int | None = None,
         eos_token_id: int | None = None,
     ) -> GenerationResult:
+        prompt = self._check_prompt(prompt_ids, max_new_tokens)
+        settings, generator = self._sampling(temperature, top_k, top_p, seed)
+        return self._generate(prompt, max_new_tokens, settings, generator, seed, eos_token_id)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[list[int] | torch.Tensor],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> BatchResult:
+        """Decode several prompts (ragged lengths) together: one GenerationResult per row, in order,
+        plus the batch's own timing and pass counts. Each row stops on its own (EOS or
+        ``max_new_tokens``). An engine that cannot batch raises CannotBatchError at batch > 1 and
+        runs a batch of one through ``generate``."""
+        if len(prompts) == 0:
+            raise UserInputError("the batch is empty; give at least one prompt.")
+        rows = [
+            self._check_prompt(p, max_new_tokens, row=i if len(prompts) > 1 else None) for i, p in enumerate(prompts)
+        ]
+        settings, generator = self._sampling(temperature, top_k, top_p, seed)
+        if self.batchable:
+            return self._generate_batch(rows, max_new_tokens, settings, generator, seed, eos_token_id)
+        if len(rows) > 1:
+            raise CannotBatchError(
+                f"engine {self.name!r} cannot batch ({self.cannot_batch_reason}); run it at batch size 1."
+            )
+        return BatchResult.of_single(self._generate(rows[0], max_new_tokens, settings, generator, seed, eos_token_id))
+
+    def _check_prompt(
+        self, prompt_ids: list[int] | torch.Tensor, max_new_tokens: int, row: int | None = None
+    ) -> list[int]:
+        """The prompt as a list of ints, or one sentence on what is wrong with it (naming the row of a batch)."""
+        what = "the prompt" if row is None else f"prompt {row} of the batch"
         prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         if not prompt:
-            raise UserInputError("the prompt is empty; give at least one token.")
+            raise UserInputError(f"{what} is empty; give at least one token.")
         if max_new_tokens < 1:
             raise UserInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         if len(prompt) + max_new_tokens > self.max_positions:
             raise UserInputError(
-                f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
+                f"{what} ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
                 f"of {self.max_positions} tokens; shorten the prompt or lower max_new_tokens."
             )
         vocab = self.model.config.vocab_size
         if max(prompt) >= vocab or min(prompt) < 0:
-            raise UserInputError(f"prompt token ids must be in [0, {vocab}); got {min(prompt)}..{max(prompt)}.")
+            raise UserInputError(f"token ids of {what} must be in [0, {vocab}); got {min(prompt)}..{max(prompt)}.")
+        return prompt
+
+    def _sampling(
+        self, temperature: float, top_k: int, top_p: float, seed: int | None
+    ) -> tuple[SamplingSettings, torch.Generator | None]:
         settings = SamplingSettings(temperature, top_k, top_p)
         settings.validate()
         generator = None
         if not settings.greedy:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(0 if seed is None else seed)
-        return self._generate(prompt, max_new_tokens, settings, generator, seed, eos_token_id)
+        return settings, generator
 
     def _generate(
         self,
@@ -347,6 +501,17 @@ class Engine:
         seed: int | None,
         eos_token_id: int | None,
     ) -> GenerationResult:
+        raise NotImplementedError
+
+    def _generate_batch(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+        seed: int | None,
+        eos_token_id: int | None,
+    ) -> BatchResult:
         raise NotImplementedError
 
 
@@ -365,6 +530,31 @@ def truncate_at_eos(tokens: list[int], eos_token_id: int | None) -> tuple[list[i
     if eos_token_id is not None and eos_token_id in tokens:
         return tokens[: tokens.index(eos_token_id) + 1], True
     return tokens, False
+
+
+def new_batch(prompts: list[list[int]]) -> BatchResult:
+    """An empty BatchResult with one row per prompt."""
+    return BatchResult(rows=[GenerationResult(tokens=[], prompt_tokens=len(p)) for p in prompts])
+
+
+def prefill_rows(model: Any, prompts: list[list[int]], cache: Any) -> torch.Tensor:
+    """Logits [B, V] after each prompt, all prompts in one AR pass. Rows are left-aligned (row r at
+    positions 0 .. len_r - 1, as in the model's RowCache) and right-padded to the longest; a real
+    token attends causally to real tokens only, so the padding changes nothing it sees."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=next(model.parameters()).device)
+    return model.forward_ar_rows(ids, cache, [0] * len(prompts), last=[len(p) - 1 for p in prompts])
+
+
+def row_finished(row: GenerationResult, max_new_tokens: int, eos_token_id: int | None) -> bool:
+    """After a row's commit: whether it is done (EOS or its budget); a done row's clock stops now."""
+    if eos_token_id is not None and row.tokens and row.tokens[-1] == eos_token_id:
+        row.finish("eos")
+    elif row.new_tokens >= max_new_tokens:
+        row.finish("max_new_tokens")
+    else:
+        return False
+    return True
 
 
 def sync(device: torch.device) -> None:

@@ -18,10 +18,14 @@ import torch
 
 from orthrus.engines.base import (
     DEFAULT_BLOCK_SIZE,
+    BatchResult,
     Engine,
     GenerationResult,
     SamplingSettings,
+    new_batch,
     pick_token,
+    prefill_rows,
+    row_finished,
     sync,
     truncate_at_eos,
     warp_probs,
@@ -55,6 +59,7 @@ class OrthrusEngine(Engine):
     name = "orthrus"
     model_kind = "dual_view"
     takes_block_size = True
+    batchable = True  # generate_batch always uses a preallocated RowCache; `cache` applies to generate
 
     def __init__(
         self,
@@ -86,6 +91,14 @@ class OrthrusEngine(Engine):
         ``cache`` holds exactly ``committed_length`` entries: the prompt and every committed token
         but the last (the next anchor). ``tokens`` is the output so far (read only). A test
         subclass overrides this to inspect the cache.
+        """
+
+    def after_batch_cycle(self, cache: Any, committed_lengths: list[int], tokens: list[list[int]]) -> None:
+        """Hook called after every cycle (and every plain AR step) of ``generate_batch``; does nothing here.
+
+        Row r of the RowCache ``cache`` holds its committed prefix in slots [0, committed_lengths[r]):
+        its prompt and every token it committed but the last (its next anchor). ``tokens[r]`` is
+        row r's output so far (read only; a finished row's no longer grows).
         """
 
     # ------------------------------------------------------------------ the decoding loop
@@ -170,6 +183,122 @@ class OrthrusEngine(Engine):
         #    restores the invariant for the next anchor (next_token, not yet in the cache).
         crop_cache(cache, past + accepted + 1, held=past + size)
         return drafted[:accepted] + [int(next_token)], next_token, accepted
+
+    # ------------------------------------------------------------------ a batch of rows
+    @torch.inference_mode()
+    def _generate_batch(self, prompts, max_new_tokens, settings, generator, seed, eos_token_id) -> BatchResult:
+        """Every row drafts and verifies its own block in the same two passes per cycle and commits
+        its own accepted count, so rows advance at different speeds (see RowCache for the layout)."""
+        model, device = self.model, self.device
+        batch = new_batch(prompts)
+        rows = batch.rows
+        # A finished row stays in the batch with its length frozen and still gets a block written
+        # past it, as an unfinished one does: one block of slots beyond the AR engine's cache.
+        cache = model.new_row_cache(len(prompts), max(len(p) for p in prompts) + max_new_tokens + self.block_size)
+        sync(device)
+        batch.start()
+        anchors = pick_token(prefill_rows(model, prompts, cache), settings, generator)  # [B]
+        active = [True] * len(prompts)
+        batch.record_pass("prefill", active)
+        for r, token in enumerate(anchors.tolist()):
+            rows[r].record_step("prefill", [token])
+            active[r] = not row_finished(rows[r], max_new_tokens, eos_token_id)
+        lengths = [len(p) for p in prompts]  # entries in row r's cache: its committed tokens before its anchor
+        while any(active):
+            budgets = [max_new_tokens - row.new_tokens if live else 0 for row, live in zip(rows, active)]
+            size = min(self.block_size, max(budgets))  # the last blocks shrink, as in generate
+            if size == 1:  # no live row has anything left to draft: one plain AR step
+                logits = model.forward_ar_rows(anchors.view(-1, 1), cache, lengths)
+                anchors = pick_token(logits[:, -1], settings, generator)
+                commits, passes = [[t] for t in anchors.tolist()], ("decode",)
+                limits, accepted = [0] * len(rows), [0] * len(rows)
+            else:
+                limits = [max(min(size, budget) - 1, 0) for budget in budgets]  # drafts row r may keep (its budget)
+                commits, anchors, accepted = self._batch_cycle(
+                    anchors, size, limits, cache, lengths, settings, generator
+                )
+                passes = ("draft", "verify")
+            # A live row with one token left rides along in a cycle: its token is the verify pass's
+            # AR prediction after its anchor, booked as that row's one decode pass (as generate
+            # books it), and the draft pass did no work for it (a wasted row-pass).
+            drafting = [live and limit > 0 for live, limit in zip(active, limits)]
+            for kind in passes:
+                batch.record_pass(kind, drafting if kind == "draft" else active)
+            for r, row in enumerate(rows):
+                if not active[r]:
+                    continue
+                new, _ = truncate_at_eos(commits[r], eos_token_id)
+                lengths[r] += len(new)
+                if drafting[r]:
+                    row.record_step(passes, new, limits[r], accepted[r])
+                else:
+                    row.record_step("decode", new)
+                active[r] = not row_finished(row, max_new_tokens, eos_token_id)
+            self.after_batch_cycle(cache, lengths, [row.tokens for row in rows])
+        return batch.finish(kv_bytes=cache_storage_bytes(cache))
+
+    def _batch_cycle(
+        self,
+        anchors: torch.Tensor,
+        size: int,
+        limits: list[int],
+        cache: Any,
+        lengths: list[int],
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+    ) -> tuple[list[list[int]], torch.Tensor, list[int]]:
+        """``_cycle`` for every row at once: row r's block [anchor_r, MASK x (size - 1)] sits at positions
+        lengths[r].., and at most its first ``limits[r]`` drafts may be kept (its token budget).
+
+        Returns (per row: accepted drafts + next anchor, the next anchors [B], per row accepted).
+        """
+        model, n, count = self.model, size - 1, anchors.shape[0]
+
+        # 1. draft: each row's block in one diffusion pass (row r's committed slots are only read)
+        block = torch.full((count, size), self.mask_token_id, device=anchors.device)
+        block[:, 0] = anchors
+        # row r's block is only as wide as it would be alone (limits[r] + 1: the drafts depend on it)
+        widths = [limit + 1 for limit in limits]
+        draft_logits = model.forward_diffusion_rows(block, cache, lengths, widths)[:, :n]  # [B, n, V]
+
+        # 2. choose drafts
+        q = None if settings.greedy else warp_probs(draft_logits, settings)
+        if q is None:
+            drafts = draft_logits.argmax(-1)
+        else:
+            drafts = torch.multinomial(q.reshape(count * n, -1), 1, generator=generator).view(count, n)
+
+        # 3. verify: the AR view over [anchor, d1..dn] of every row writes row r's K/V at slots
+        #    lengths[r] .. lengths[r] + n; row j of row r predicts draft j+1 (row n: the bonus)
+        verify_logits = model.forward_ar_rows(torch.cat([anchors.view(-1, 1), drafts], 1), cache, lengths)
+
+        # 4. accept per row, over its first limits[r] drafts (a capped row's next token is then the
+        #    bonus after its last usable draft, exactly as in a block shrunk to its budget)
+        if q is None:
+            predicted = verify_logits.argmax(-1)  # [B, size]
+            host = torch.cat([drafts, predicted], 1).tolist()  # one device -> host copy per cycle
+            accepted = [self.accept([d == t for d, t in zip(row[: limits[r]], row[n:])]) for r, row in enumerate(host)]
+            commits = [row[:kept] + [row[n + kept]] for row, kept in zip(host, accepted)]
+            next_anchors = torch.tensor([c[-1] for c in commits], device=anchors.device)
+        else:
+            p = warp_probs(verify_logits, settings)  # [B, size, V]
+            picked = drafts.unsqueeze(-1)
+            ratio = (p[:, :n].gather(-1, picked) / q.gather(-1, picked)).squeeze(-1)  # [B, n]
+            uniform = torch.rand((count, n), generator=generator, device=drafts.device)
+            verdicts = (uniform < ratio).tolist()
+            accepted = [self.accept(verdicts[r][: limits[r]]) for r in range(count)]
+            probs = torch.stack(
+                [_next_token_probs(p[r, : limits[r] + 1], q[r, : limits[r]], accepted[r]) for r in range(count)]
+            )
+            next_anchors = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            drafted = drafts.tolist()
+            commits = [drafted[r][: accepted[r]] + [t] for r, t in enumerate(next_anchors.tolist())]
+
+        # 5. no crop: row r's committed length grows by accepted + 1 (the caller's `lengths`); the
+        #    verify K/V of its anchor and accepted drafts are exactly what AR decoding writes (causal),
+        #    and the slots of rejected drafts lie past the committed length, hidden by the mask and
+        #    overwritten by the next block.
+        return commits, next_anchors, accepted
 
     def _kv_bytes_held(self, cache: Any, drafted: int | None) -> int | None:
         """K/V bytes held during the step just taken (None: nothing beyond the fixed static cache)."""

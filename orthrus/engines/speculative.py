@@ -96,6 +96,7 @@ class _SpeculativeEngine(Engine):
     """Shared body: run generate() with extra kwargs and turn the cycle log into the record."""
 
     draft: nn.Module | None = None
+    cannot_batch_reason = "transformers' assisted generation and prompt lookup decode batch size 1 only"
 
     def __init__(self, model: Any, **options: Any) -> None:
         super().__init__(model, **options)
