@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orthrus.errors import UserInputError
 from orthrus.report.gates import fmt
 from orthrus.report.rundata import RunData, is_present, load_run, same_cell
 
@@ -151,8 +152,15 @@ def _describe(row: dict[str, Any], params: list[str]) -> str:
 
 
 def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData) -> Comparison:
+    """Match the two runs' cells and judge each metric. Runs of different suites, or runs with no cell
+    in common, are refused (UserInputError): comparing nothing must not read as "nothing got worse"."""
     a = run_a if isinstance(run_a, RunData) else load_run(run_a)
     b = run_b if isinstance(run_b, RunData) else load_run(run_b)
+    if a.suite_name and b.suite_name and a.suite_name != b.suite_name:
+        raise UserInputError(
+            f"{a.path} is a run of suite {a.suite_name!r} and {b.path} of suite {b.suite_name!r}; "
+            "compare two runs of the same suite."
+        )
     from orthrus.report.html import _varying
 
     params = sorted((set(_varying(a.summary)) | set(_varying(b.summary))) - {"engine", "series"})
@@ -177,6 +185,11 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData) -> Co
                 change.cell = cell
                 result.changes.append(change)
     result.only_b = [_describe(r, params) for i, r in enumerate(b_rows) if i not in used]
+    if not used:
+        raise UserInputError(
+            f"{a.path} and {b.path} have no cell in common ({len(result.only_a)} cells only in A, "
+            f"{len(result.only_b)} only in B), so there is nothing to compare; compare runs of the same settings."
+        )
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], path: str) -> 
 
 
 def show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -85,30 +88,57 @@ def as_list(value: Any, path: str) -> list[Any]:
     return [value]
 
 
-def as_int(value: Any, path: str, minimum: int | None = None) -> int:
+def as_int(value: Any, path: str, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise fail(path, f"must be an integer, got {value}; NaN and infinity are refused.")
         else:
             raise fail(path, f"must be an integer, got {a_kind(value)} ({show(value)}).")
     if minimum is not None and value < minimum:
-        raise fail(path, f"must be >= {minimum}, got {value}.")
+        raise fail(path, f"must be >= {minimum}, got {show(value)}.")
+    maximum = MAX_INT if maximum is None else maximum
+    if value > maximum:
+        raise fail(path, f"must be <= {maximum}, got {show(value)}.")
     return value
+
+
+MAX_INT = 2**63 - 1  # beyond it no counter, seed or length is meant (and torch cannot hold it)
+
+
+def check_finite(value: Any, path: str) -> None:
+    """No NaN or infinity anywhere inside ``value`` (for values whose type is the engine's business)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail(path, f"must be a finite number, got {value}; NaN and infinity are refused.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, join(path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_finite(item, join(path, index))
 
 
 def as_number(value: Any, path: str, minimum: float | None = None, exclusive: bool = False) -> float:
     if isinstance(value, str):
         try:
-            float(value)
+            number = float(value)
         except ValueError:
             pass
         else:  # YAML 1.1 reads 1e-3 as a string
+            if not math.isfinite(number):
+                raise fail(path, f"must be a finite number, got the string {value!r}.")
             raise fail(
                 path, f"must be a number, got the string {value!r}; write it with a decimal point (e.g. 1.0e-3)."
             )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(path, f"must be a number, got {a_kind(value)} ({show(value)}).")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise fail(path, f"must be a finite number, got {show(value)}.") from None
+    if not math.isfinite(value):
+        raise fail(path, f"must be a finite number, got {value}; NaN and infinity are refused.")
     if minimum is not None and (value < minimum or exclusive and value == minimum):
         raise fail(path, f"must be {'>' if exclusive else '>='} {minimum:g}, got {value:g}.")
     return value

@@ -14,6 +14,7 @@ from orthrus.bench.suite.checks import (
     as_mapping,
     as_number,
     as_str,
+    check_finite,
     check_keys,
     close_match,
     fail,
@@ -34,6 +35,7 @@ OPTION_RULES: dict[str, tuple[str, float | None]] = {
     "prompt_lookup_num_tokens": ("int", 1),
     "max_matching_ngram_size": ("int", 1),
     "threshold": ("number", 0),
+    "mask_token_id": ("int", 0),
 }
 
 
@@ -118,6 +120,7 @@ def validate_engine_options(name: str, options: dict[str, Any], path: str) -> No
 
 
 def _check_option(name: str, value: Any, path: str, param: inspect.Parameter) -> None:
+    check_finite(value, path)
     rule = OPTION_RULES.get(name)
     if rule is not None and value is not None:
         kind, minimum = rule

@@ -119,21 +119,31 @@ def _check_jsonl(spec: PromptSourceSpec, path: str) -> None:
     """Every line parses, and the prompt field is there."""
     assert spec.path is not None
     count = 0
-    with spec.path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise fail(f"{path}.path", f"{spec.path} line {number} is not valid JSON ({err.msg}).") from err
-            if not isinstance(record, dict):
-                raise fail(f"{path}.path", f"{spec.path} line {number} is not a JSON object.")
-            try:
-                jsonl_prompt_text(record, spec)
-            except UserInputError as err:
-                raise fail(f"{path}.path", f"{spec.path} line {number}: {err}") from err
-            count += 1
+    try:
+        data = spec.path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = spec.path.read_bytes()[: err.start].count(b"\n") + 1
+        raise fail(
+            f"{path}.path", f"{spec.path} line {line} is not UTF-8 (byte {err.object[err.start]:#x}); save it as UTF-8."
+        ) from None
+    except OSError as err:
+        raise fail(f"{path}.path", f"{spec.path} cannot be read ({err.strerror}).") from None
+    for number, line in enumerate(data.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise fail(f"{path}.path", f"{spec.path} line {number} is not valid JSON ({err.msg}).") from err
+        except RecursionError:
+            raise fail(f"{path}.path", f"{spec.path} line {number} is nested too deeply to read.") from None
+        if not isinstance(record, dict):
+            raise fail(f"{path}.path", f"{spec.path} line {number} is not a JSON object.")
+        try:
+            jsonl_prompt_text(record, spec)
+        except UserInputError as err:
+            raise fail(f"{path}.path", f"{spec.path} line {number}: {err}") from err
+        count += 1
     if count == 0:
         raise fail(f"{path}.path", f"{spec.path} holds no records.")
 
@@ -143,10 +153,11 @@ def _inline(spec: PromptSourceSpec, entry: dict[str, Any], path: str) -> str:
     if not isinstance(prompts, list) or not prompts:
         raise fail(f"{path}.prompts", "must be a non-empty list of prompt texts or mappings with text or ids.")
     spec.prompts = [_inline_prompt(p, f"{path}.prompts[{j}]", j) for j, p in enumerate(prompts)]
-    ids = [p["id"] for p in spec.prompts]
-    for j, pid in enumerate(ids):
-        if pid in ids[:j]:
-            raise fail(f"{path}.prompts[{j}].id", f"{pid!r} is used twice; give each prompt a distinct id.")
+    seen: set[str] = set()
+    for j, prompt in enumerate(spec.prompts):
+        if prompt["id"] in seen:
+            raise fail(f"{path}.prompts[{j}].id", f"{prompt['id']!r} is used twice; give each prompt a distinct id.")
+        seen.add(prompt["id"])
     return "inline"
 
 

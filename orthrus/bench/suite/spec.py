@@ -129,7 +129,8 @@ class ModelSpec:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     tokenizer: Path | None = None  # directory with tokenizer files (default: the model's)
-    max_positions: int | None = None
+    max_positions: int | None = None  # config.json's max_position_embeddings (read without loading weights)
+    vocab_size: int | None = None  # config.json's vocab_size: every prompt id is below it
     missing_reason: str | None = None  # set when resolved is None
 
 
@@ -232,7 +233,7 @@ class Suite:
     prompts: list[PromptSourceSpec]
     measure: MeasureSpec
     reference: ReferenceSpec | None
-    gates: list[Any]
+    gates: list[Any] | dict[str, Any]  # as written; parsed by orthrus.report.gates
     selected_engines: list[str] | None
     raw: dict[str, Any]  # the effective suite (after overrides), as written to the run's suite.yaml
     source_path: Path | None = None

@@ -5,6 +5,7 @@ key path, raised as ``UserInputError`` before anything runs or is written."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sh
         raise fail("description", f"must be a string, got {a_kind(description)}.")
 
     models = validate_models(raw.get("models"), base_dir)
+    for model in models.values():
+        model.vocab_size = _vocab_size(model.resolved)
     engines = validate_engines(raw.get("engines"), models)
     prompts = validate_prompts(raw.get("prompts"), base_dir)
     measure = _validate_measure(raw.get("measure"))
@@ -124,12 +127,33 @@ def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sh
     return suite
 
 
-def _validate_gates(value: Any) -> list[Any]:
+def _vocab_size(directory: Path | None) -> int | None:
+    """config.json's vocab_size (validate_models has already checked that the file is a JSON object)."""
+    if directory is None:
+        return None
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    vocab = config.get("vocab_size") if isinstance(config, dict) else None
+    return vocab if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 else None
+
+
+def _validate_gates(value: Any) -> list[Any] | dict[str, Any]:
+    """The shapes orthrus.report.gates reads (its docstring): a list of rules, each a string or a
+    mapping with ``rule``, or ``{baseline: FILE, rules: [...]}``. The grammar is the report's."""
     gates = [] if value is None else value
-    if not isinstance(gates, list):
-        raise fail("gates", f"must be a list of gate rules (mappings), got {a_kind(gates)}.")
-    for i, gate in enumerate(gates):
-        as_mapping(gate, f"gates[{i}]")
+    rules, where = gates, "gates"
+    if isinstance(gates, dict):
+        check_keys(gates, ("rules", "baseline"), "gates")
+        if gates.get("baseline") is not None:
+            as_str(gates["baseline"], "gates.baseline")
+        rules, where = gates.get("rules") or [], "gates.rules"
+    if not isinstance(rules, list):
+        raise fail(where, f"must be a list of gate rules (strings or mappings with 'rule'), got {a_kind(rules)}.")
+    for i, gate in enumerate(rules):
+        if not isinstance(gate, str):
+            as_mapping(gate, f"{where}[{i}]", "a rule string or a mapping with 'rule'")
     return gates
 
 
