@@ -132,9 +132,12 @@ class PromptFactory:
                 f"{length}-token contexts ending at a line break; use shorter context lengths or a larger corpus."
             )
         count = source.count or 1
-        picks = sorted({ends[min(len(ends) - 1, int((k + 0.5) * len(ends) / count))] for k in range(count)})
-        if len(picks) < count:
-            picks = ends[:count]
+        if count >= len(ends):  # every window (a count beyond them is not iterated)
+            picks = ends
+        else:
+            picks = sorted({ends[int((k + 0.5) * len(ends) / count)] for k in range(count)})
+            if len(picks) < count:
+                picks = ends[:count]
         prompts = []
         tokenizer = self.tokenizer(directory)
         for k, end in enumerate(picks):

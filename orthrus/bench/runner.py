@@ -335,8 +335,34 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
                 planned.append(PlannedCell(cell, [], failure=cell.model.missing_reason or str(err)))
                 continue
             raise
+        _check_prompts_fit(cell, prompts)
         planned.append(PlannedCell(cell, prompts))
     return planned
+
+
+def _check_prompts_fit(cell: Cell, prompts: list[Prompt]) -> None:
+    """Every prompt id is in the vocabulary, and prompt plus budget fit the positions of each model
+    the cell runs (config.json's vocab_size and max_position_embeddings), so a cell cannot fail on
+    them at run time."""
+    where = f"prompt source {cell.params['prompt_source']!r} on engine {cell.params['label']!r}"
+    new = cell.params["max_new_tokens"]
+    for model in (cell.model, cell.draft_model):
+        if model is None:
+            continue
+        for prompt in prompts:
+            if model.vocab_size is not None:
+                bad = next((t for t in prompt.ids if not 0 <= t < model.vocab_size), None)
+                if bad is not None:
+                    raise UserInputError(
+                        f"{where}: prompt {prompt.prompt_id!r} holds token id {bad}, outside the {model.vocab_size} "
+                        f"ids of model {model.key!r}; use ids from 0 to {model.vocab_size - 1}."
+                    )
+            if model.max_positions is not None and len(prompt.ids) + new > model.max_positions:
+                raise UserInputError(
+                    f"{where}: prompt {prompt.prompt_id!r} ({len(prompt.ids):,} tokens) + max_new_tokens {new:,} "
+                    f"exceeds the {model.max_positions:,} positions of model {model.key!r}; shorten the prompt "
+                    "or lower max_new_tokens."
+                )
 
 
 def describe_plan(suite: Suite, planned: list[PlannedCell]) -> str:

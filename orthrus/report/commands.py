@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import wraps
+from pathlib import Path
 
 from orthrus.errors import UserInputError
 
@@ -53,7 +54,13 @@ def cmd_report(argv: list[str]) -> int:
     for run_dir in args.run_dirs:
         print(f"report: {render_run(run_dir)}")
     if args.index:
-        print(f"index: {render_index(args.index)}")
+        root = Path(args.index)
+        if not root.is_dir():  # a mistyped root would otherwise be created, holding an empty index
+            raise UserInputError(
+                f"report --index: {args.index!r} is not a directory; give the reports root holding <suite>/<run-id>/ "
+                "folders (default: reports)."
+            )
+        print(f"index: {render_index(root)}")
     return 0
 
 
@@ -122,14 +129,21 @@ def cmd_baseline(argv: list[str]) -> int:
     return 0
 
 
-def check_gate_inputs(suite_gates: Sequence[object], gate_files: Sequence[str], baseline: str | None) -> None:
-    """Before a run starts: the rules parse, the files exist, and a baseline is given when a rule
-    needs one, so a typo costs seconds, not a whole run. Raises UserInputError."""
-    from orthrus.report.gates import load_baseline, load_gate_file, parse_rules
+def check_gate_inputs(
+    suite_gates: object, gate_files: Sequence[str], baseline: str | None, cell_keys: Iterable[str] | None = None
+) -> None:
+    """Before a run starts: the rules parse, name known metrics (and, given ``cell_keys``, known cell
+    parameters in ``where``), the files exist, and a baseline is given when a rule needs one, so a
+    typo costs seconds, not a whole run. Raises UserInputError."""
+    from orthrus.report.gates import check_rule_names, gates_config, load_baseline, load_gate_file
 
-    rules = parse_rules(list(suite_gates), "gates")
+    rules, suite_baseline = gates_config(suite_gates, "gates")
     for file in gate_files:
-        rules += load_gate_file(file)[0]
+        file_rules, file_baseline = load_gate_file(file)
+        rules += file_rules
+        suite_baseline = suite_baseline or file_baseline
+    check_rule_names(rules, cell_keys)
+    baseline = baseline or suite_baseline
     if baseline is not None:
         load_baseline(baseline)
     elif any(rule.uses_baseline for rule in rules):

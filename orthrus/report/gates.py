@@ -53,6 +53,9 @@ gated tightly against a baseline. Wall-clock figures (``*_ms_*``, ``decode_token
 it sets ``allow_wall_clock: true``; gate ``speedup_vs_ar`` (a ratio measured within one run) with a
 tolerance instead.
 
+Limits: a rule is at most ``MAX_RULE_CHARS`` characters with at most ``MAX_RULE_DEPTH`` levels of
+parentheses and signs; numbers and ``where`` values are finite (no NaN, no infinity).
+
 Outcome: exit code 0 when every check passes, 1 when one fails (a regression), 2 for bad input (a
 rule that does not parse, names an unknown metric or cell parameter, selects no cell, or needs a
 baseline cell that is not there).
@@ -60,6 +63,7 @@ baseline cell that is not there).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -86,6 +90,7 @@ from orthrus.report.rundata import (
     same_cell,
     summary_table,
 )
+from orthrus.results.record import ENGINE_FACTS
 
 BASELINE_FORMAT = "orthrus-baseline"
 BASELINE_VERSION = 1
@@ -114,6 +119,8 @@ METRIC_ALIASES = {
     "ar_nll": "ar_nll_mean",
 }
 DERIVED_METRICS = ("peak_kv_overhead_bytes",)
+MAX_RULE_CHARS = 500
+MAX_RULE_DEPTH = 32
 WALL_CLOCK_PREFIXES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "decode_tokens_per_s", "memory_bandwidth_gb_s")
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
@@ -160,7 +167,7 @@ def parse_rule(entry: Any, where_key: str = "gates[0]") -> GateRule:
     if isinstance(entry, str):
         entry = {"rule": entry}
     if not isinstance(entry, dict):
-        raise UserInputError(f"{where_key}: must be a rule string or a mapping with 'rule', got {entry!r}.")
+        raise UserInputError(f"{where_key}: must be a rule string or a mapping with 'rule', got {_short(entry)}.")
     unknown = [k for k in entry if k not in RULE_KEYS]
     if unknown:
         raise UserInputError(f"{where_key}: unknown key {unknown[0]!r}; allowed keys are {', '.join(RULE_KEYS)}.")
@@ -168,6 +175,10 @@ def parse_rule(entry: Any, where_key: str = "gates[0]") -> GateRule:
     if not isinstance(text, str) or not text.strip():
         raise UserInputError(f"{where_key}.rule: must be a rule such as 'tokens_per_forward >= baseline * 0.97'.")
     text = " ".join(text.split())
+    if len(text) > MAX_RULE_CHARS:
+        raise UserInputError(
+            f"{where_key}.rule: the rule is {len(text):,} characters long, more than {MAX_RULE_CHARS}; write it shorter."
+        )
     tokens = _tokenize(text, f"{where_key}.rule")
     if len(tokens) < 3 or tokens[0][0] != "name" or tokens[1] not in (("op", o) for o in OPERATORS):
         raise UserInputError(
@@ -179,7 +190,7 @@ def parse_rule(entry: Any, where_key: str = "gates[0]") -> GateRule:
     column = resolve_metric(metric)
     allow = entry.get("allow_wall_clock", False)
     if not isinstance(allow, bool):
-        raise UserInputError(f"{where_key}.allow_wall_clock: must be true or false, got {allow!r}.")
+        raise UserInputError(f"{where_key}.allow_wall_clock: must be true or false, got {_short(allow)}.")
     if not allow:
         for used in [column, *(resolve_metric(n) for n in _names(expr))]:
             if is_wall_clock(used):
@@ -189,16 +200,18 @@ def parse_rule(entry: Any, where_key: str = "gates[0]") -> GateRule:
                 )
     where = entry.get("where") or {}
     if not isinstance(where, dict):
-        raise UserInputError(f"{where_key}.where: must be a mapping such as {{engine: orthrus}}, got {where!r}.")
+        raise UserInputError(f"{where_key}.where: must be a mapping such as {{engine: orthrus}}, got {_short(where)}.")
     scoped: dict[str, tuple[Any, ...]] = {}
     for key, value in where.items():
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        if not values or any(isinstance(v, (dict, list)) for v in values):
-            raise UserInputError(f"{where_key}.where.{key}: must be a value or a list of values, got {value!r}.")
+        if not values or any(isinstance(v, (dict, list, set)) for v in values):
+            raise UserInputError(f"{where_key}.where.{key}: must be a value or a list of values, got {_short(value)}.")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UserInputError(f"{where_key}.where.{key}: must be finite, got {_short(value)}; NaN never matches.")
         scoped[str(key)] = values
     name = entry.get("name", "")
     if not isinstance(name, str):
-        raise UserInputError(f"{where_key}.name: must be a string, got {name!r}.")
+        raise UserInputError(f"{where_key}.name: must be a string, got {_short(name)}.")
     return GateRule(text, metric, column, op, expr, scoped, name, allow)
 
 
@@ -259,9 +272,39 @@ def _tokenize(text: str, where_key: str) -> list[tuple[str, str]]:
     return tokens
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_rule_names(rules: Sequence[GateRule], cell_keys: Iterable[str] | None = None) -> None:
+    """Before a run: every metric and threshold name is one the summary will have, and (given the
+    cells' parameter names) every ``where`` key is a cell parameter. Raises UserInputError."""
+    metrics = set(METRIC_COLUMNS) | set(DERIVED_METRICS)
+    params = None if cell_keys is None else {*cell_keys, *ENGINE_FACTS, "lossless", "cell_id", "series"}
+    for rule in rules:
+        if rule.column not in metrics:
+            close = difflib.get_close_matches(rule.metric, [*METRIC_ALIASES, *metrics], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "use a summary column or an alias listed in gates.py."
+            raise UserInputError(f"gate {rule.label!r}: unknown metric {rule.metric!r}; {hint}")
+        for name in sorted(_names(rule.expr) - {"baseline"}):
+            if resolve_metric(name) not in metrics and (params is None or name not in params):
+                raise UserInputError(
+                    f"gate {rule.label!r}: unknown name {name!r} in the threshold; use a number, 'baseline', "
+                    "a metric or a cell parameter such as block_size."
+                )
+        if params is not None:
+            for key in rule.where:
+                if key not in params and key not in metrics:
+                    close = difflib.get_close_matches(key, sorted(params), n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(params))}."
+                    raise UserInputError(f"gate {rule.label!r}: where key {key!r} is not a cell parameter; {hint}")
+
+
 class _ExprParser:
     def __init__(self, tokens: list[tuple[str, str]], text: str, where_key: str) -> None:
         self.tokens, self.pos, self.text, self.where_key = tokens, 0, text, where_key
+        self.depth = 0
 
     def fail(self, what: str) -> UserInputError:
         return UserInputError(
@@ -298,9 +341,21 @@ class _ExprParser:
         return node
 
     def factor(self) -> tuple:
+        self.depth += 1
+        try:
+            return self._factor()
+        finally:
+            self.depth -= 1
+
+    def _factor(self) -> tuple:
+        if self.depth > MAX_RULE_DEPTH:
+            raise self.fail(f"more than {MAX_RULE_DEPTH} nested parentheses or signs")
         kind, value = self.take()
         if kind == "num":
-            return ("num", float(value))
+            number = float(value)
+            if not math.isfinite(number):
+                raise self.fail(f"the number {value} is too large")
+            return ("num", number)
         if kind == "name":
             return ("name", value)
         if (kind, value) == ("op", "-"):
