@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from orthrus.errors import UserInputError
+from orthrus.models.checkpoint import check_remote_code
 from orthrus.models.modeling_orthrus import (
     DEFAULT_BLOCK_SIZE,
     SUPPORTED_ATTN_IMPLEMENTATIONS,
@@ -57,20 +58,26 @@ def check_device(device: str) -> torch.device:
 
 
 def load_causal_lm(
-    path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", attn_implementation: str = "sdpa"
+    path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
 ) -> OrthrusForCausalLM:
     """An Orthrus checkpoint as is, or a plain Qwen3 checkpoint with a fresh (copied) diffusion view.
 
-    ``attn_implementation`` (one of SUPPORTED_ATTN_IMPLEMENTATIONS) applies to both views."""
+    ``attn_implementation`` (one of SUPPORTED_ATTN_IMPLEMENTATIONS) applies to both views. A
+    checkpoint that declares its own code (``auto_map``) is refused unless ``trust_remote_code``;
+    its code is never run here either way (the model is built as Qwen3)."""
     torch_dtype, torch_device = parse_dtype(dtype), check_device(device)
     resolved = resolve_model_path(path)
+    check_remote_code(resolved, trust_remote_code)
     config = read_config(resolved)
     has_view = config.get("model_type") == "orthrus" or "mask_token_id" in config and "block_size" in config
+    options = {"dtype": torch_dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
     if has_view:
-        model = OrthrusForCausalLM.from_pretrained(resolved, dtype=torch_dtype, attn_implementation=attn_implementation)
+        model = OrthrusForCausalLM.from_pretrained(resolved, **options)
     else:
-        model = OrthrusForCausalLM.from_base(
-            resolved, block_size=DEFAULT_BLOCK_SIZE, dtype=torch_dtype, attn_implementation=attn_implementation
-        )
+        model = OrthrusForCausalLM.from_base(resolved, block_size=DEFAULT_BLOCK_SIZE, **options)
     model.name_or_path = str(path)
     return model.to(torch_device)

@@ -33,6 +33,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from orthrus.errors import UserInputError
+from orthrus.models.checkpoint import REMOTE_CODE_FIX, check_remote_code, read_json_object
 from orthrus.models.modeling_orthrus import (
     HonoursAttnImplementation,
     attention_function,
@@ -256,7 +257,8 @@ def load_diffusion_lm(
     config_file = resolved / "config.json"
     if not config_file.is_file():
         raise UserInputError(f"{resolved} has no config.json; point the model path at a Hugging Face checkpoint.")
-    config = json.loads(config_file.read_text())
+    check_remote_code(resolved, trust_remote_code)  # our refusal, before transformers could ask on stdin
+    config = read_json_object(config_file)
     model_type = config.get("model_type")
     if model_type == "qwen3":
         if config.get("is_causal", True) or config.get("mask_token_id") is None:
@@ -269,8 +271,8 @@ def load_diffusion_lm(
         )
     elif not trust_remote_code:
         raise UserInputError(
-            f"{path} holds a {model_type!r} model that needs its own code; allow trust_remote_code for this "
-            "model to run it as a diffusion LM."
+            f"{path} holds a {model_type!r} model, which needs code of its own to run as a diffusion LM; "
+            f"{REMOTE_CODE_FIX}."
         )
     else:
         from transformers import AutoModel

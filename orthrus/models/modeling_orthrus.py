@@ -13,7 +13,6 @@ Parameter names match the released Orthrus-Qwen3 checkpoints (Qwen3 names plus `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from orthrus.errors import UserInputError
+from orthrus.models.checkpoint import check_remote_code, check_safetensors, read_json_object, read_tokenizer_file
 
 # the one default block size: a config without one, a fresh view, and an engine told "null" all use it
 DEFAULT_BLOCK_SIZE = 16
@@ -331,10 +331,15 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         *args: Any,
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
         **kwargs: Any,
     ):
-        """Load a directory in the Orthrus-Qwen3 layout (no remote code); attention "sdpa" (default) or "eager"."""
+        """Load a directory in the Orthrus-Qwen3 layout; attention "sdpa" (default) or "eager".
+
+        No code from the checkpoint ever runs; one that declares its own (``auto_map``) is refused
+        unless ``trust_remote_code`` (and then loaded as Qwen3 all the same)."""
         path = Path(resolve_model_path(path))
+        check_remote_code(path, trust_remote_code)
         config_dict = read_config(path)
         state = load_state_dict(path)
         if not any(name.endswith("_diff.weight") for name in state):
@@ -372,10 +377,12 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         mask_token_id: int | None = None,
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
     ) -> OrthrusForCausalLM:
         """Attach a fresh diffusion view (copies of the AR attention weights) to a Qwen3 model.
 
-        ``attn_implementation`` (None: the base module's own, else sdpa) applies to both views."""
+        ``attn_implementation`` (None: the base module's own, else sdpa) applies to both views. A
+        checkpoint directory that declares its own code is refused unless ``trust_remote_code``."""
         if block_size < 1:
             raise UserInputError(f"block_size must be >= 1, got {block_size}.")
         if isinstance(base, nn.Module):
@@ -384,6 +391,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             state = {k: v.detach() for k, v in base.state_dict().items()}
         else:
             path = Path(resolve_model_path(base))
+            check_remote_code(path, trust_remote_code)
             config_dict = read_config(path)
             state = load_state_dict(path)
         state = {k: v for k, v in state.items() if not is_diffusion_param(k)}
@@ -605,12 +613,10 @@ def _first_unused_row(path: Path, vocab_rows: int) -> int | None:
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         return None
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer = read_tokenizer_file(tokenizer_file)
     config_file = path / "tokenizer_config.json"
     if config_file.is_file():
-        mask = json.loads(config_file.read_text()).get("mask_token")
+        mask = read_json_object(config_file).get("mask_token")
         mask = mask.get("content") if isinstance(mask, dict) else mask
         mask_id = tokenizer.token_to_id(mask) if mask else None
         if mask_id is not None and mask_id < vocab_rows:
@@ -644,10 +650,7 @@ def read_config(path: Path) -> dict[str, Any]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserInputError(f"{path} has no config.json; point the model path at a Hugging Face checkpoint directory.")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserInputError(f"{config_file} is not valid JSON ({err.msg}); fix or re-download the file.") from err
+    config = read_json_object(config_file)
     if config.get("model_type") not in ("orthrus", "qwen3"):
         raise UserInputError(
             f"{path} holds a {config.get('model_type')!r} model, not Qwen3 or Orthrus; "
@@ -662,5 +665,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserInputError(f"{path} has no *.safetensors weights; save the model with safetensors.")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(str(file)))
+        check_safetensors(file)
+        try:
+            state.update(load_file(str(file)))
+        except Exception as err:  # noqa: BLE001 - a sound header over unreadable data: the user's file
+            raise UserInputError(f"{file} cannot be read as safetensors ({err}); re-download or re-save it.") from err
     return state
