@@ -56,28 +56,31 @@ class PromptFactory:
 
     def __init__(self) -> None:
         self._tokenizers: dict[Path, Any] = {}
+        self._code_allowed: dict[Path, bool] = {}  # per tokenizer directory: a model using it allows its code
         self._streams: dict[tuple[Path, str], tuple[list[int], list[bool]]] = {}
         self._prompts: dict[tuple, list[Prompt]] = {}
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------ tokenizers
     def tokenizer_dir(self, model: Any) -> Path | None:
+        """The tokenizer directory of ``model`` (a ModelSpec); remembers whether the model allows its code."""
+        directory = None
         if model.tokenizer is not None:
-            return model.tokenizer
-        if model.resolved is not None and has_tokenizer_files(model.resolved):
-            return model.resolved
-        return None
+            directory = model.tokenizer
+        elif model.resolved is not None and has_tokenizer_files(model.resolved):
+            directory = model.resolved
+        if directory is not None:
+            self._code_allowed[directory] = self._code_allowed.get(directory, False) or model.trust_remote_code
+        return directory
 
-    def tokenizer(self, directory: Path) -> Any:
+    def tokenizer(self, directory: Path, trust_remote_code: bool | None = None) -> Any:
+        """The tokenizer in ``directory``, loaded once. Its own code (``auto_map``) runs only where allowed:
+        ``trust_remote_code``, or else where a model with that tokenizer set it (see tokenizer_dir)."""
         if directory not in self._tokenizers:
-            from transformers import AutoTokenizer
+            from orthrus.models.checkpoint import load_tokenizer
 
-            try:
-                self._tokenizers[directory] = AutoTokenizer.from_pretrained(str(directory))
-            except Exception as err:  # noqa: BLE001 - any loader failure is the user's file
-                raise UserInputError(
-                    f"the tokenizer in {directory} could not be loaded ({type(err).__name__}: {err})."
-                ) from err
+            trust = self._code_allowed.get(directory, False) if trust_remote_code is None else trust_remote_code
+            self._tokenizers[directory] = load_tokenizer(directory, trust)
         return self._tokenizers[directory]
 
     # ------------------------------------------------------------ entry point

@@ -165,26 +165,30 @@ def _load_causal(spec: ModelSpec) -> Any:
     (Without it, load_causal_lm adds an extra embedding row for the mask, and the transformers-based
     engines, which need the plain vocabulary, cannot run the model.)
     """
-    import json
-
     from orthrus.models import OrthrusForCausalLM, load_causal_lm, parse_dtype
+    from orthrus.models.checkpoint import check_remote_code, read_json_object
 
     assert spec.resolved is not None
-    config = json.loads((spec.resolved / "config.json").read_text())
+    check_remote_code(spec.resolved, spec.trust_remote_code, f"models.{spec.key}")
+    config = read_json_object(spec.resolved / "config.json")
     tokenizer_dir = spec.tokenizer or spec.resolved
     mask_id = None
     if config.get("model_type") == "qwen3" and "mask_token_id" not in config:
         tokenizer_config = tokenizer_dir / "tokenizer_config.json"
         tokenizer_file = tokenizer_dir / "tokenizer.json"
         if tokenizer_config.is_file() and tokenizer_file.is_file():
-            mask = json.loads(tokenizer_config.read_text()).get("mask_token")
+            mask = read_json_object(tokenizer_config).get("mask_token")
             mask = mask.get("content") if isinstance(mask, dict) else mask
-            for token in json.loads(tokenizer_file.read_text()).get("added_tokens", []):
+            for token in read_json_object(tokenizer_file).get("added_tokens", []):
                 if mask is not None and token.get("content") == mask:
                     mask_id = int(token["id"])
     if mask_id is None or mask_id >= int(config.get("vocab_size", 0)):
         return load_causal_lm(
-            spec.resolved, dtype=spec.dtype, device=spec.device, attn_implementation=spec.attn_implementation
+            spec.resolved,
+            dtype=spec.dtype,
+            device=spec.device,
+            attn_implementation=spec.attn_implementation,
+            trust_remote_code=spec.trust_remote_code,
         )
     model = OrthrusForCausalLM.from_base(
         spec.resolved,
@@ -192,6 +196,7 @@ def _load_causal(spec: ModelSpec) -> Any:
         mask_token_id=mask_id,
         dtype=parse_dtype(spec.dtype),
         attn_implementation=spec.attn_implementation,
+        trust_remote_code=spec.trust_remote_code,
     )
     model.name_or_path = spec.path
     return model.to(spec.device)

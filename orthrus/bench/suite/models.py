@@ -1,10 +1,13 @@
 """``models:``: each key names a checkpoint directory or a zoo model, with its dtype, device and
 attention implementation. A known zoo model that is not built yet is not an error here: its cells
-fail with the command that builds it."""
+fail with the command that builds it.
+
+Checked here, before anything loads (so also under --dry-run): config.json and tokenizer files parse
+(JSON objects, UTF-8), safetensors files are complete, and a checkpoint or tokenizer that ships its
+own code (``auto_map``) is refused unless the model sets ``trust_remote_code: true``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,9 @@ from orthrus.bench.suite.checks import (
     resolve_file,
 )
 from orthrus.bench.suite.spec import DTYPE_NAMES, MODEL_KEYS, ModelSpec
+from orthrus.errors import UserInputError
 from orthrus.models import SUPPORTED_ATTN_IMPLEMENTATIONS
+from orthrus.models.checkpoint import check_remote_code, check_safetensors, read_json_object, read_tokenizer_file
 from orthrus.models.zoo_index import ZOO_DIR, ZOO_NAMES, zoo_path
 
 
@@ -50,6 +55,9 @@ def validate_models(value: Any, base_dir: Path | None) -> dict[str, ModelSpec]:
             tokenizer = _resolve_tokenizer(
                 as_str(spec["tokenizer"], f"{path}.tokenizer"), f"{path}.tokenizer", base_dir
             )
+        for directory, where in ((resolved, f"{path}.path"), (tokenizer, f"{path}.tokenizer")):
+            if directory is not None:
+                _check_files(directory, where, trust, path)
         specs[str(key)] = ModelSpec(
             key=str(key),
             path=model_path,
@@ -96,13 +104,15 @@ def _resolve_model(text: str, path: str, base_dir: Path | None) -> tuple[Path | 
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise fail(path, f"{str(directory)!r} has no config.json; point it at a Hugging Face checkpoint directory.")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise fail(path, f"{config_file} is not valid JSON ({err.msg}); fix or re-download the file.") from err
+    config = _read_json(config_file, path)
     weights = list(directory.glob("*.safetensors")) + list(directory.glob("*.bin"))
     if not weights:
         raise fail(path, f"{str(directory)!r} has no weights (*.safetensors); point it at a complete checkpoint.")
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            check_safetensors(file)
+        except UserInputError as err:
+            raise fail(path, str(err)) from err
     max_positions = config.get("max_position_embeddings")
     return directory, None, int(max_positions) if isinstance(max_positions, int) else None
 
@@ -114,6 +124,32 @@ def _resolve_tokenizer(text: str, path: str, base_dir: Path | None) -> Path:
     if not candidate.is_dir() or not has_tokenizer_files(candidate):
         raise fail(path, f"{text!r} is not a directory with tokenizer files (tokenizer.json or tokenizer_config.json).")
     return candidate
+
+
+def _read_json(file: Path, path: str) -> dict[str, Any]:
+    try:
+        return read_json_object(file)
+    except UserInputError as err:
+        raise fail(path, str(err)) from err
+
+
+def _check_files(directory: Path, where: str, trust_remote_code: bool, model_path: str) -> None:
+    """The JSON files of a checkpoint or tokenizer directory parse, its tokenizer.json loads, and it
+    declares no code of its own unless the model allows it (refused here, before any load)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        if (directory / name).is_file():
+            _read_json(directory / name, where)
+    check_remote_code(
+        directory,
+        trust_remote_code,
+        where,
+        fix=f"allow it only if you trust that code: {model_path}.trust_remote_code: true in the suite",
+    )
+    if (directory / "tokenizer.json").is_file():
+        try:
+            read_tokenizer_file(directory / "tokenizer.json")
+        except UserInputError as err:
+            raise fail(where, str(err)) from err
 
 
 def has_tokenizer_files(directory: Path) -> bool:
