@@ -26,10 +26,10 @@ def _parse_ids(text: str) -> list[int]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoTokenizer
 
     from orthrus.engines import DEFAULT_ENGINE, build_engine, engine_class, engine_names
     from orthrus.models import load_causal_lm, resolve_model_path
+    from orthrus.models.checkpoint import check_remote_code, load_tokenizer
     from orthrus.models.dlm import load_diffusion_lm
 
     if args.threads:
@@ -42,12 +42,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
             takers = ", ".join(repr(n) for n in engine_names() if engine_class(n).takes_block_size)
             raise UserInputError(f"--block-size applies to engines that take a block size ({takers}), not {name!r}.")
         options["block_size"] = args.block_size
-    load = load_diffusion_lm if cls.model_kind == "dlm" else load_causal_lm
-    model = load(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation)
-    tokenizer = None
     model_dir = resolve_model_path(args.model)
+    trust, where = args.trust_remote_code, f"--model {args.model}"
+    fix = "pass --trust-remote-code, only if you trust that code"
+    check_remote_code(model_dir, trust, where, fix)  # before any load: transformers never gets to ask on stdin
+    load = load_diffusion_lm if cls.model_kind == "dlm" else load_causal_lm
+    model = load(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        attn_implementation=args.attn_implementation,
+        trust_remote_code=trust,
+    )
+    tokenizer = None
     if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = load_tokenizer(model_dir, trust, where, fix)
     if args.prompt is not None:
         if tokenizer is None:
             raise UserInputError(f"{args.model} has no tokenizer files; pass --prompt-ids instead of --prompt.")
@@ -219,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--attn-implementation", default="sdpa", help="attention: sdpa or eager")
     gen.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    gen.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the checkpoint's own code (auto_map in its config or tokenizer files) to run; off by default",
+    )
     prompt = gen.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt")
     prompt.add_argument("--prompt-ids")

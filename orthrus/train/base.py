@@ -210,7 +210,9 @@ def heldout_nll(
 
 def evaluate_saved(out_dir: Path, stream: torch.Tensor, config: TrainConfig) -> dict[str, dict[str, float]]:
     """Held-out NLL and perplexity of the saved (fp16-rounded) weights, loaded back as fp32."""
-    model = Qwen3ForCausalLM.from_pretrained(out_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = Qwen3ForCausalLM.from_pretrained(
+        out_dir, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=False
+    )
     nll = {
         str(context): heldout_nll(model, stream, context, config.eval_windows, config.eval_scored_positions)
         for context in config.eval_contexts
@@ -229,7 +231,7 @@ def load_or_train_tokenizer(config: TrainConfig) -> PreTrainedTokenizerBase:
     if not (config.tokenizer_dir / "tokenizer.json").exists():
         log(config, f"No tokenizer at {config.tokenizer_dir}; training one on the train split.")
         train_tokenizer(config.tokenizer_dir, seed=config.seed)
-    return AutoTokenizer.from_pretrained(config.tokenizer_dir)
+    return AutoTokenizer.from_pretrained(config.tokenizer_dir, trust_remote_code=False)
 
 
 def train(

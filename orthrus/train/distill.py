@@ -129,19 +129,21 @@ def train(config: DistillConfig) -> Path:
     ckpt_dir = checkpoint_path(out_dir).parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     base_dir = resolve_model_path(config.base)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     mask_id = tokenizer.mask_token_id
     model = OrthrusForCausalLM.from_base(
         base_dir, block_size=config.block_size, mask_token_id=mask_id, dtype=torch.float32
     ).to(config.device)
     if config.init_from:
-        start_view = OrthrusForCausalLM.from_pretrained(resolve_model_path(config.init_from), dtype=torch.float32)
+        start_view = OrthrusForCausalLM.from_pretrained(
+            resolve_model_path(config.init_from), dtype=torch.float32, trust_remote_code=False
+        )
         model.load_state_dict({k: v for k, v in start_view.state_dict().items() if "_diff" in k}, strict=False)
     base_state = {k: v.clone() for k, v in model.state_dict().items() if "_diff" not in k}
 
     data_file = ckpt_dir / "distill_data.pt"
     if data_file.exists():
-        data = torch.load(data_file)
+        data = torch.load(data_file, weights_only=True)
         log(config, f"reusing {len(data)} self-distillation sequences from {data_file}")
     else:
         t0 = time.time()

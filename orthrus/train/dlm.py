@@ -211,7 +211,7 @@ def train(
     base_dir = resolve_model_path(config.base)
     if not (base_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{base_dir} has no tokenizer.json; the base must ship its tokenizer files.")
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     if mask_id is None or mask_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer of {base_dir} has no {MASK_TOKEN} token; add one to it first.")
