@@ -523,8 +523,10 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         else:  # AR view: every slot up to the query's own position (prefix, then the block causally)
             visible = slots <= positions.unsqueeze(-1)
         # [B, 1, T, span]; slots past a row's block (stale or another row's span) are never visible,
-        # so each row computes exactly what it would alone over its own prefix
-        mask = visible.unsqueeze(1)
+        # so each row computes exactly what it would alone over its own prefix. A prefill (every
+        # row from slot 0) is plain causal attention: the fused causal kernel, no mask.
+        causal = not suffix and max(starts) == 0
+        mask = None if causal else visible.unsqueeze(1)
         where = positions.view(batch, 1, steps, 1)
         for layer in self.model.layers:
             attn = layer.self_attn
@@ -534,7 +536,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             held.keys.scatter_(2, index, k)  # row r's block into slots starts[r] .. starts[r] + T - 1
             held.values.scatter_(2, index, v)
             keys, values = held.keys[:, :, :span], held.values[:, :, :span]
-            hidden = layer.feed_forward(hidden, attn.attend(q, keys, values, mask, False, suffix))
+            hidden = layer.feed_forward(hidden, attn.attend(q, keys, values, mask, causal, suffix))
         if last is not None:
             hidden = hidden[torch.arange(batch, device=device), torch.tensor(last, device=device)]
         return self.lm_head(self.model.norm(hidden))
