@@ -9,6 +9,8 @@ from orthrus.engines.ar import AREngine, HFGenerateEngine
 from orthrus.engines.base import (
     DEFAULT_BLOCK_SIZE,
     MODEL_KINDS,
+    BatchResult,
+    CannotBatchError,
     Engine,
     EngineDescription,
     GenerationResult,
@@ -39,6 +41,8 @@ __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
     "MODEL_KINDS",
+    "BatchResult",
+    "CannotBatchError",
     "Engine",
     "EngineDescription",
     "GenerationResult",

@@ -64,6 +64,7 @@ class DLMEngine(Engine):
     name = "dlm"
     model_kind = "dlm"
     lossless = False
+    cannot_batch_reason = "a block schedule per row of a batch is not implemented for the diffusion LM engines yet"
 
     def __init__(
         self,
