@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,6 +41,8 @@ from orthrus.report.rundata import (
 # absolute logit margins below which a divergence counts as a numerical near-tie, by dtype
 NEAR_TIE_MARGIN = {"float32": 1e-3, "float64": 1e-6, "float16": 0.05, "bfloat16": 0.25}
 DEFAULT_NEAR_TIE_MARGIN = 1e-3
+# labels come from suites (engine labels, options): drawn as typed, never as TeX or mathtext ("a$b$c")
+PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False}
 MEMORY_SOURCES = (  # summary column, panel title, unit label, scale to that unit
     ("kv_cache_bytes_peak_max", "KV cache held (exact, from tensors)", "MiB", 1 / 2**20),
     ("nvml_device_used_mib_max", "NVML device used", "MiB", 1.0),
@@ -591,13 +594,23 @@ def make_plots(run: RunData, out_dir: Path | None = None) -> tuple[list[PlotInfo
     for name, title, caption, draw in PLOTS:
         path = out_dir / f"{name}.png"
         try:
-            fig = draw(run)
+            with matplotlib.rc_context(PLAIN_TEXT):  # text is created and laid out inside draw and savefig
+                fig = draw(run)
+                if fig is not None:
+                    fig.savefig(path, format="png")
+        except OSError:
+            raise  # the folder is not writable or the disk is full: the caller says so once
         except Exception as err:  # a broken plot must not cost the user the rest of the report
-            warnings.append(f"plot {name!r} could not be drawn: {type(err).__name__}: {err}")
+            warnings.append(f"plot {name!r} could not be drawn: {_first_line(err)}")
             fig = None
         if fig is None:
             path.unlink(missing_ok=True)  # a stale figure from an earlier render would mislead
             continue
-        fig.savefig(path, format="png")
         made.append(PlotInfo(name, title, caption, path, wide=fig.get_figwidth() > 10))
     return made, warnings
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first non-empty line`` (matplotlib's parse errors start with a newline)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
