@@ -14,6 +14,7 @@ from functools import wraps
 from pathlib import Path
 
 from orthrus.errors import UserInputError
+from orthrus.report.outputs import check_output_dir, check_output_file, writable, write_error
 
 
 def _user_errors(func: Callable[[list[str]], int]) -> Callable[[Sequence[str] | None], int]:
@@ -23,6 +24,9 @@ def _user_errors(func: Callable[[list[str]], int]) -> Callable[[Sequence[str] | 
             return func(list(sys.argv[2:] if argv is None else argv))
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            print(f"error: {write_error(err)}", file=sys.stderr)
             return 2
 
     return run
@@ -46,12 +50,27 @@ def cmd_report(argv: list[str]) -> int:
         metavar="ROOT",
         help="also (or only) rewrite ROOT/index.html listing all runs (default ROOT: reports)",
     )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.html and plots/ here instead of into the run directory (for a read-only, archived run)",
+    )
     args = parser.parse_args(argv)
     if not args.run_dirs and not args.index:
         raise UserInputError("report: pass a run directory (reports/<suite>/<run-id>) or --index.")
+    if args.out and len(args.run_dirs) != 1:
+        raise UserInputError("report --out DIR renders one run; pass one run directory.")
     from orthrus.report.html import render_index, render_run
 
     for run_dir in args.run_dirs:
+        if args.out:
+            print(f"report: {render_run(run_dir, update_index=False, out_dir=check_output_dir(args.out, '--out'))}")
+            continue
+        if Path(run_dir).is_dir() and not writable(Path(run_dir)):
+            raise UserInputError(
+                f"{run_dir} is read-only (an archived run?); render it elsewhere with "
+                f"'report {run_dir} --out DIR', or copy the run directory first."
+            )
         print(f"report: {render_run(run_dir)}")
     if args.index:
         root = Path(args.index)
@@ -106,7 +125,9 @@ def cmd_gate(argv: list[str]) -> int:
     from orthrus.report.gates import run_gates
 
     code = run_gates(args.run_dir, args.gate, args.baseline, args.junit, args.quiet, verbose=args.verbose)
-    if not args.no_report:
+    if not args.no_report and not writable(Path(args.run_dir)):
+        print(f"note: {args.run_dir} is read-only, so its report.html was not re-rendered.", file=sys.stderr)
+    elif not args.no_report:
         from orthrus.report.html import render_run
 
         path = render_run(args.run_dir)
@@ -125,6 +146,7 @@ def cmd_baseline(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from orthrus.report.gates import save_baseline
 
+    check_output_file(args.file, "baseline save: FILE", "baseline.json")
     print(f"baseline: {save_baseline(args.run_dir, args.file)}")
     return 0
 

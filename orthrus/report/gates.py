@@ -68,6 +68,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
@@ -78,6 +79,7 @@ from typing import Any
 import pandas as pd
 
 from orthrus.errors import UserInputError
+from orthrus.report.outputs import check_output_file, writable
 from orthrus.report.rundata import (
     METRIC_COLUMNS,
     VOLATILE_COLUMNS,
@@ -431,7 +433,7 @@ def save_baseline(run_dir: str | Path, file: str | Path) -> Path:
         "environment": {k: env[k] for k in ("cpu", "threads", "python", "dtypes") if k in env},
         "summary": rows,
     }
-    out = Path(file)
+    out = check_output_file(file, "baseline save: FILE", "baseline.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
     return out
@@ -816,6 +818,8 @@ def run_gates(
 ) -> int:
     """The whole CI step: evaluate, print the table, write gates.json, the GitHub step summary and
     JUnit XML; returns the exit code (0 pass, 1 regression, 2 bad input)."""
+    if junit:  # a folder or a read-only place is refused before anything is evaluated
+        check_output_file(junit, "--junit", "gates.xml")
     rules: list[GateRule] | None = None
     if gate_files:
         rules = []
@@ -823,14 +827,22 @@ def run_gates(
             file_rules, file_baseline = load_gate_file(file)
             rules += file_rules
             baseline = baseline or file_baseline
-    report = evaluate_gates(run_dir, rules, baseline)
+    # an archived (read-only) run is still checked; its gates.json is then not rewritten
+    report = evaluate_gates(run_dir, rules, baseline, write=writable(Path(run_dir)))
     if not report.results:
         raise UserInputError(f"no gates to check for {run_dir}; add a gates: section to the suite or pass --gate FILE.")
     echo(report.headline() if quiet and report.exit_code == 0 else report.format_table(verbose))
     summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_path:
-        with open(summary_path, "a", encoding="utf-8") as handle:
-            handle.write(report.to_markdown())
+        try:
+            with open(summary_path, "a", encoding="utf-8") as handle:
+                handle.write(report.to_markdown())
+        except OSError as err:  # the step summary is a courtesy: the gates still decide the exit code
+            print(
+                f"warning: the step summary was not written to $GITHUB_STEP_SUMMARY={summary_path} "
+                f"({err.strerror or err}); the gate results are above.",
+                file=sys.stderr,
+            )
     if junit:
         Path(junit).parent.mkdir(parents=True, exist_ok=True)
         Path(junit).write_text(report.to_junit())

@@ -138,6 +138,11 @@ def load_run(run_dir: str | Path) -> RunData:
             )
         rows = frame_rows(summarize(records))
     environment = read_json(path / ENVIRONMENT_FILE) or {}
+    if not isinstance(environment, dict):
+        raise UserInputError(
+            f"{path / ENVIRONMENT_FILE} must hold one JSON object (package versions, device, ...), not "
+            f"{type(environment).__name__}; restore it from a copy, or delete it to report without it."
+        )
     suite_text = (path / SUITE_FILE).read_text() if (path / SUITE_FILE).is_file() else ""
     info = read_json(path / RUN_INFO_FILE) or {}
     info = info if isinstance(info, dict) else {}
