@@ -17,18 +17,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Only light modules here: torch, transformers and the harness are imported inside the commands, so
+# that main() is running (and catches Ctrl-C as one line, exit 130) from the first moment of start-up.
 import orthrus.report
-from orthrus.bench.matrix import parse_shard
-from orthrus.bench.merge import merge_runs
-from orthrus.bench.prompts import PromptFactory
-from orthrus.bench.resume import resumed_suite
-from orthrus.bench.runner import RunOptions, describe_plan, one_line, plan, print_summary, run_suite
-from orthrus.bench.suite.validate import load_suite
 from orthrus.errors import UserInputError
 from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
 from orthrus.report.commands import check_gate_inputs
-from orthrus.results.rundir import RUN_INFO_FILE, read_json
-from orthrus.results.summary import summarize
+from orthrus.report.outputs import check_output_dir, check_output_file, write_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,8 +78,39 @@ def build_run_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_run_id(run_id: str) -> None:
+    """A --run-id names one folder inside OUT/<suite>/: no path separator, no '..', not absolute."""
+    if (
+        not run_id.strip()
+        or run_id in (".", "..")
+        or "/" in run_id
+        or "\\" in run_id
+        or "\0" in run_id
+        or Path(run_id).is_absolute()
+    ):
+        raise UserInputError(
+            f"--run-id {run_id!r} must be a plain folder name (no '/', '\\' or '..'); "
+            "the run always lands in OUT/<suite>/<run-id>, so pick the folder with --out."
+        )
+
+
 def cmd_run(argv: list[str]) -> int:
+    from orthrus.bench.matrix import parse_shard
+    from orthrus.bench.prompts import PromptFactory
+    from orthrus.bench.resume import resumed_suite
+    from orthrus.bench.runner import RunOptions, describe_plan, plan, print_summary, run_suite
+    from orthrus.bench.suite.validate import load_suite
+
     args = build_run_parser().parse_args(argv)
+    if args.run_id is not None:
+        check_run_id(args.run_id)
+    if not args.dry_run:  # a file, a read-only folder: refused before anything is measured
+        if args.resume:
+            check_output_dir(args.resume, "--resume")
+        else:
+            check_output_dir(args.out, "--out")
+        if args.junit:
+            check_output_file(args.junit, "--junit", "gates.xml")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
     shard = parse_shard(args.shard) if args.shard else None
     resume_dir = Path(args.resume) if args.resume else None
@@ -122,6 +148,11 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
+    from orthrus.bench.merge import merge_runs
+    from orthrus.bench.runner import print_summary
+    from orthrus.results.rundir import RUN_INFO_FILE, read_json
+    from orthrus.results.summary import summarize
+
     parser = _Parser(
         prog="run_bench.py merge",
         description="Merge the shard run directories of one run (--shard I/N) into one run directory.",
@@ -139,6 +170,8 @@ def cmd_merge(argv: list[str]) -> int:
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.out:  # a file, or a folder that cannot be written: refused before anything is merged
+        check_output_dir(args.out, "merge --out")
     out_dir, records = merge_runs(
         [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, partial=args.partial
     )
@@ -154,6 +187,8 @@ def cmd_merge(argv: list[str]) -> int:
 
 def _render(run_dir: Path) -> Path | None:
     """report.html for the run, once; a failure to render leaves the results (re-render with 'report')."""
+    from orthrus.bench.runner import one_line
+
     try:
         path = Path(orthrus.report.render_run(run_dir))
     except Exception as err:  # noqa: BLE001 - the results are safe on disk; the report can be re-rendered
@@ -190,6 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(argv)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # start-up (imports, suite, prompts) or the report; the runner has its own
+        print(
+            "\ninterrupted; what was measured before is kept (a started run continues with --resume).", file=sys.stderr
+        )
+        return 130
+    except OSError as err:  # a write the checks could not foresee (a disk filling up, a race)
+        print(f"error: {write_error(err)}", file=sys.stderr)
         return 2
 
 
