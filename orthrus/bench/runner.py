@@ -20,6 +20,7 @@ record with its error and the run goes on; the exit code then says that somethin
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import platform
@@ -70,8 +71,30 @@ class RunOutcome:
 
 
 def run_suite(suite: Suite, options: RunOptions) -> RunOutcome:
-    """Measure every (cell, prompt, repeat) of ``suite`` not yet recorded; write results and summary."""
-    return Runner(suite, options).run()
+    """Measure every (cell, prompt, repeat) of ``suite`` not yet recorded; write results and summary.
+    A full disk ends the run with one sentence (UserInputError): what was recorded stays, resumable."""
+    runner = Runner(suite, options)
+    try:
+        return runner.run()
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise UserInputError(disk_full_message(err, runner.run_dir)) from err
+
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def disk_full_message(err: OSError, run_dir: Path | None) -> str:
+    """One sentence: the disk is full, what is safe, how to go on."""
+    where = f"writing {err.filename}" if err.filename else (err.strerror or "No space left on device")
+    if run_dir is None:
+        return f"the disk is full ({where}) before the run started; free some space and run again."
+    kept = len(read_records(run_dir / RESULTS_FILE))
+    return (
+        f"the disk is full ({where}); the {kept} measurement(s) recorded so far are safe in {run_dir}; "
+        f"free some space and continue with: python run_bench.py --resume {run_dir}"
+    )
 
 
 class CellFailure(Exception):

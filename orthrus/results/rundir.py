@@ -22,6 +22,7 @@ lost and nothing is counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -82,13 +83,24 @@ class ResultsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         _cut_uncounted_tail(path)
-        self._handle = path.open("a", encoding="utf-8")
+        self._handle = path.open("ab", buffering=0)  # unbuffered: nothing is left to flush after a failed write
 
     def append(self, record: MeasurementRecord | dict[str, Any]) -> None:
         data = record.to_dict() if isinstance(record, MeasurementRecord) else record
-        self._handle.write(json.dumps(data, separators=(",", ":"), default=_json_default) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        line = (json.dumps(data, separators=(",", ":"), default=_json_default) + "\n").encode("utf-8")
+        start = self._handle.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[self._handle.write(view) :]
+            os.fsync(self._handle.fileno())
+        except OSError as err:
+            # a full disk (ENOSPC, EDQUOT) can cut the line short or lose it at fsync: take it back,
+            # so the file holds whole records only and --resume measures this one again
+            with contextlib.suppress(OSError):
+                self._handle.truncate(start)
+            err.filename = err.filename or str(self.path)
+            raise
 
     def close(self) -> None:
         if not self._handle.closed:
