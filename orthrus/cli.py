@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +26,38 @@ def _parse_ids(text: str) -> list[int]:
         raise UserInputError(f"--prompt-ids must be comma-separated integers, got {text!r}.") from err
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one sentence plus a --help hint and exit code 2 (no usage
+    dump); subparsers made by ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"{message} (see {self.prog} --help).")
+
+
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_generate_args(args: argparse.Namespace) -> None:
+    """Values argparse lets through (NaN, negatives, devices torch was not built for), refused before
+    anything is loaded."""
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UserInputError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}.")
+    if not math.isfinite(args.top_p) or not 0 < args.top_p <= 1:
+        raise UserInputError(f"--top-p must be a number in (0, 1], got {args.top_p}.")
+    if args.top_k < 0:
+        raise UserInputError(f"--top-k must be >= 0 (0 = off), got {args.top_k}.")
+    if args.max_new_tokens < 1:
+        raise UserInputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.block_size is not None and args.block_size < 1:
+        raise UserInputError(f"--block-size must be at least 1, got {args.block_size}.")
+    if args.threads < 0:
+        raise UserInputError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}.")
+    if not DEVICE.fullmatch(args.device):
+        raise UserInputError(f"--device {args.device!r} is not supported; use cpu, cuda or cuda:N.")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_generate_args(args)
     import torch
 
     from orthrus.engines import DEFAULT_ENGINE, build_engine, engine_class, engine_names
@@ -211,7 +244,7 @@ def _text_streamer(tokenizer: Any, show_cycles: bool) -> Callable[[list[int]], N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m orthrus", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m orthrus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="decode one prompt with one engine")
@@ -281,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # also during start-up (imports, model loading): one line, no traceback
+        print("\ninterrupted.", file=sys.stderr)
+        return 130
 
 
 def _quiet_transformers() -> None:
