@@ -5,7 +5,9 @@ combination that matches all the keys of one entry; ``include`` then adds the co
 match all the keys of an entry (axes an entry does not name take every value of their list), unless
 they are already there. Axes that do not apply collapse to null instead of multiplying: the
 context length for jsonl/inline prompts (their length is their own), the block size for engines
-without one. Batch sizes above 1 are kept only for engines that can batch (none yet).
+without one. Batch sizes multiply for every engine: an engine that cannot batch (its class fact
+``batchable``) keeps its cells above batch size 1, and the runner records them as skipped with the
+engine's reason, so a sweep never silently measures batch 1 under another batch size's name.
 """
 
 from __future__ import annotations
@@ -16,10 +18,6 @@ from typing import Any
 from orthrus.bench.suite.spec import Cell, EngineSpec, PromptSourceSpec, Suite, cell_id_of
 from orthrus.engines import engine_class
 from orthrus.errors import UserInputError
-
-
-def _engine_supports_batch(name: str) -> bool:
-    return bool(getattr(engine_class(name), "supports_batch", False))
 
 
 def _takes_block_size(engine: EngineSpec) -> bool:
@@ -36,7 +34,7 @@ def _axis_values(suite: Suite, engine: EngineSpec, source: PromptSourceSpec) -> 
         "top_k": axes["top_k"],
         "top_p": axes["top_p"],
         "max_new_tokens": axes["max_new_tokens"],
-        "batch_size": axes["batch_size"] if _engine_supports_batch(engine.engine) else [1],
+        "batch_size": axes["batch_size"],
     }
 
 
@@ -93,9 +91,7 @@ def expand(suite: Suite) -> list[Cell]:
                 for axis, value in entry.items():
                     if axis in axes:
                         applies = axes[axis] != [None] or value is None
-                        if axis == "batch_size" and value != 1 and not _engine_supports_batch(engine.engine):
-                            applies = False
-                        axes[axis] = [value] if applies else [None if axis != "batch_size" else 1]
+                        axes[axis] = [value] if applies else [None]
                 for product in itertools.product(*axes.values()):
                     add(engine, source, dict(zip(axes, product)))
     if suite.selected_engines is not None:

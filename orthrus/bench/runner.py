@@ -291,6 +291,7 @@ class Reference:
             and cell.model.key == self.spec.model
             and cell.params["temperature"] == 0.0
             and not cell.engine.options
+            and cell.params.get("batch_size") in (1, None)  # the reference is solo AR
         )
 
     @staticmethod
@@ -341,21 +342,38 @@ class PlannedCell:
     cell: Cell
     prompts: list[Prompt]
     failure: str | None = None  # the cell cannot run (reason); recorded as one failed record
+    skip: str | None = None  # the cell is not measured on purpose (reason); recorded as one skipped record
+
+    @property
+    def batches(self) -> list[list[Prompt]]:
+        """The prompts grouped in order, batch_size at a time; the last batch holds the rest (fewer rows)."""
+        size = batch_size_of(self.cell)
+        return [self.prompts[i : i + size] for i in range(0, len(self.prompts), size)]
+
+
+def batch_size_of(cell: Cell) -> int:
+    return int(cell.params.get("batch_size") or 1)
 
 
 def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactory) -> list[PlannedCell]:
-    """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet)."""
-    cells = suite.cells  # expanded once, when the suite was validated
-    wanted = [b for b in suite.sweep.axes["batch_size"] if b > 1]
-    if wanted and not any(c.params["batch_size"] > 1 for c in cells):
-        print(
-            f"note: batch sizes {wanted} are skipped: none of these engines batches (each decodes one sequence).",
-            file=sys.stderr,
-        )
+    """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet).
+
+    Cells at batch size 1 run before batched ones (otherwise in suite order), so that every batched
+    row finds the same engine's batch-1 tokens (batch invariance). A cell whose engine cannot batch
+    is planned as skipped above batch size 1 (its reason recorded), never run at batch 1 instead.
+    """
+    cells = sorted(suite.cells, key=lambda c: batch_size_of(c) != 1)  # expanded once, at validation
     if shard_spec is not None:
         cells = shard(cells, *shard_spec)
     planned = []
+    ragged: set[tuple[int, int]] = set()
     for cell in cells:
+        size = batch_size_of(cell)
+        engine = engine_class(cell.engine.engine)
+        if size > 1 and not engine.batchable:
+            reason = f"engine {cell.engine.engine!r} cannot batch ({engine.cannot_batch_reason}); batch size {size}"
+            planned.append(PlannedCell(cell, [], skip=reason))
+            continue
         try:
             prompts = factory.prompts(cell.source, cell.model, cell.params["context_length"])
         except UserInputError as err:
@@ -363,7 +381,19 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
                 planned.append(PlannedCell(cell, [], failure=cell.model.missing_reason or str(err)))
                 continue
             raise
+        if not prompts:
+            raise UserInputError(
+                f"prompt source {cell.params['prompt_source']!r} gives no prompts for engine "
+                f"{cell.params['label']!r}, so its batches would be empty; give the source at least one prompt."
+            )
         _check_prompts_fit(cell, prompts)
+        if len(prompts) % size and (len(prompts), size) not in ragged:
+            ragged.add((len(prompts), size))
+            print(
+                f"note: {len(prompts)} prompts at batch size {size}: the last batch of each such cell holds "
+                f"{len(prompts) % size} row(s) (recorded as batch_rows); use a multiple of {size} for full batches.",
+                file=sys.stderr,
+            )
         planned.append(PlannedCell(cell, prompts))
     return planned
 
@@ -373,6 +403,8 @@ def _check_prompts_fit(cell: Cell, prompts: list[Prompt]) -> None:
     the cell runs (config.json's vocab_size and max_position_embeddings), so a cell cannot fail on
     them at run time."""
     where = f"prompt source {cell.params['prompt_source']!r} on engine {cell.params['label']!r}"
+    if batch_size_of(cell) > 1:
+        where += f" at batch size {batch_size_of(cell)}"
     new = cell.params["max_new_tokens"]
     for model in (cell.model, cell.draft_model):
         if model is None:
@@ -405,13 +437,16 @@ def describe_plan(suite: Suite, planned: list[PlannedCell]) -> str:
     calls = new_tokens = prompt_tokens = 0
     for i, item in enumerate(planned):
         p = item.cell.params
-        n_calls = len(item.prompts) * measure.repetitions + (measure.warmup if item.prompts else 0)
+        n_calls = len(item.batches) * measure.repetitions + (measure.warmup if item.prompts else 0)
         calls += n_calls
         new_tokens += n_calls * p["max_new_tokens"]
+        new_tokens += (len(item.prompts) - len(item.batches)) * measure.repetitions * p["max_new_tokens"]
         prompt_tokens += sum(len(x.ids) for x in item.prompts) * measure.repetitions
         if item.prompts and measure.warmup:
-            prompt_tokens += len(item.prompts[0].ids) * measure.warmup
-        note = f"  (fails: {item.failure})" if item.failure else ""
+            prompt_tokens += sum(len(x.ids) for x in item.batches[0]) * measure.warmup
+        note = f"  (fails: {item.failure})" if item.failure else f"  (skipped: {item.skip})" if item.skip else ""
+        if batch_size_of(item.cell) > 1 and item.prompts:
+            note = f"  batch {batch_size_of(item.cell)}{note}"
         lines.append(
             f"{i:>3} {item.cell.cell_id:<16} {p['label'][:16]:<16} {p['model'][:10]:<10} {p['prompt_source'][:14]:<14} "
             f"{_s(p['context_length']):>5} {_s(p['block_size']):>4} {p['temperature']:>4g} {p['max_new_tokens']:>4} "
@@ -542,6 +577,7 @@ class Runner:
         }
         if records is not None:
             ok = sum(1 for r in records if r.get("status") == "ok")
+            skipped = sum(1 for r in records if r.get("status") == "skipped")  # on purpose: not failed
             overhead = overhead_stats(records)
             measured = overhead.get("measured_ms_total") or 0.0
             overhead["write_ms_total"] = self.write_ms_total
@@ -549,7 +585,13 @@ class Runner:
                 overhead["overhead_pct_with_writes"] = (
                     100 * ((overhead.get("overhead_ms_total") or 0) + self.write_ms_total) / measured
                 )
-            info.update(records=len(records), ok=ok, failed=len(records) - ok, harness_overhead=overhead)
+            info.update(
+                records=len(records),
+                ok=ok,
+                failed=len(records) - ok - skipped,
+                skipped=skipped,
+                harness_overhead=overhead,
+            )
         write_json(info_file, info)
         return info
 
@@ -648,6 +690,9 @@ class Runner:
         if item.failure:
             self._fail_cell(item, item.failure, writer, bar)
             return
+        if item.skip:
+            self._skip_cell(item, item.skip, writer, bar)
+            return
         if not self._pending(item):
             return
         bar.set_description(f"{cell.params['label']} ctx={_s(cell.params['context_length'])}")
@@ -663,6 +708,9 @@ class Runner:
         tracker = MemoryTracker(engine.device, measure.sample_interval_ms)
         weight_bytes = self.pool.weight_bytes(engine.model)
         p = cell.params
+        if batch_size_of(cell) > 1:
+            self._run_batches(item, engine, eos, tokenizer, tracker, weight_bytes, writer, bar)
+            return
         if measure.warmup:
             try:
                 for _ in range(measure.warmup):
@@ -693,6 +741,9 @@ class Runner:
                 if repeat >= measure.repetitions:
                     bar.total += 1
                 record = self._measure(cell, engine, prompt, repeat, eos, tokenizer, tracker, weight_bytes)
+                if record.status == "ok":  # a batch of one: batch figures are this call's own
+                    record.batch_id, record.batch_index, record.batch_rows = item.prompts.index(prompt), 0, 1
+                    record.batch_prompt_ids = [prompt.prompt_id]
                 self._write(writer, record)
                 bar.update(1)
                 if record.status != "ok":
@@ -702,6 +753,181 @@ class Runner:
                     break
                 spent_ms += record.e2e_ms or 0.0
                 repeat += 1
+
+    def _skip_cell(self, item: PlannedCell, reason: str, writer: ResultsWriter, bar: Any) -> None:
+        """One skipped record for a cell not measured on purpose (never counted as failed)."""
+        cell = item.cell
+        if (cell.cell_id, CELL_PROMPT, 0) in self.existing:
+            return
+        record = MeasurementRecord.skipped(
+            reason,
+            run_id=self.run_id,
+            cell_id=cell.cell_id,
+            cell=cell.params,
+            prompt_id=CELL_PROMPT,
+            repeat=0,
+            timestamp=time.time(),
+        )
+        self._write(writer, record)
+        bar.update(max(1, len(item.prompts) * self.suite.measure.repetitions))
+        if not self.options.quiet:
+            bar.write(f"cell skipped: {cell.params['label']} ctx={_s(cell.params['context_length'])}: {reason}")
+
+    def _run_batches(
+        self,
+        item: PlannedCell,
+        engine: Any,
+        eos: int | None,
+        tokenizer: Any,
+        tracker: MemoryTracker,
+        weight_bytes: int,
+        writer: ResultsWriter,
+        bar: Any,
+    ) -> None:
+        """A cell at batch size B > 1: each batch of prompts decoded by one generate_batch call per
+        repetition (at least ``measure.repetitions``, until the batch calls reach min_duration_s)."""
+        from orthrus.engines import CannotBatchError
+
+        cell, measure, p = item.cell, self.suite.measure, item.cell.params
+        batches = item.batches
+        try:
+            for _ in range(measure.warmup):
+                engine.generate_batch(
+                    [x.ids for x in batches[0]],
+                    p["max_new_tokens"],
+                    p["temperature"],
+                    p["top_k"],
+                    p["top_p"],
+                    p["seed"],
+                    eos,
+                )
+        except CannotBatchError as err:
+            self._skip_cell(item, str(err), writer, bar)
+            return
+        except Exception as err:  # noqa: BLE001 - the cell cannot run
+            _free_after_error(err)
+            self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
+            return
+        for batch_id, batch in enumerate(batches):
+            repeat, spent_ms = 0, 0.0
+            while True:
+                keys = [(cell.cell_id, x.prompt_id, repeat) for x in batch]
+                enough = repeat >= measure.repetitions and spent_ms >= measure.min_duration_s * 1e3
+                if enough or repeat >= measure.max_repetitions:
+                    break
+                if all(key in self.existing for key in keys):
+                    done = self.existing[keys[0]]
+                    spent_ms += done.get("batch_e2e_ms") or done.get("e2e_ms") or 0.0
+                    repeat += 1
+                    continue
+                if repeat >= measure.repetitions:
+                    bar.total += len(batch)
+                records = self._measure_batch(
+                    cell, engine, batch_id, batch, repeat, eos, tokenizer, tracker, weight_bytes
+                )
+                if records is None:  # the engine refused to batch at run time: the cell is skipped
+                    return
+                for key, record in zip(keys, records):
+                    if key not in self.existing:
+                        self._write(writer, record)
+                    bar.update(1)
+                failed = next((r for r in records if r.status != "ok"), None)
+                if failed is not None:
+                    if not self.options.quiet:
+                        bar.write(f"failed: {p['label']} batch {batch_id} repeat {repeat}: {failed.error}")
+                    bar.update(max(0, measure.repetitions - repeat - 1) * len(batch))
+                    break
+                spent_ms += records[0].batch_e2e_ms or 0.0
+                repeat += 1
+
+    def _measure_batch(
+        self,
+        cell: Cell,
+        engine: Any,
+        batch_id: int,
+        batch: list[Prompt],
+        repeat: int,
+        eos: int | None,
+        tokenizer: Any,
+        tracker: MemoryTracker,
+        weight_bytes: int,
+    ) -> list[MeasurementRecord] | None:
+        """One generate_batch call: one record per row (its own latency, tokens, identity), each
+        carrying the batch's figures (MeasurementRecord.set_batch). None: the engine cannot batch."""
+        from orthrus.engines import CannotBatchError
+        from orthrus.engines.base import sync
+
+        p = cell.params
+        ids = [x.prompt_id for x in batch]
+
+        def identity(prompt: Prompt) -> dict[str, Any]:
+            return dict(
+                run_id=self.run_id,
+                cell_id=cell.cell_id,
+                cell=p,
+                prompt_id=prompt.prompt_id,
+                repeat=repeat,
+                category=prompt.category,
+            )
+
+        description = engine.describe()
+        begin = time.perf_counter()
+        device = engine.device
+        try:
+            sync(device)
+            tracker.start()
+            call_start = time.perf_counter()
+            result = engine.generate_batch(
+                [x.ids for x in batch], p["max_new_tokens"], p["temperature"], p["top_k"], p["top_p"], p["seed"], eos
+            )
+            sync(device)
+            call_ms = (time.perf_counter() - call_start) * 1e3
+            memory = tracker.stop()
+        except CannotBatchError:
+            tracker.stop()
+            return None
+        except Exception as err:  # noqa: BLE001 - OOM or an engine error fails this batch only
+            tracker.stop()
+            _free_after_error(err)
+            failed = []
+            for index, prompt in enumerate(batch):
+                record = MeasurementRecord.failed(
+                    one_line(err), description, prompt_tokens=len(prompt.ids), timestamp=time.time(), **identity(prompt)
+                )
+                record.batch_id, record.batch_index, record.batch_rows, record.batch_prompt_ids = (
+                    batch_id,
+                    index,
+                    len(batch),
+                    ids,
+                )
+                if not isinstance(err, (UserInputError, torch.OutOfMemoryError)):
+                    record.extra["traceback"] = traceback.format_exc(limit=-3)[-2000:]
+                failed.append(record)
+            return failed
+        records, quality_ms = [], 0.0
+        for index, (prompt, row) in enumerate(zip(batch, result.rows)):
+            record = MeasurementRecord.from_generation(
+                row, description, memory=memory.as_dict(), weight_bytes=weight_bytes, **identity(prompt)
+            )
+            record.set_batch(result, batch_id, index, ids)
+            record.extra["call_ms"] = call_ms
+            if tokenizer is not None:
+                record.extra["output_text"] = tokenizer.decode(row.tokens)
+            quality_start = time.perf_counter()
+            try:
+                self._quality(record, cell, prompt, list(row.tokens), eos)
+            except Exception as err:  # noqa: BLE001 - a quality check must not lose the measurement
+                _free_after_error(err)
+                record.extra["quality_error"] = one_line(err)
+            record.extra["quality_ms"] = (time.perf_counter() - quality_start) * 1e3
+            quality_ms += record.extra["quality_ms"]
+            record.timestamp = time.time()
+            records.append(record)
+        # time outside generate_batch, shared equally by the rows of the batch
+        overhead_ms = max(0.0, (time.perf_counter() - begin) * 1e3 - quality_ms - result.e2e_ms) / len(records)
+        for record in records:
+            record.harness_overhead_ms = overhead_ms
+        return records
 
     def _measure(
         self,
@@ -751,6 +977,9 @@ class Runner:
             result, description, memory=memory.as_dict(), weight_bytes=weight_bytes, **identity
         )
         record.extra["call_ms"] = call_ms
+        from orthrus.engines.base import BatchResult
+
+        record.set_batch(BatchResult.of_single(result), 0, 0, [prompt.prompt_id])  # batch id set by the caller
         if tokenizer is not None:
             record.extra["output_text"] = tokenizer.decode(result.tokens)
         quality_start = time.perf_counter()
@@ -769,6 +998,7 @@ class Runner:
     def _quality(
         self, record: MeasurementRecord, cell: Cell, prompt: Prompt, tokens: list[int], eos: int | None
     ) -> None:
+        self._batch_invariance(record, cell, prompt, tokens)
         reference = self.reference
         if reference.spec is None or not reference.compatible(cell):
             return
@@ -784,6 +1014,27 @@ class Runner:
                 record.divergence_margin = reference.margin(prompt, cell, expected, first)
         if not record.lossless:
             record.ar_nll = reference.nll(prompt, tokens)
+
+    def _batch_invariance(self, record: MeasurementRecord, cell: Cell, prompt: Prompt, tokens: list[int]) -> None:
+        """A batched row against the same engine and settings at batch size 1 in this run (measured
+        first: plan orders batch-1 cells first), with the reference model's margin at a divergence."""
+        if batch_size_of(cell) == 1:
+            return
+        from orthrus.results.derived import batch1_counterpart
+
+        one = batch1_counterpart(
+            {**cell.params, "cell_id": cell.cell_id}, [{**c.params, "cell_id": c.cell_id} for c in self.suite.cells]
+        )
+        solo = self.existing.get((one["cell_id"], prompt.prompt_id, 0)) if one is not None else None
+        if solo is None or solo.get("status") != "ok" or solo.get("tokens") is None:
+            return
+        from orthrus.quality import compare_tokens, divergence_margin
+
+        expected = list(solo["tokens"])
+        exact, first, _ = compare_tokens(expected, tokens)
+        record.identity_vs_batch1_exact, record.first_divergence_vs_batch1 = exact, first
+        if first is not None and self.reference.spec is not None and self.reference.compatible(cell):
+            record.divergence_margin_vs_batch1 = divergence_margin(self.reference.model(), prompt.ids, expected, first)
 
 
 def _free_after_error(err: BaseException) -> None:
@@ -825,7 +1076,8 @@ def print_summary(
     quiet: bool,
 ) -> None:
     """The summary table, harness overhead and failures (unless quiet), then where the files are."""
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in records if r.get("status") not in ("ok", "skipped")]
+    skipped = [r for r in records if r.get("status") == "skipped"]
     overhead = info.get("harness_overhead") or {}
     if not quiet:
         print(format_table(frame))
@@ -839,5 +1091,10 @@ def print_summary(
             print(f"failed: {record['cell'].get('label')} {record['prompt_id']}: {record.get('error')}")
         if len(failed) > 10:
             print(f"... and {len(failed) - 10} more failed records (see results.jsonl)")
-    print(f"results: {run_dir} ({info.get('ok', 0)} ok, {info.get('failed', 0)} failed)")
+        for record in skipped[:10]:
+            print(
+                f"skipped: {record['cell'].get('label')} batch {record['cell'].get('batch_size')}: {record.get('skip_reason')}"
+            )
+    skipped_text = f", {info['skipped']} skipped" if info.get("skipped") else ""
+    print(f"results: {run_dir} ({info.get('ok', 0)} ok, {info.get('failed', 0)} failed{skipped_text})")
     print(f"summary: {run_dir / 'summary.csv'}")

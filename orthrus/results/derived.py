@@ -4,7 +4,9 @@
   requests pooled) and by position (pooled), over a group of records;
 - ``ar_counterpart``: the AR cell measured with the same prompts, context and settings as a cell
   (what ``speedup_vs_ar`` divides by and what KV overhead subtracts);
-- ``kv_overhead_bytes``: a cell's peak KV bytes beyond its AR counterpart's (0 for AR itself).
+- ``kv_overhead_bytes``: a cell's peak KV bytes beyond its AR counterpart's (0 for AR itself);
+- ``batch1_counterpart``: the same engine with the same settings at batch size 1 (what batch
+  invariance compares a batched cell's tokens with, and what ``*_vs_batch1`` ratios divide by).
 """
 
 from __future__ import annotations
@@ -88,6 +90,20 @@ def ar_counterpart(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[
     ]
     same_model = [other for other in candidates if values_equal(other.get("model"), row.get("model"))]
     return (same_model or candidates or [None])[0]
+
+
+def batch1_counterpart(cell: dict[str, Any], cells: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cell among ``cells`` (cell parameters, with ``cell_id``) equal to ``cell`` in every
+    parameter but ``batch_size``, at batch size 1; None when the run has none (or ``cell`` is at 1)."""
+    if not is_present(cell.get("batch_size")) or int(cell["batch_size"]) == 1:
+        return None
+    keys = set(cell) - {"batch_size", "cell_id"}
+    for other in cells:
+        if not is_present(other.get("batch_size")) or int(other["batch_size"]) != 1:
+            continue
+        if set(other) - {"batch_size", "cell_id"} == keys and all(values_equal(other[k], cell[k]) for k in keys):
+            return other
+    return None
 
 
 def kv_overhead_bytes(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> float | None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from orthrus.engines.base import EngineDescription, GenerationResult
+from orthrus.engines.base import BatchResult, EngineDescription, GenerationResult
 
 RECORD_VERSION = 2  # 2: block_size / kv_bytes_per_token / lossless are fields (1 kept two of them in extra)
+# (batch_* and *_vs_batch1 fields and status "skipped" came later as optional fields: older records read as None)
+RECORD_STATUSES = ("ok", "failed", "skipped")
 # what a record says about the engine that ran (from EngineDescription), copied into the summary row
 ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless")
 
@@ -28,8 +30,9 @@ class MeasurementRecord:
     # (as the suite asked; None = the engine's default), temperature, top_k, top_p, max_new_tokens, ...
     prompt_id: str
     repeat: int  # 0-based among the measured (non-warm-up) repetitions
-    status: str = "ok"  # "ok" | "failed"
+    status: str = "ok"  # "ok" | "failed" | "skipped" (the cell cannot run as asked; never a failure)
     error: str | None = None  # one line: exception type and message (e.g. "OutOfMemoryError: ...")
+    skip_reason: str | None = None  # why a skipped cell was not measured (e.g. the engine cannot batch)
     category: str | None = None  # e.g. Spec-Bench category
     # facts about the engine that ran (EngineDescription); None when no engine was built
     block_size: int | None = None  # the block size it actually used (None: the engine takes none)
@@ -72,8 +75,29 @@ class MeasurementRecord:
     match_fraction: float | None = None
     divergence_margin: float | None = None  # reference top-1 minus top-2 logit at first_divergence
     ar_nll: float | None = None
+    # batching: the prompts of a cell are grouped in order, batch_size at a time (the last batch may
+    # hold fewer rows: batch_rows); one record per row, carrying the figures of its batch
+    batch_id: int | None = None  # which batch of the cell (0-based, in prompt order)
+    batch_index: int | None = None  # the row within that batch
+    batch_rows: int | None = None  # rows decoded together in that batch (<= the cell's batch_size)
+    batch_prompt_ids: list[str] | None = None  # the prompts of that batch, in row order
+    batch_new_tokens: int | None = None  # new tokens of every row of the batch
+    batch_e2e_ms: float | None = None  # the whole generate_batch call
+    batch_tokens_per_s: float | None = None  # total throughput: batch_new_tokens / batch_e2e_ms
+    batch_forward_passes: int | None = None  # forward calls of the batch (each over every row)
+    batch_tokens_per_forward: float | None = None  # all rows' tokens over all rows' own passes
+    batch_acceptance_length: float | None = None  # accepted drafts per cycle, pooled over the batch's rows
+    batch_wasted_row_pass_fraction: float | None = None  # row-passes spent on rows that had finished
+    batch_kv_cache_bytes_peak: int | None = None  # K/V bytes the whole batch held
+    # batch invariance: identity against the same engine and settings at batch size 1 (same run)
+    identity_vs_batch1_exact: bool | None = None
+    first_divergence_vs_batch1: int | None = None
+    divergence_margin_vs_batch1: float | None = None  # reference model's top-1 minus top-2 logit there
     # harness bookkeeping
     harness_overhead_ms: float | None = None  # time per measurement spent outside generate()
+    scheduling_overhead_ms: float | None = None  # distributed executors: time spent getting the work to a
+    # worker and the record back, beyond the worker's own time (a cell's overhead: the sum over its records)
+    node: str | None = None  # the host that measured it (distributed executors; None: the local executor)
     timestamp: float | None = None
     version: int = RECORD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # harness notes and engine-specific figures
@@ -177,6 +201,45 @@ class MeasurementRecord:
             timestamp=timestamp,
             **(_facts(description) if description is not None else {}),
         )
+
+    @classmethod
+    def skipped(
+        cls,
+        reason: str,
+        *,
+        run_id: str,
+        cell_id: str,
+        cell: dict[str, Any],
+        prompt_id: str,
+        repeat: int,
+        timestamp: float | None = None,
+    ) -> MeasurementRecord:
+        """The record of a cell that was not measured on purpose (e.g. an engine that cannot batch at
+        the cell's batch size): counted as skipped, never as failed."""
+        return cls(
+            run_id=run_id,
+            cell_id=cell_id,
+            cell=cell,
+            prompt_id=prompt_id,
+            repeat=repeat,
+            status="skipped",
+            skip_reason=reason[:500],
+            timestamp=timestamp,
+        )
+
+    def set_batch(self, batch: BatchResult, batch_id: int, batch_index: int, prompt_ids: list[str]) -> None:
+        """The batch this row was decoded in and the batch's own figures (BatchResult's definitions)."""
+        self.batch_id, self.batch_index, self.batch_rows = batch_id, batch_index, batch.batch_size
+        self.batch_prompt_ids = [str(p) for p in prompt_ids]
+        self.batch_new_tokens = batch.new_tokens
+        self.batch_e2e_ms = batch.e2e_ms
+        self.batch_tokens_per_s = batch.tokens_per_s
+        self.batch_forward_passes = batch.total_forward_passes or None
+        self.batch_tokens_per_forward = batch.tokens_per_forward if batch.total_forward_passes else None
+        accepted = [a for row in batch.rows for a in row.accepted_per_cycle]
+        self.batch_acceptance_length = sum(accepted) / len(accepted) if accepted else None
+        self.batch_wasted_row_pass_fraction = batch.wasted_row_pass_fraction if batch.total_forward_passes else None
+        self.batch_kv_cache_bytes_peak = batch.kv_cache_bytes_peak
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

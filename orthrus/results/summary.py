@@ -8,6 +8,13 @@ summary.json) build summaries here. Definitions are those of METRICS.md:
 * ``speedup_vs_ar``: per prompt, median e2e of the AR counterpart cell (``derived.ar_counterpart``)
   / median e2e of this cell; then the geometric mean over prompts, with a bootstrap 95% interval
   over prompts (None below 2 prompts);
+* batches (``sweep.batch_sizes``): per-row figures as above (each row is one record); batch figures
+  once per decoded batch (``batch_tokens_per_s_median``: total throughput, ...);
+  ``identity_vs_batch1_rate``: rows whose tokens equal the same engine's at batch size 1;
+  ``tokens_per_forward_vs_batch1`` / ``batch_tokens_per_s_vs_batch1``: this cell over its batch-1
+  cell (``derived.batch1_counterpart``); ``throughput_speedup_vs_ar``: per batch, AR batch e2e /
+  this batch's e2e (the same prompts, the same batch size), geometric mean with its interval;
+* ``n_skipped``: cells not measured on purpose (an engine that cannot batch), never failures;
 * the engine's facts (``ENGINE_FACTS``: block size actually used, KV bytes per token, lossless) as
   the records state them; ``block_size`` is the one the engine used, also when the suite said null.
 """
@@ -22,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orthrus.results.derived import ar_counterpart, pooled_acceptance
+from orthrus.results.derived import ar_counterpart, batch1_counterpart, is_present, pooled_acceptance
 from orthrus.results.record import ENGINE_FACTS, record_key
 from orthrus.results.rundir import SUMMARY_BY_CATEGORY_FILE, SUMMARY_FILE, write_json
 
@@ -30,6 +37,7 @@ from orthrus.results.rundir import SUMMARY_BY_CATEGORY_FILE, SUMMARY_FILE, write
 SUMMARY_COLUMNS = (
     "n_ok",
     "n_failed",
+    "n_skipped",  # records of a cell skipped on purpose (e.g. the engine cannot batch): not failures
     "new_tokens_median",
     "ttft_ms_median",
     "ttft_ms_p90",
@@ -65,6 +73,20 @@ SUMMARY_COLUMNS = (
     "memory_bandwidth_gb_s_median",
     "tokens_per_step_median",
     "harness_overhead_ms_median",  # time per measurement spent outside generate()
+    # batching (one record per row; batch figures counted once per decoded batch)
+    "batch_rows_median",  # rows per decoded batch (the last batch of a cell may be smaller)
+    "batch_tokens_per_s_median",  # total throughput: new tokens of all rows / the batch's e2e
+    "batch_tokens_per_forward_median",  # all rows' tokens over all rows' own passes, per batch
+    "batch_acceptance_length_median",  # accepted drafts per cycle pooled over a batch's rows
+    "wasted_row_pass_fraction_mean",  # row-passes spent on rows that had already finished
+    "batch_kv_cache_bytes_peak_max",  # K/V bytes a whole batch held
+    "identity_vs_batch1_rate",  # rows identical to the same engine and settings at batch size 1
+    "divergence_margin_vs_batch1_median",
+    "tokens_per_forward_vs_batch1",  # tokens_per_forward_median / that of the batch-1 cell
+    "batch_tokens_per_s_vs_batch1",  # batch_tokens_per_s_median / that of the batch-1 cell
+    "throughput_speedup_vs_ar",  # per batch: AR batch e2e / this batch e2e; geometric mean
+    "throughput_speedup_vs_ar_ci_low",
+    "throughput_speedup_vs_ar_ci_high",  # bootstrap 95% interval over batches
 )
 BOOTSTRAP_SAMPLES = 2000
 
@@ -119,7 +141,8 @@ def geometric_mean_ci(ratios: list[float], seed: int = 0) -> tuple[float | None,
 
 def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in records if r.get("status") == "ok"]
-    row: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(records) - len(ok)}
+    skipped = sum(1 for r in records if r.get("status") == "skipped")
+    row: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(records) - len(ok) - skipped, "n_skipped": skipped}
     row["new_tokens_median"] = _stat(_values(ok, "new_tokens"), "median")
     for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
         values = _values(ok, name)
@@ -151,7 +174,42 @@ def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     row["memory_bandwidth_gb_s_median"] = _stat(_values(ok, "memory_bandwidth_gb_s"), "median")
     row["tokens_per_step_median"] = _stat(_values(ok, "tokens_per_step"), "median")
     row["harness_overhead_ms_median"] = _stat(_values(ok, "harness_overhead_ms"), "median")
+    batches = list(_batches(ok).values())
+    row["batch_rows_median"] = _stat(_values(batches, "batch_rows"), "median")
+    row["batch_tokens_per_s_median"] = _stat(_values(batches, "batch_tokens_per_s"), "median")
+    row["batch_tokens_per_forward_median"] = _stat(_values(batches, "batch_tokens_per_forward"), "median")
+    row["batch_acceptance_length_median"] = _stat(_values(batches, "batch_acceptance_length"), "median")
+    row["wasted_row_pass_fraction_mean"] = _stat(_values(batches, "batch_wasted_row_pass_fraction"), "mean")
+    row["batch_kv_cache_bytes_peak_max"] = _stat(_values(batches, "batch_kv_cache_bytes_peak"), "max")
+    invariant = [bool(r["identity_vs_batch1_exact"]) for r in ok if r.get("identity_vs_batch1_exact") is not None]
+    row["identity_vs_batch1_rate"] = float(np.mean(invariant)) if invariant else None
+    row["divergence_margin_vs_batch1_median"] = _stat(_values(ok, "divergence_margin_vs_batch1"), "median")
     return row
+
+
+def _batches(records: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+    """One record per decoded batch, keyed (batch_id, repeat): every row of a batch carries its figures."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in records:
+        if r.get("batch_id") is not None:
+            out.setdefault((int(r["batch_id"]), int(r["repeat"])), r)
+    return out
+
+
+def _per_batch_e2e(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Median batch e2e per batch_id over repetitions (ok rows)."""
+    by_batch: dict[int, list[float]] = {}
+    for (batch_id, _), r in _batches([r for r in records if r.get("status") == "ok"]).items():
+        if r.get("batch_e2e_ms"):
+            by_batch.setdefault(batch_id, []).append(float(r["batch_e2e_ms"]))
+    return {b: float(np.median(v)) for b, v in by_batch.items()}
+
+
+def _ratio(row: dict[str, Any], other: dict[str, Any] | None, column: str) -> float | None:
+    mine, theirs = row.get(column), (other or {}).get(column)
+    if not (is_present(mine) and is_present(theirs)) or not float(theirs):
+        return None
+    return float(mine) / float(theirs)
 
 
 def _engine_facts(cell: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -174,6 +232,17 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         key = (r["cell_id"], r.get("category")) if by_category else (r["cell_id"],)
         groups.setdefault(key, []).append(r)
     e2e_by_cell = {cid: _per_prompt_e2e([r for r in records if r["cell_id"] == cid]) for cid in cells}
+    batch_e2e_by_cell = {cid: _per_batch_e2e([r for r in records if r["cell_id"] == cid]) for cid in cells}
+    prompts_of_batch = {
+        (r["cell_id"], int(r["batch_id"])): tuple(r.get("batch_prompt_ids") or ())
+        for r in records
+        if r.get("batch_id") is not None
+    }
+
+    def _same_batches(a: str, b: str, batch_id: int) -> bool:
+        """Two cells' batch ``batch_id`` decoded the same prompts (so their times compare)."""
+        return prompts_of_batch.get((a, batch_id)) == prompts_of_batch.get((b, batch_id))
+
     cell_rows = [{**cell, "cell_id": cid} for cid, cell in cells.items()]
     rows = []
     for key, group in groups.items():
@@ -192,7 +261,27 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
             ratios = [theirs[p] / mine[p] for p in mine if p in theirs and mine[p] > 0]
             speedup = geometric_mean_ci(ratios)
         row["speedup_vs_ar"], row["speedup_vs_ar_ci_low"], row["speedup_vs_ar_ci_high"] = speedup
+        throughput = (None, None, None)
+        if ar is not None and ar["cell_id"] != cell_id:
+            mine_b, theirs_b = _per_batch_e2e(group), batch_e2e_by_cell[ar["cell_id"]]
+            same = [b for b in mine_b if b in theirs_b and mine_b[b] > 0 and _same_batches(cell_id, ar["cell_id"], b)]
+            throughput = geometric_mean_ci([theirs_b[b] / mine_b[b] for b in same])
+        elif ar is not None:
+            throughput = (1.0, 1.0, 1.0) if batch_e2e_by_cell[cell_id] else (None, None, None)
+        (
+            row["throughput_speedup_vs_ar"],
+            row["throughput_speedup_vs_ar_ci_low"],
+            row["throughput_speedup_vs_ar_ci_high"],
+        ) = throughput
         rows.append(row)
+    by_key = {(r["cell_id"], r.get("category")): r for r in rows}
+    for row in rows:  # ratios to the same engine and settings at batch size 1
+        one = batch1_counterpart(cells[row["cell_id"]] | {"cell_id": row["cell_id"]}, cell_rows)
+        base = by_key.get((one["cell_id"], row.get("category"))) if one is not None else None
+        if base is None and row.get("batch_size") == 1:
+            base = row
+        row["tokens_per_forward_vs_batch1"] = _ratio(row, base, "tokens_per_forward_median")
+        row["batch_tokens_per_s_vs_batch1"] = _ratio(row, base, "batch_tokens_per_s_median")
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
