@@ -43,6 +43,13 @@ these aliases and derived figures:
                                       ``orthrus.results.derived.kv_overhead_bytes``)
     kv_bytes_per_token             =  the summary column: bytes of K and V per position in the
                                       engine's model, as recorded with each measurement
+    identity.vs_batch1_rate        -> identity_vs_batch1_rate (rows equal to the same engine at batch 1)
+    tokens_per_forward.vs_batch1   -> tokens_per_forward_vs_batch1 (this cell's TPF / the batch-1 cell's)
+    batch_tokens_per_s             -> batch_tokens_per_s_median (wall clock: total throughput of a batch)
+
+Batched cells: gate batch invariance within one run, e.g. ``tokens_per_forward_vs_batch1 >= 0.97``
+and ``identity_vs_batch1_rate == 1.0`` with ``where: {engine: orthrus, batch_size: 4}``. A cell that
+was skipped on purpose (an engine that cannot batch) is never checked: its rules say "skip".
 
 ``block_size`` in a rule is the block size the engine actually used (also for a null sweep), and
 ``where: {lossless: true}`` selects the cells whose engine said it is lossless.
@@ -119,11 +126,22 @@ METRIC_ALIASES = {
     "tokens_per_step": "tokens_per_step_median",
     "memory_bandwidth_gb_s": "memory_bandwidth_gb_s_median",
     "ar_nll": "ar_nll_mean",
+    "identity.vs_batch1_rate": "identity_vs_batch1_rate",
+    "tokens_per_forward.vs_batch1": "tokens_per_forward_vs_batch1",
+    "batch_tokens_per_s": "batch_tokens_per_s_median",
 }
 DERIVED_METRICS = ("peak_kv_overhead_bytes",)
 MAX_RULE_CHARS = 500
 MAX_RULE_DEPTH = 32
-WALL_CLOCK_PREFIXES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "decode_tokens_per_s", "memory_bandwidth_gb_s")
+WALL_CLOCK_PREFIXES = (
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2e_ms",
+    "decode_tokens_per_s",
+    "memory_bandwidth_gb_s",
+    "batch_tokens_per_s_median",
+)
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
     r"|(?P<op>==|!=|>=|<=|[<>+\-*/()]))"
@@ -753,6 +771,10 @@ def _check_rule(
             return cells.value(name, row)
 
         measured = cells.value(rule.column, row)
+        if not cells.value("n_ok", row) and cells.value("n_skipped", row):  # not measured on purpose
+            message = "the cell was skipped (its engine cannot run it as asked; see its record)."
+            results.append(GateResult(rule.text, rule.name, scope, None, None, rule.op, "skip", message))
+            continue
         absent = [n for n in sorted(params) if not is_present(row.get(n))]
         if absent:  # e.g. block_size on an AR cell: the rule does not apply here
             message = f"{absent[0]} does not apply to this cell."

@@ -15,6 +15,7 @@ numerical near-tie rather than a real disagreement; the identity heat map counts
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -520,6 +521,183 @@ def plot_identity_heatmap(run: RunData) -> Figure | None:
     return _finish(fig, [], "Output identity vs the reference engine")
 
 
+# ------------------------------------------------------------------------------ batch sweeps
+def _batched(run: RunData) -> pd.DataFrame | None:
+    """The summary rows with a batch size, when the run has more than one batch size (else None)."""
+    df = run.summary
+    if "batch_size" not in df.columns or "n_ok" not in df.columns:
+        return None
+    df = df[df["batch_size"].notna() & (df["n_ok"].fillna(0) > 0)]
+    return df if df["batch_size"].nunique() > 1 else None
+
+
+def _panels_vs_batch(
+    run: RunData, panels: list[tuple[str, str]], title: str, reference_line: float | None = None
+) -> Figure | None:
+    """One panel per (column, y label) against batch size; each line one series (and setting)."""
+    df = _batched(run)
+    if df is None:
+        return None
+    panels = [(c, label) for c, label in panels if _has(df, "batch_size", c)]
+    if not panels:
+        return None
+    fig, axes = _figure(ncols=len(panels))
+    colours = _colours(run.summary["series"].tolist())
+    for ax, (column, label) in zip(axes, panels):
+        for name, series, variant, rows in _lines(df, "batch_size", column):
+            ax.plot(
+                rows["batch_size"],
+                rows[column],
+                marker=_MARKERS[variant % len(_MARKERS)],
+                linestyle=_STYLES[variant % len(_STYLES)],
+                color=colours[series],
+                label=name,
+                markersize=4,
+            )
+            low, high = f"{column}_ci_low", f"{column}_ci_high"
+            if {low, high} <= set(rows.columns):
+                band = rows[rows[low].notna() & rows[high].notna()]
+                if len(band):
+                    ax.fill_between(band["batch_size"], band[low], band[high], color=colours[series], alpha=0.15, lw=0)
+        if reference_line is not None:
+            ax.axhline(reference_line, color="black", linewidth=1, linestyle="--")
+        _scale_x(ax, df["batch_size"].dropna())
+        ax.set_xlabel("batch size (rows decoded together)")
+        ax.set_ylabel(label)
+    return _finish(fig, axes, title)
+
+
+def plot_throughput_vs_batch(run: RunData) -> Figure | None:
+    return _panels_vs_batch(
+        run,
+        [
+            ("batch_tokens_per_s_median", "total throughput (new tokens/s over the batch, median)"),
+            ("batch_tokens_per_s_vs_batch1", "throughput / the same engine at batch 1"),
+        ],
+        "Throughput vs batch size",
+    )
+
+
+def plot_speedup_vs_batch(run: RunData) -> Figure | None:
+    df = _batched(run)
+    if df is None or "engine" not in df.columns or (df["engine"] != "ar").sum() == 0:
+        return None
+    return _panels_vs_batch(
+        dataclasses.replace(run, summary=run.summary[run.summary["engine"] != "ar"]),
+        [
+            ("speedup_vs_ar", "speedup vs AR per request (geo. mean; band = 95% CI)"),
+            ("throughput_speedup_vs_ar", "speedup vs AR per batch (throughput; band = 95% CI)"),
+        ],
+        "Speedup over AR at the same batch size",
+        reference_line=1.0,
+    )
+
+
+def plot_tpf_vs_batch(run: RunData) -> Figure | None:
+    return _panels_vs_batch(
+        run,
+        [
+            ("tokens_per_forward_median", "tokens per forward pass (median per row)"),
+            ("tokens_per_forward_vs_batch1", "TPF / the same engine at batch 1 (flat = 1)"),
+            ("wasted_row_pass_fraction_mean", "row-passes wasted on finished rows (fraction)"),
+        ],
+        "Tokens per forward vs batch size (batching must not change acceptance)",
+    )
+
+
+def plot_latency_vs_batch(run: RunData) -> Figure | None:
+    return _panels_vs_batch(
+        run,
+        [
+            ("ttft_ms_median", "TTFT per request (ms, median)"),
+            ("tpot_ms_median", "time per output token per request (ms, median)"),
+            ("e2e_ms_median", "end-to-end per request (ms, median)"),
+        ],
+        "Per-request latency vs batch size",
+    )
+
+
+def batch_identity_table(run: RunData) -> pd.DataFrame | None:
+    """Per batched cell: identity against solo AR and against the same engine at batch 1, with every
+    divergence judged by the reference's top-1 minus top-2 logit margin (near-tie or real)."""
+    df = _batched(run)
+    if df is None:
+        return None
+    out = []
+    records = [r for r in _ok_records(run) if r.get("batch_id") is not None]
+    for row in df.to_dict("records"):
+        mine = [r for r in records if r.get("cell_id") == row.get("cell_id")]
+        entry = {
+            "series": row["series"],
+            "context": row.get("context_length"),
+            "batch_size": int(row["batch_size"]),
+            "rows": len(mine),
+            "identical_to_ar": row.get("identity_exact_rate"),
+            "identical_to_batch1": row.get("identity_vs_batch1_rate"),
+        }
+        for prefix, exact, margin in (
+            ("ar", "identity_exact", "divergence_margin"),
+            ("batch1", "identity_vs_batch1_exact", "divergence_margin_vs_batch1"),
+        ):
+            ties = real = unknown = 0
+            for r in mine:
+                if r.get(exact) is not False:
+                    continue
+                value = r.get(margin)
+                if not is_present(value):
+                    unknown += 1
+                elif float(value) < near_tie_margin(r["cell"].get("dtype")):
+                    ties += 1
+                else:
+                    real += 1
+            entry[f"near_ties_vs_{prefix}"], entry[f"real_vs_{prefix}"], entry[f"unjudged_vs_{prefix}"] = (
+                ties,
+                real,
+                unknown,
+            )
+        out.append(entry)
+    frame = pd.DataFrame(out)
+    return frame.sort_values(["series", "context", "batch_size"], key=lambda c: c.map(_order)) if len(frame) else None
+
+
+def plot_batch_identity(run: RunData) -> Figure | None:
+    table = batch_identity_table(run)
+    if table is None or not table[["identical_to_ar", "identical_to_batch1"]].notna().any().any():
+        return None
+    fig, axes = _figure(ncols=2)
+    colours = _colours(run.summary["series"].tolist())
+    for ax, (column, what, prefix) in zip(
+        axes,
+        (("identical_to_ar", "solo AR", "ar"), ("identical_to_batch1", "the same engine at batch 1", "batch1")),
+    ):
+        frame = table.rename(columns={"batch_size": "x"})
+        for i, ((series, context), rows) in enumerate(frame.groupby(["series", "context"], sort=True, dropna=False)):
+            rows = rows[rows[column].notna()].sort_values("x")
+            if not len(rows):
+                continue
+            ax.plot(
+                rows["x"],
+                rows[column],
+                marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=_STYLES[i % len(_STYLES)],
+                color=colours.get(series),
+                label=f"{series} (context {_short(context)})",
+                markersize=4,
+            )
+            for x, y, ties, real in zip(
+                rows["x"], rows[column], rows[f"near_ties_vs_{prefix}"], rows[f"real_vs_{prefix}"]
+            ):
+                if ties or real:
+                    ax.annotate(
+                        f"{ties} tie / {real} real", (x, y), fontsize=7, textcoords="offset points", xytext=(0, -10)
+                    )
+        ax.set_ylim(-0.05, 1.08)
+        _scale_x(ax, table["batch_size"].astype(float))
+        ax.set_xlabel("batch size (rows decoded together)")
+        ax.set_ylabel(f"rows identical to {what} (fraction)")
+    return _finish(fig, axes, "Batched outputs vs solo AR and vs batch 1 (identity)")
+
+
 def _hatch(x: int, y: int) -> Any:
     from matplotlib.patches import Rectangle
 
@@ -582,6 +760,40 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         "below the dtype's near-tie margin (" + ", ".join(f"{k} < {v:g}" for k, v in NEAR_TIE_MARGIN.items()) + ") are "
         "counted as near-ties, apart from real ones.",
         plot_identity_heatmap,
+    ),
+    (
+        "batch_identity",
+        "Batch identity",
+        "Fraction of batched rows identical to solo AR and to the same engine at batch size 1; each "
+        "divergence is judged by the reference's top-1 minus top-2 logit margin (near-tie below the dtype's margin, "
+        "else real). In fp32 both must be 1.",
+        plot_batch_identity,
+    ),
+    (
+        "throughput_vs_batch",
+        "Throughput vs batch size",
+        "New tokens per second over a whole batch (all rows), and relative to the same engine at batch 1.",
+        plot_throughput_vs_batch,
+    ),
+    (
+        "speedup_vs_batch",
+        "Speedup vs batch size",
+        "Orthrus (and every non-AR engine) over AR at the same batch size: per request (row e2e) and per batch "
+        "(batch throughput), geometric means with bootstrap 95% intervals.",
+        plot_speedup_vs_batch,
+    ),
+    (
+        "tpf_vs_batch",
+        "Tokens per forward vs batch size",
+        "Tokens per forward per row, its ratio to batch 1 (should stay flat at 1) and the row-passes spent on rows "
+        "that had already finished.",
+        plot_tpf_vs_batch,
+    ),
+    (
+        "latency_vs_batch",
+        "Latency vs batch size",
+        "Per-request TTFT, time per output token and end-to-end latency (medians over rows).",
+        plot_latency_vs_batch,
     ),
 )
 
