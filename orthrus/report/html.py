@@ -25,7 +25,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from orthrus.report.gates import GateReport, GateResult, fmt
-from orthrus.report.plots import PlotInfo, make_plots, near_tie_margin
+from orthrus.report.plots import PlotInfo, batch_identity_table, make_plots, near_tie_margin
 from orthrus.report.rundata import (
     LABEL_COLUMN,
     VOLATILE_COLUMNS,
@@ -356,6 +356,54 @@ def _projection_markup(run_dir: Path) -> Markup | None:
     return Markup(section[0]) if section is not None else None  # autoescaped by its own template
 
 
+def batch_rows(run: RunData) -> list[dict[str, Any]]:
+    """The batching section: per batched cell, identity against solo AR and against the same engine
+    at batch 1 (divergences judged near-tie or real by margin), TPF vs batch 1, throughput, speedup."""
+    table = batch_identity_table(run)
+    if table is None:
+        return []
+    summary = {str(r.get("cell_id")): r for r in run.summary.to_dict("records")}
+    by_key = {}
+    for row in summary.values():
+        if is_present(row.get("batch_size")):
+            by_key[(row.get("series"), row.get("context_length"), int(row["batch_size"]))] = row
+    rows = []
+    for t in table.to_dict("records"):
+        row = by_key.get((t["series"], t["context"], t["batch_size"]), {})
+
+        def divergences(prefix: str, t: dict[str, Any] = t) -> str:
+            parts = [
+                f"{t[f'{kind}_vs_{prefix}']} {label}"
+                for kind, label in (("near_ties", "near-tie"), ("real", "real"), ("unjudged", "unjudged"))
+                if t[f"{kind}_vs_{prefix}"]
+            ]
+            return ", ".join(parts) or "none"
+
+        rows.append(
+            {
+                "series": str(t["series"]),
+                "context": _plain(t["context"]) if is_present(t["context"]) else "-",
+                "batch_size": t["batch_size"],
+                "rows": t["rows"],
+                "identical_to_ar": fmt(t["identical_to_ar"]),
+                "divergences_vs_ar": divergences("ar"),
+                "identical_to_batch1": fmt(t["identical_to_batch1"]) if t["batch_size"] > 1 else "(itself)",
+                "divergences_vs_batch1": divergences("batch1") if t["batch_size"] > 1 else "",
+                "tpf": fmt(row.get("tokens_per_forward_median")),
+                "tpf_vs_batch1": fmt(row.get("tokens_per_forward_vs_batch1")),
+                "tokens_per_s": fmt(row.get("batch_tokens_per_s_median")),
+                "speedup": fmt(row.get("speedup_vs_ar"))
+                + (
+                    f" [{fmt(row['speedup_vs_ar_ci_low'])}, {fmt(row['speedup_vs_ar_ci_high'])}]"
+                    if is_present(row.get("speedup_vs_ar_ci_low"))
+                    else ""
+                ),
+                "wasted": fmt(row.get("wasted_row_pass_fraction_mean")),
+            }
+        )
+    return rows
+
+
 def cost_model_rows(run: RunData) -> list[dict[str, Any]]:
     """The cost-model section: per Orthrus cell, predicted (orthrus.results.derived.cost_model, from
     this run's records) vs measured speedup over AR, formatted for the template."""
@@ -448,6 +496,7 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
             table=summary_table(run.summary) if len(run.summary) else None,
             full_table=full_table(run.summary) if len(run.summary) else None,
             cost_model=cost_model_rows(run),
+            batching=batch_rows(run),
             projection=_projection_markup(run.path),
             samples=samples(run),
             failed=failed_cells(run),
