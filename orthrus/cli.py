@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orthrus.errors import UserInputError
+from orthrus.errors import ArgumentParser, UserInputError
 
 COLOURS = ("\033[38;5;33m", "\033[38;5;208m")  # alternating per committed block
 RESET = "\033[0m"
@@ -24,14 +24,6 @@ def _parse_ids(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
         raise UserInputError(f"--prompt-ids must be comma-separated integers, got {text!r}.") from err
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage mistakes are one sentence plus a --help hint and exit code 2 (no usage
-    dump); subparsers made by ``add_subparsers`` are of this class too."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"{message} (see {self.prog} --help).")
 
 
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -244,7 +236,7 @@ def _text_streamer(tokenizer: Any, show_cycles: bool) -> Callable[[list[int]], N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m orthrus", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m orthrus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="decode one prompt with one engine")

@@ -20,21 +20,14 @@ from pathlib import Path
 # Only light modules here: torch, transformers and the harness are imported inside the commands, so
 # that main() is running (and catches Ctrl-C as one line, exit 130) from the first moment of start-up.
 import orthrus.report
-from orthrus.errors import UserInputError
+from orthrus.errors import ArgumentParser, UserInputError
 from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
 from orthrus.report.commands import check_gate_inputs
 from orthrus.report.outputs import check_output_dir, check_output_file, write_error
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-sentence errors and exit code 2 through UserInputError."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"{message} (see {self.prog} --help).")
-
-
 def build_run_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="run_bench.py",
         description="Run a benchmark suite: python run_bench.py suites/long_context.yaml",
         epilog="subcommands: " + ", ".join(["merge DIR...", "project RUN_DIR --profile FILE", *REPORT_SUBCOMMANDS]),
@@ -153,7 +146,7 @@ def cmd_merge(argv: list[str]) -> int:
     from orthrus.results.rundir import RUN_INFO_FILE, read_json
     from orthrus.results.summary import summarize
 
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="run_bench.py merge",
         description="Merge the shard run directories of one run (--shard I/N) into one run directory.",
         epilog="The inputs must cover the suite's cells exactly once and have finished; otherwise merge names "

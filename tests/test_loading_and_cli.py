@@ -87,8 +87,8 @@ def test_cli_json_output(capsys, saved_orthrus):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--block-size", "0"], "block_size must be >= 1"),
-        (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--block-size", "0"], "--block-size must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--prompt-ids", ",".join(["5"] * 5000)], "exceeds the model's context"),
         (["--prompt-ids", "5,x"], "--prompt-ids must be comma-separated integers"),
         (["--engine", "ar", "--block-size", "4"], "--block-size applies to engines that take a block size ('orthrus')"),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orthrus.errors import UserInputError
+from orthrus.errors import ArgumentParser, UserInputError
 from orthrus.profile.timing import DEFAULT_BLOCKS, DEFAULT_CONTEXTS, LatencyProfile
 
 
@@ -91,7 +91,7 @@ def _run_device(run_dir: Path) -> dict[str, Any] | None:
 
 
 def build_project_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python run_bench.py project",
         description="Project a run's (or published) acceptance onto device latency profiles: tokens/s, speedup "
         "over AR per block size and the best block size per device.",
@@ -146,8 +146,8 @@ def main_project(argv: Sequence[str] | None = None) -> int:
     """``run_bench.py project``: exit 0 on success, 2 on bad input (one sentence on stderr)."""
     from orthrus.profile.report import format_projection_text
 
-    args = build_project_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        args = build_project_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         document = run_project(args)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

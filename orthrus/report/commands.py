@@ -7,13 +7,12 @@ harness's dispatch table; ``python -m orthrus.report <subcommand> ...`` works on
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import wraps
 from pathlib import Path
 
-from orthrus.errors import UserInputError
+from orthrus.errors import ArgumentParser, UserInputError
 from orthrus.report.outputs import check_output_dir, check_output_file, writable, write_error
 
 
@@ -32,16 +31,11 @@ def _user_errors(func: Callable[[list[str]], int]) -> Callable[[Sequence[str] | 
     return run
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage mistake as one sentence and exit code 2 (no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"{self.prog}: {message}; see --help.")
-
-
 @_user_errors
 def cmd_report(argv: list[str]) -> int:
-    parser = _Parser(prog="run_bench.py report", description="Re-render report.html of runs from their results files.")
+    parser = ArgumentParser(
+        prog="run_bench.py report", description="Re-render report.html of runs from their results files."
+    )
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
     parser.add_argument(
         "--index",
@@ -85,7 +79,7 @@ def cmd_report(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_compare(argv: list[str]) -> int:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="run_bench.py compare", description="Side-by-side report of two runs (A = before, B = after)."
     )
     parser.add_argument("run_a", metavar="RUN_A")
@@ -104,7 +98,7 @@ def cmd_compare(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_gate(argv: list[str]) -> int:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="run_bench.py gate",
         description="Check a run against performance gates (exit 0 pass, 1 regression, 2 bad input).",
     )
@@ -138,8 +132,8 @@ def cmd_gate(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_baseline(argv: list[str]) -> int:
-    parser = _Parser(prog="run_bench.py baseline", description="Save a run's summary as a gate baseline.")
-    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog="run_bench.py baseline", description="Save a run's summary as a gate baseline.")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
     save = sub.add_parser("save", help="baseline save RUN_DIR FILE")
     save.add_argument("run_dir", metavar="RUN_DIR")
     save.add_argument("file", metavar="FILE")

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from orthrus.errors import ArgumentParser
 from orthrus.models import DEFAULT_BLOCK_SIZE
 from orthrus.models.zoo_index import TOKENIZER_DIR, ZOO_DIR
 from orthrus.train.distill import DistillConfig
@@ -77,7 +78,7 @@ def _lm_args(parser: argparse.ArgumentParser, default_steps: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m orthrus train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m orthrus train", description=__doc__.splitlines()[0])
     targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
 
     tokenizer = targets.add_parser("tokenizer", help="byte-level BPE on the stdlib corpus")
@@ -181,8 +182,8 @@ def _run_orthrus(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.run(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
