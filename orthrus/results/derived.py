@@ -3,7 +3,8 @@
 - ``pooled_acceptance``: acceptance length per request (mean), token-weighted (all cycles of all
   requests pooled) and by position (pooled), over a group of records;
 - ``ar_counterpart``: the AR cell measured with the same prompts, context and settings as a cell
-  (what ``speedup_vs_ar`` divides by and what KV overhead subtracts);
+  (what ``speedup_vs_ar`` divides by and what KV overhead subtracts); ``counterpart_key``: within
+  the two cells, records pair by prompt, and by node too when the run spans several nodes;
 - ``kv_overhead_bytes``: a cell's peak KV bytes beyond its AR counterpart's (0 for AR itself);
 - ``batch1_counterpart``: the same engine with the same settings at batch size 1 (what batch
   invariance compares a batched cell's tokens with, and what ``*_vs_batch1`` ratios divide by).
@@ -104,6 +105,19 @@ def batch1_counterpart(cell: dict[str, Any], cells: Iterable[dict[str, Any]]) ->
         if set(other) - {"batch_size", "cell_id"} == keys and all(values_equal(other[k], cell[k]) for k in keys):
             return other
     return None
+
+
+def spans_nodes(records: Iterable[dict[str, Any]]) -> bool:
+    """The records name more than one node (a distributed run over several machines)."""
+    return len({r.get("node") for r in records if r.get("node") is not None}) > 1
+
+
+def counterpart_key(record: dict[str, Any], by_node: bool) -> str:
+    """What a record is paired with in its AR counterpart cell: its prompt, and, when the run spans
+    several nodes (``spans_nodes``), also the node that measured it, so that a speedup divides
+    times measured on the same machine (a node left unnamed, e.g. a local resume, pairs by prompt)."""
+    prompt = str(record["prompt_id"])
+    return f"{record.get('node')}\x1f{prompt}" if by_node and record.get("node") is not None else prompt
 
 
 def kv_overhead_bytes(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> float | None:

@@ -7,7 +7,8 @@ summary.json) build summaries here. Definitions are those of METRICS.md:
 * acceptance: ``orthrus.results.derived.pooled_acceptance``;
 * ``speedup_vs_ar``: per prompt, median e2e of the AR counterpart cell (``derived.ar_counterpart``)
   / median e2e of this cell; then the geometric mean over prompts, with a bootstrap 95% interval
-  over prompts (None below 2 prompts);
+  over prompts (None below 2 prompts); when records name several nodes, per (node, prompt): only
+  times measured on the same node are divided (``derived.counterpart_key``);
 * batches (``sweep.batch_sizes``): per-row figures as above (each row is one record); batch figures
   once per decoded batch (``batch_tokens_per_s_median``: total throughput, ...);
   ``identity_vs_batch1_rate``: rows whose tokens equal the same engine's at batch size 1;
@@ -29,7 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orthrus.results.derived import ar_counterpart, batch1_counterpart, is_present, pooled_acceptance
+from orthrus.results.derived import (
+    ar_counterpart,
+    batch1_counterpart,
+    counterpart_key,
+    is_present,
+    pooled_acceptance,
+    spans_nodes,
+)
 from orthrus.results.record import ENGINE_FACTS, record_key
 from orthrus.results.rundir import SUMMARY_BY_CATEGORY_FILE, SUMMARY_FILE, write_json
 
@@ -117,11 +125,12 @@ def _stat(values: np.ndarray, how: str) -> float | None:
     return float(np.percentile(values, float(how[1:])))
 
 
-def _per_prompt_e2e(records: list[dict[str, Any]]) -> dict[str, float]:
+def _per_prompt_e2e(records: list[dict[str, Any]], by_node: bool = False) -> dict[str, float]:
+    """Median e2e per prompt (per node and prompt when the run spans several nodes)."""
     by_prompt: dict[str, list[float]] = {}
     for r in records:
         if r.get("status") == "ok" and r.get("e2e_ms"):
-            by_prompt.setdefault(str(r["prompt_id"]), []).append(float(r["e2e_ms"]))
+            by_prompt.setdefault(counterpart_key(r, by_node), []).append(float(r["e2e_ms"]))
     return {p: float(np.median(v)) for p, v in by_prompt.items()}
 
 
@@ -231,7 +240,8 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         cells.setdefault(r["cell_id"], r.get("cell") or {})
         key = (r["cell_id"], r.get("category")) if by_category else (r["cell_id"],)
         groups.setdefault(key, []).append(r)
-    e2e_by_cell = {cid: _per_prompt_e2e([r for r in records if r["cell_id"] == cid]) for cid in cells}
+    by_node = spans_nodes(records)  # speedups divide times measured on the same node
+    e2e_by_cell = {cid: _per_prompt_e2e([r for r in records if r["cell_id"] == cid], by_node) for cid in cells}
     batch_e2e_by_cell = {cid: _per_batch_e2e([r for r in records if r["cell_id"] == cid]) for cid in cells}
     prompts_of_batch = {
         (r["cell_id"], int(r["batch_id"])): tuple(r.get("batch_prompt_ids") or ())
@@ -256,7 +266,7 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         ar = ar_counterpart(cell, cell_rows)
         speedup = (None, None, None)
         if ar is not None:
-            mine = _per_prompt_e2e(group)
+            mine = _per_prompt_e2e(group, by_node)
             theirs = e2e_by_cell[ar["cell_id"]]
             ratios = [theirs[p] / mine[p] for p in mine if p in theirs and mine[p] > 0]
             speedup = geometric_mean_ci(ratios)
