@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from orthrus.bench.environment import collect_environment, git_commit
+from orthrus.bench.executors.local import LocalExecutor
 from orthrus.bench.matrix import shard
 from orthrus.bench.prompts import Prompt, PromptFactory
 from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
@@ -57,6 +58,7 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     quiet: bool = False
     argv: list[str] = field(default_factory=list)
+    executor: Any = None  # where the cells are measured (orthrus.bench.executors); None: this process
 
 
 @dataclass
@@ -475,6 +477,7 @@ class Runner:
         self.run_id = ""
         self.write_ms_total = 0.0
         self.existing: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.executor: Any = None
 
     # ---------------------------------------------------------------- setup
     def _make_run_dir(self) -> Path:
@@ -592,6 +595,8 @@ class Runner:
                 skipped=skipped,
                 harness_overhead=overhead,
             )
+        if self.executor is not None:
+            info["executor"] = self.executor.info()
         write_json(info_file, info)
         return info
 
@@ -602,6 +607,8 @@ class Runner:
         try:
             return self._run()
         finally:
+            if self.executor is not None:
+                self.executor.close()
             if self._lock is not None:
                 self._lock.release()
 
@@ -610,6 +617,9 @@ class Runner:
         if suite.measure.threads:
             torch.set_num_threads(suite.measure.threads)
         planned = plan(suite, self.options.shard, self.factory)
+        executor = self.options.executor or LocalExecutor()
+        executor.prepare(suite)  # cluster reachable, resources there: checked before the run directory exists
+        self.executor = executor
         self.run_dir = self._make_run_dir()
         self.run_id = self.run_dir.name
         results = self.run_dir / RESULTS_FILE
@@ -625,9 +635,7 @@ class Runner:
         status = "finished"
         try:
             with ResultsWriter(results) as writer:
-                for index, item in enumerate(planned):
-                    self._run_cell(item, writer, bar)
-                    self.pool.release(self._models_needed(planned[index + 1 :]))
+                executor.run(self, planned, writer, bar)
         except KeyboardInterrupt:
             status = "interrupted"
             bar.close()
