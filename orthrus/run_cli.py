@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # Only light modules here: torch, transformers and the harness are imported inside the commands, so
 # that main() is running (and catches Ctrl-C as one line, exit 130) from the first moment of start-up.
@@ -62,6 +63,37 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--shard", metavar="I/N", help="run slice I (0-based) of N of the matrix; merge the slices with 'merge'"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table (for CI)")
+    # where the cells are measured (orthrus.bench.executors)
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: workers on a Ray cluster, cells grouped by model "
+        '(pip install -e ".[ray]")',
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --executor ray: auto (the cluster this machine belongs to), HOST:PORT or ray://HOST:PORT "
+        "(default: a local Ray instance on this machine)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="N",
+        help="with --executor ray: GPUs each worker asks for (default: 1 on a cluster with GPUs when a model "
+        "runs on cuda, else 0 and one CPU)",
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="with --executor ray: at most N workers (default: the cluster's slots)"
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --executor ray: retry the cell of a worker that died on another worker N times (default 2)",
+    )
     # performance gates (orthrus.report), checked after the run: exit 1 on a regression
     parser.add_argument(
         "--gate", action="append", default=[], metavar="FILE", help="gate rules file (default: the suite's gates:)"
@@ -87,6 +119,34 @@ def check_run_id(run_id: str) -> None:
         )
 
 
+def make_run_executor(args: argparse.Namespace) -> Any:
+    """The executor the flags ask for; Ray flags without --executor ray, --workers 0 or a missing Ray
+    are one sentence (exit 2) before anything is loaded or written."""
+    from orthrus.bench.executors import RayOptions, make_executor
+
+    ray_flags = [
+        flag
+        for flag, value in (
+            ("--ray-address", args.ray_address),
+            ("--gpus-per-worker", args.gpus_per_worker),
+            ("--workers", args.workers),
+        )
+        if value is not None
+    ]
+    if args.executor != "ray":
+        if ray_flags:
+            raise UserInputError(f"{ray_flags[0]} applies to --executor ray only; add --executor ray or drop it.")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise UserInputError(f"--workers {args.workers}: give at least 1 worker.")
+    if args.max_retries < 0:
+        raise UserInputError(f"--max-retries {args.max_retries}: give 0 or more retries.")
+    if args.gpus_per_worker is not None and not 0 <= args.gpus_per_worker < float("inf"):
+        raise UserInputError(f"--gpus-per-worker {args.gpus_per_worker:g}: give 0 or more GPUs.")
+    options = RayOptions(args.ray_address, args.gpus_per_worker, args.workers, args.max_retries)
+    return make_executor("ray", options)
+
+
 def cmd_run(argv: list[str]) -> int:
     from orthrus.bench.matrix import parse_shard
     from orthrus.bench.prompts import PromptFactory
@@ -95,6 +155,7 @@ def cmd_run(argv: list[str]) -> int:
     from orthrus.bench.suite.validate import load_suite
 
     args = build_run_parser().parse_args(argv)
+    executor = make_run_executor(args)
     if args.run_id is not None:
         check_run_id(args.run_id)
     if not args.dry_run:  # a file, a read-only folder: refused before anything is measured
@@ -127,6 +188,7 @@ def cmd_run(argv: list[str]) -> int:
         shard=shard,
         quiet=args.quiet,
         argv=["run_bench.py", *argv],
+        executor=executor,
     )
     outcome = run_suite(suite, options)
     if outcome.code == 130:
