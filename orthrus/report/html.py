@@ -427,6 +427,48 @@ def cost_model_rows(run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
+def node_breakdown(run: RunData) -> tuple[list[dict[str, Any]], str | None]:
+    """Per (node, engine) figures and a warning, when the records were measured on several kinds of
+    device (distributed executors name each record's node; environment.json's ``nodes`` says what
+    each node measured with); ([], None) otherwise."""
+    nodes = run.environment.get("nodes") if isinstance(run.environment.get("nodes"), dict) else {}
+    kinds = {
+        node: str((nodes.get(node) or {}).get("device_kind") or "unknown device")
+        for node in {r.get("node") for r in run.records if r.get("node") is not None}
+    }
+    if len(set(kinds.values())) < 2:
+        return [], None
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in run.records:
+        if r.get("node") is not None:
+            label = str((r.get("cell") or {}).get("label") or (r.get("cell") or {}).get("engine"))
+            groups.setdefault((str(r["node"]), label), []).append(r)
+    rows = []
+    for (node, label), records in sorted(groups.items()):
+        ok = [r for r in records if r.get("status") == "ok"]
+        e2e = [float(r["e2e_ms"]) for r in ok if is_present(r.get("e2e_ms"))]
+        tpf = [float(r["tokens_per_forward"]) for r in ok if is_present(r.get("tokens_per_forward"))]
+        rows.append(
+            {
+                "node": node,
+                "device": kinds[node],
+                "engine": label,
+                "cells": len({r.get("cell_id") for r in records}),
+                "ok": len(ok),
+                "failed": sum(1 for r in records if r.get("status") == "failed"),
+                "e2e_ms_median": fmt(float(pd.Series(e2e).median())) if e2e else "-",
+                "tokens_per_forward_median": fmt(float(pd.Series(tpf).median())) if tpf else "-",
+            }
+        )
+    devices = "; ".join(f"{node}: {kind}" for node, kind in sorted(kinds.items()))
+    warning = (
+        f"This run was measured on {len(set(kinds.values()))} kinds of device ({devices}): times and speedups "
+        "measured on different devices are not comparable. Each speedup divides times measured on the same "
+        "node; see the per-node breakdown."
+    )
+    return rows, warning
+
+
 def environment_items(env: dict[str, Any]) -> list[tuple[str, str]]:
     items = []
     for key, value in env.items():
@@ -479,6 +521,9 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
     if out_dir is not None:
         target.mkdir(parents=True, exist_ok=True)
     plots, warnings = make_plots(run, target / "plots")
+    nodes, node_warning = node_breakdown(run)
+    if node_warning:
+        warnings = [node_warning, *warnings]
     page = (
         environment()
         .get_template("report.html.j2")
@@ -497,6 +542,7 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
             full_table=full_table(run.summary) if len(run.summary) else None,
             cost_model=cost_model_rows(run),
             batching=batch_rows(run),
+            nodes=nodes,
             projection=_projection_markup(run.path),
             samples=samples(run),
             failed=failed_cells(run),
