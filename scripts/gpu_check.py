@@ -10,6 +10,9 @@ Stages (each time-boxed; a failing or timed-out stage is recorded and the next o
                     (and 0.6b, decode only, as the draft model of assisted)
   4 shapes_suite    a long_context_gpu-style run on random-weight 1.7B (target) and 0.6B (draft)
   5 project         the run projected with the 1.7B profile of this GPU: projection vs measurement
+  6 batch_sweep     ar and orthrus on the random-weight 1.7B shape in bf16 at batch sizes 1, 4, 16
+                    (2K context, 16 prompts): throughput, speedup over AR at the same batch size,
+                    TPF vs batch 1, and identity vs solo AR and vs batch 1 with divergence margins
 Writes at most 8 files to OUT_DIR: summary.md, summary.json, profile-*.json (3), projection.json.
 Needs: torch with CUDA, transformers, pandas, pyyaml, jinja2, pytest, nvidia-ml-py (as a typical
 GPU image has them). On a machine without CUDA it says so in one sentence and exits 2.
@@ -62,6 +65,39 @@ def shape_suite(target: Path, draft: Path) -> dict[str, Any]:
     }
 
 
+def batch_suite(target: Path) -> dict[str, Any]:
+    """The GPU regime of suites/batch.yaml: does Orthrus's advantage survive batching in bf16, and is
+    every batched row still the AR output (a divergence is judged near-tie or real by its margin)?"""
+    return {
+        "name": "gpu_check_batch",
+        "description": "Orthrus vs AR at batch sizes 1, 4, 16 on a random-weight Qwen3-1.7B shape, bf16.",
+        "models": {"target": {"path": str(target), "dtype": "bfloat16", "device": "cuda", "tokenizer": TOKENIZER}},
+        "engines": [{"engine": "ar", "model": "target"}, {"engine": "orthrus", "model": "target"}],
+        "sweep": {
+            "context_lengths": [2048],
+            "block_sizes": [16],
+            "temperatures": [0.0],
+            "max_new_tokens": [64],
+            "batch_sizes": [1, 4, 16],
+        },
+        "prompts": [{"source": "synthetic", "corpus": "heldout", "count": 16}],
+        "measure": {"repetitions": 1, "warmup": 1},
+        "reference": {"engine": "ar", "model": "target"},
+    }
+
+
+BATCH_TABLE = """
+import json, sys
+rows = json.load(open(sys.argv[1]))
+cols = ("engine", "batch_size", "batch_tokens_per_s_median", "batch_tokens_per_s_vs_batch1", "speedup_vs_ar",
+        "throughput_speedup_vs_ar", "tokens_per_forward_vs_batch1", "identity_exact_rate", "identity_vs_batch1_rate",
+        "divergence_margin_median", "divergence_margin_vs_batch1_median", "wasted_row_pass_fraction_mean")
+print(" ".join(c[:14] for c in cols))
+for r in sorted(rows, key=lambda r: (r["engine"], r["batch_size"])):
+    print(" ".join(f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
+"""
+
+
 def stages(out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
     """(name, time cap in seconds, commands) in order."""
     py = sys.executable
@@ -69,6 +105,8 @@ def stages(out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
     target, draft = work / "qwen3-1.7b", work / "qwen3-0.6b"
     suite_file = work / "shapes.yaml"
     suite_file.write_text(json.dumps(shape_suite(target, draft), indent=1))  # JSON is YAML
+    batch_file = work / "batch.yaml"
+    batch_file.write_text(json.dumps(batch_suite(target), indent=1))
     write = "from orthrus.profile.shapes import write_shape_checkpoint as w; w({!r}, {!r}, 'cuda', 'bfloat16')"
 
     def profile(name: str, blocks: str, contexts: str, repeats: int) -> list[str]:
@@ -85,15 +123,15 @@ def stages(out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
         ]
 
     return [
-        ("cuda_tests", 70, [[py, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-p", "no:cacheprovider"]]),
-        ("zoo_fp32", 45, [zoo("float32")]),
-        ("zoo_bf16", 45, [zoo("bfloat16")]),
-        ("profile_1.7b", 60, [profile("1.7b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 10)]),
-        ("profile_8b", 70, [profile("8b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 10)]),
+        ("cuda_tests", 60, [[py, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-p", "no:cacheprovider"]]),
+        ("zoo_fp32", 40, [zoo("float32")]),
+        ("zoo_bf16", 40, [zoo("bfloat16")]),
+        ("profile_1.7b", 55, [profile("1.7b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 10)]),
+        ("profile_8b", 60, [profile("8b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 10)]),
         ("profile_0.6b", 30, [profile("0.6b", "1,2", PROFILE_CONTEXTS, 10)]),
         (
             "shapes_suite",
-            120,
+            110,
             [
                 [py, "-c", write.format("qwen3-shape:1.7b", str(target))],
                 [py, "-c", write.format("qwen3-shape:0.6b", str(draft))],
@@ -111,6 +149,14 @@ def stages(out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
                     *("--profile", str(out / "profile-qwen3-0.6b-bf16.json")),
                     *("--out", str(out / "projection.json")),
                 ]
+            ],
+        ),
+        (
+            "batch_sweep",  # last: it takes what the earlier stages left of the budget, at most 45 s
+            45,
+            [
+                [py, "run_bench.py", str(batch_file), "--quiet", "--out", str(runs), "--run-id", "batch"],
+                [py, "-c", BATCH_TABLE, str(runs / "gpu_check_batch" / "batch" / "summary.json")],
             ],
         ),
     ]
