@@ -83,6 +83,21 @@ def test_alias_bomb_is_refused_at_parse_time_in_milliseconds():
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.parametrize("what", ["gate file", "acceptance file"])
+def test_alias_bombs_in_other_yaml_inputs_are_refused_too(tmp_path, what):
+    """Gate files (--gate) and published-acceptance tables (project --acceptance) go through the same
+    bounded reader as suites: one sentence, in well under a second."""
+    from orthrus.errors import UserInputError
+    from orthrus.profile.project import acceptance_from_yaml
+
+    file = tmp_path / "bomb.yaml"
+    file.write_text(_bomb() + "\ngates: *a8\n" if what == "gate file" else _bomb() + "\nentries: *a8\n")
+    started = time.monotonic()
+    with pytest.raises(UserInputError, match="expands to more than 100,000 values"):
+        gates.load_gate_file(file) if what == "gate file" else acceptance_from_yaml(file)
+    assert time.monotonic() - started < 1.0
+
+
 def test_an_alias_inside_itself_is_refused():
     with pytest.raises(Exception, match="endless"):
         parse_yaml("a: &a [1, *a]", "suite.yaml")

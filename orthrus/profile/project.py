@@ -231,15 +231,10 @@ def acceptance_from_run(run_dir: str | Path) -> list[AcceptanceSource]:
 
 def acceptance_from_yaml(path: str | Path) -> list[AcceptanceSource]:
     """Published acceptance figures (format: reports/profiles/README.md)."""
-    import yaml
+    from orthrus.safe_yaml import read_yaml_file
 
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"acceptance file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(f"acceptance file {path} is not valid YAML ({err}).") from err
+    data = read_yaml_file(path, "acceptance file")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list) or not data["entries"]:
         raise UserInputError(f"acceptance file {path} needs a non-empty 'entries:' list.")
     sources = []

@@ -261,15 +261,10 @@ def gates_config(raw: Any, where_key: str = "gates") -> tuple[list[GateRule], st
 
 
 def load_gate_file(path: str | Path) -> tuple[list[GateRule], str | None]:
-    import yaml
+    from orthrus.safe_yaml import read_yaml_file
 
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"gate file {str(path)!r} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(f"gate file {str(path)!r} is not valid YAML ({str(err).splitlines()[0]}).") from err
+    raw = read_yaml_file(path, "gate file")
     if isinstance(raw, dict) and "gates" in raw:
         raw = raw["gates"]
     return gates_config(raw, f"{path.name}: gates")
