@@ -102,6 +102,7 @@ def merge_runs(
     (out_dir / "prompts.jsonl").write_text("".join(line + "\n" for line in prompt_lines))
     write_summary(out_dir, records)
     ok = sum(1 for r in records if r.get("status") == "ok")
+    skipped = sum(1 for r in records if r.get("status") == "skipped")
     info = {
         "run_id": run_id,
         "suite_name": suites[0].get("name") or environment.get("suite_name"),
@@ -113,7 +114,8 @@ def merge_runs(
         "problems": problems,
         "records": len(records),
         "ok": ok,
-        "failed": len(records) - ok,
+        "skipped": skipped,  # cells an engine cannot run (e.g. a batch it cannot decode): not failures
+        "failed": len(records) - ok - skipped,
         "harness_overhead": overhead_stats(records),
     }
     write_json(out_dir / "run.json", info)

@@ -24,14 +24,14 @@ def format_table(frame: pd.DataFrame) -> str:
         return "(no measurements)"
     lines = []
     header = (
-        f"{'engine':<16} {'source':<12} {'ctx':>5} {'blk':>4} {'T':>4} {'new':>4} {'ok/n':>6} "
+        f"{'engine':<16} {'source':<12} {'ctx':>5} {'blk':>4} {'B':>3} {'T':>4} {'new':>4} {'ok/n':>6} "
         f"{'e2e ms':>9} {'tok/s':>7} {'TPF':>5} {'acc':>5} {'speedup [95% CI]':>20} {'ident':>5} "
         f"{'KV MiB':>7} {'RSS MiB':>8}"
     )
     lines.append(header)
     lines.append("-" * len(header))
     for row in frame_rows(frame):
-        n = (row.get("n_ok") or 0) + (row.get("n_failed") or 0)
+        n = (row.get("n_ok") or 0) + (row.get("n_failed") or 0) + (row.get("n_skipped") or 0)
         speedup = _fmt(row.get("speedup_vs_ar"), ".2f")
         if row.get("speedup_vs_ar_ci_low") is not None:
             speedup += f" [{row['speedup_vs_ar_ci_low']:.2f},{row['speedup_vs_ar_ci_high']:.2f}]"
@@ -39,7 +39,7 @@ def format_table(frame: pd.DataFrame) -> str:
         lines.append(
             f"{str(row.get('label') or row.get('engine'))[:16]:<16} {str(row.get('prompt_source'))[:12]:<12} "
             f"{_fmt(row.get('context_length'), '.0f'):>5} {_fmt(row.get('block_size'), '.0f'):>4} "
-            f"{_fmt(row.get('temperature'), '.1f'):>4} {_fmt(row.get('max_new_tokens'), '.0f'):>4} "
+            f"{_fmt(row.get('batch_size'), '.0f'):>3} {_fmt(row.get('temperature'), '.1f'):>4} {_fmt(row.get('max_new_tokens'), '.0f'):>4} "
             f"{str(row.get('n_ok') or 0) + '/' + str(n):>6} {_fmt(row.get('e2e_ms_median')):>9} "
             f"{_fmt(row.get('decode_tokens_per_s_median')):>7} {_fmt(row.get('tokens_per_forward_median'), '.2f'):>5} "
             f"{_fmt(row.get('acceptance_length_mean'), '.2f'):>5} {speedup:>20} "
