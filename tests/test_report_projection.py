@@ -34,4 +34,3 @@ def test_projection_json_renders_in_the_report_escaped(tmp_path):
     page = (render_run(run, update_index=False)).read_text()
     assert "Projected on" in page
     assert hostile not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-

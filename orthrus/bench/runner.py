@@ -35,7 +35,6 @@ import torch
 import yaml
 
 from orthrus.bench.environment import collect_environment, git_commit
-from orthrus.bench.executors.local import LocalExecutor
 from orthrus.bench.matrix import shard
 from orthrus.bench.prompts import Prompt, PromptFactory
 from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
@@ -466,6 +465,29 @@ def _s(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- the run
+
+
+class LocalExecutor:
+    """Every cell in this process, one after another (the default executor; the Ray one lives in
+    orthrus.bench.executors and is handed in through RunOptions.executor by the command line)."""
+
+    name = "local"
+
+    def prepare(self, suite: Suite) -> None:
+        pass
+
+    def run(self, runner: Runner, planned: list[PlannedCell], writer: ResultsWriter, bar: Any) -> None:
+        for index, item in enumerate(planned):
+            runner._run_cell(item, writer, bar)
+            runner.pool.release(runner._models_needed(planned[index + 1 :]))
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.name}
+
+    def close(self) -> None:
+        pass
+
+
 class Runner:
     def __init__(self, suite: Suite, options: RunOptions) -> None:
         self.suite = suite

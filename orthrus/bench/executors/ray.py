@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from orthrus.bench.executors import RayOptions
+from orthrus.bench.executors.base import RayOptions
 from orthrus.bench.executors.node import node_environment, node_name
 from orthrus.errors import UserInputError
 from orthrus.results.record import MeasurementRecord, record_key
