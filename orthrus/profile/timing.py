@@ -7,7 +7,8 @@ Per context length c (the KV cache holding c entries) and block size K:
 Each timed pass includes what the engines do with its logits before the next step can start:
 the greedy argmax and, for decode and verify, reading the chosen ids back to the host.
 
-The cache is a preallocated (static) cache whose lengths are set directly to c instead of running
+The cache is a preallocated (static) cache, one per context sized c + the largest block as an engine
+sizes its own, whose lengths are set directly to c instead of running
 a prefill (values are zeros: latency depends on how many keys each query attends to, not on what
 they hold). After a decode or verify the cache is cropped back to c; a draft writes nothing.
 Timing: CUDA events around each pass on a GPU (then a synchronise), ``perf_counter`` on a CPU;
@@ -311,6 +312,10 @@ def _check_grid(model: Any, contexts: Sequence[int], blocks: Sequence[int], spec
 
 
 @torch.inference_mode()
+def timer_device(model: Any) -> torch.device:
+    return model.model.embed_tokens.weight.device
+
+
 def measure_profile(
     model: Any,
     spec: str,
@@ -327,11 +332,14 @@ def measure_profile(
     _check_grid(model, contexts, blocks, spec)
     if repeats < 1 or warmup < 0:
         raise UserInputError(f"--repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
-    runner = PassRunner(model, max(contexts), max(blocks))
-    timer = Timer(runner.device)
+    timer = Timer(timer_device(model))
     cells = [("decode", 1)] + [(kind, k) for k in blocks for kind in ("verify", "draft")]
     timings: list[PassTiming] = []
     for context in contexts:
+        # a cache sized for this context, as an engine sizes its own (prompt + budget): attention over
+        # a static cache spans its whole buffer, so one buffer sized for the largest context made every
+        # smaller context as slow as the largest (projections then fell 20-35% short of measurements)
+        runner = PassRunner(model, context, max(blocks))
         runner.set_context(context)
         samples: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
         for kind, block in cells:
@@ -339,7 +347,9 @@ def measure_profile(
                 runner.run(kind, block)
         for _ in range(repeats):
             for kind, block in cells:
-                samples[(kind, block)].append(timer(lambda kind=kind, block=block: runner.run(kind, block)))
+                samples[(kind, block)].append(
+                    timer(lambda kind=kind, block=block, runner=runner: runner.run(kind, block))
+                )
         for (kind, block), values in samples.items():
             arr = np.asarray(values)
             timings.append(
@@ -358,7 +368,7 @@ def measure_profile(
             progress(f"context {context}: decode {np.median(decode):.2f} ms, {len(cells)} cells x {repeats}")
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
     return LatencyProfile(
-        device=device_description(runner.device),
+        device=device_description(timer_device(model)),
         dtype=dtype,
         model={"spec": spec, "shape": model_shape(model.config), **parameter_counts(model)},
         timings=timings,
@@ -370,7 +380,7 @@ def measure_profile(
             "repeats": repeats,
             "warmup": warmup,
             "timer": timer.name,
-            "cache": "static, lengths set directly (no prefill)",
+            "cache": "static, one per context sized context + the largest block, lengths set directly (no prefill)",
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
