@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from orthrus.bench.trackers import nvml_driver_version
+from orthrus.results.machine import cpu_model
 
 PACKAGES = (
     "orthrus-bench",
@@ -43,17 +44,6 @@ def package_versions() -> dict[str, str | None]:
             versions[name] = None
     versions["torch"] = torch.__version__
     return versions
-
-
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:

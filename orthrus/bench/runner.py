@@ -687,10 +687,19 @@ class Runner:
         self.write_ms_total += (time.perf_counter() - start) * 1e3
 
     def _fail_cell(self, item: PlannedCell, message: str, writer: ResultsWriter, bar: Any) -> None:
+        self._close_cell(item, "failed", message, writer, bar)
+
+    def _skip_cell(self, item: PlannedCell, reason: str, writer: ResultsWriter, bar: Any) -> None:
+        """One skipped record for a cell not measured on purpose (never counted as failed)."""
+        self._close_cell(item, "skipped", reason, writer, bar)
+
+    def _close_cell(self, item: PlannedCell, status: str, message: str, writer: ResultsWriter, bar: Any) -> None:
+        """One record standing for a whole cell (prompt CELL_PROMPT) that ended without measurements."""
         cell = item.cell
         if (cell.cell_id, CELL_PROMPT, 0) in self.existing:
             return
-        record = MeasurementRecord.failed(
+        make = MeasurementRecord.failed if status == "failed" else MeasurementRecord.skipped
+        record = make(
             message,
             run_id=self.run_id,
             cell_id=cell.cell_id,
@@ -702,7 +711,7 @@ class Runner:
         self._write(writer, record)
         bar.update(max(1, len(item.prompts) * self.suite.measure.repetitions))
         if not self.options.quiet:
-            bar.write(f"cell failed: {cell.params['label']} ctx={_s(cell.params['context_length'])}: {message}")
+            bar.write(f"cell {status}: {cell.params['label']} ctx={_s(cell.params['context_length'])}: {message}")
 
     def _pending(self, item: PlannedCell) -> bool:
         cell_id = item.cell.cell_id
@@ -783,25 +792,6 @@ class Runner:
                     break
                 spent_ms += record.e2e_ms or 0.0
                 repeat += 1
-
-    def _skip_cell(self, item: PlannedCell, reason: str, writer: ResultsWriter, bar: Any) -> None:
-        """One skipped record for a cell not measured on purpose (never counted as failed)."""
-        cell = item.cell
-        if (cell.cell_id, CELL_PROMPT, 0) in self.existing:
-            return
-        record = MeasurementRecord.skipped(
-            reason,
-            run_id=self.run_id,
-            cell_id=cell.cell_id,
-            cell=cell.params,
-            prompt_id=CELL_PROMPT,
-            repeat=0,
-            timestamp=time.time(),
-        )
-        self._write(writer, record)
-        bar.update(max(1, len(item.prompts) * self.suite.measure.repetitions))
-        if not self.options.quiet:
-            bar.write(f"cell skipped: {cell.params['label']} ctx={_s(cell.params['context_length'])}: {reason}")
 
     def _run_batches(
         self,
@@ -1073,8 +1063,13 @@ def _free_after_error(err: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
-class _NoBar:
+class NoBar:
+    """The progress bar's interface without a bar: messages go to stderr (or nowhere, ``echo=False``)."""
+
     total = 0
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
 
     def update(self, n: int = 1) -> None:
         pass
@@ -1083,7 +1078,8 @@ class _NoBar:
         pass
 
     def write(self, text: str) -> None:
-        print(text, file=sys.stderr)
+        if self.echo:
+            print(text, file=sys.stderr)
 
     def close(self) -> None:
         pass
@@ -1091,7 +1087,7 @@ class _NoBar:
 
 def _progress(total: int, quiet: bool) -> Any:
     if quiet:
-        return _NoBar()
+        return NoBar()
     from tqdm import tqdm
 
     return tqdm(total=total, unit="gen", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from orthrus.errors import UserInputError
+from orthrus.results.machine import cpu_model
 
 PROFILE_FORMAT = "orthrus-latency-profile"
 PROFILE_VERSION = 1
@@ -200,18 +201,7 @@ def device_description(device: torch.device) -> dict[str, Any]:
             "capability": f"{props.major}.{props.minor}",
             "cuda": torch.version.cuda,
         }
-    return {"type": device.type, "name": _cpu_model() or platform.machine(), "logical_cores": os.cpu_count()}
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    return {"type": device.type, "name": cpu_model() or platform.machine(), "logical_cores": os.cpu_count()}
 
 
 def library_versions() -> dict[str, str | None]:

@@ -23,8 +23,9 @@ def node_environment(devices: list[str]) -> dict[str, Any]:
     """What this node measures with: its devices (by name), CUDA driver, CPU, Python and library versions."""
     import torch
 
-    from orthrus.bench.environment import cpu_model, device_info, package_versions
+    from orthrus.bench.environment import device_info, package_versions
     from orthrus.bench.trackers import nvml_driver_version
+    from orthrus.results.machine import cpu_model
 
     packages = package_versions()
     try:

@@ -68,22 +68,6 @@ class _StreamWriter:
         self.emit("record", {**record, "node": self.node})
 
 
-class _QuietBar:
-    total = 0
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_description(self, text: str) -> None:
-        pass
-
-    def write(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Worker:
     """One Ray actor: a runner of its own (models, reference, trackers) that measures groups of cells."""
 
@@ -106,7 +90,7 @@ class Worker:
     def run_cells(self, items: list[PlannedCell], existing: dict[tuple, dict[str, Any]]) -> Any:
         """A stream of events, each (kind, payload, worker_ms since the previous event):
         ('node', {node, environment}) once per worker, ('start', cell_id), ('record', record dict)."""
-        from orthrus.bench.runner import one_line
+        from orthrus.bench.runner import NoBar, one_line
 
         events: queue.Queue = queue.Queue()
         last = [time.perf_counter()]
@@ -119,7 +103,7 @@ class Worker:
         runner = self.runner
         runner.existing = dict(existing)
         writer = _StreamWriter(emit, self.node)
-        bar = _QuietBar()
+        bar = NoBar(echo=False)  # the driver reports progress
 
         def work() -> None:
             try:
