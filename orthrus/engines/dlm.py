@@ -34,7 +34,15 @@ sequence for ``dual`` (the largest over blocks).
 
 Output: the block's tokens, in order, are final as soon as every position before them is
 unmasked; each growth of that decoded prefix is one commit (streaming order). A block that ends
-with an EOS among its tokens ends generation; the output is cut after the first EOS. Batch size 1.
+with an EOS among its tokens ends generation; the output is cut after the first EOS.
+
+Batches (``generate_batch``): the prompts are left-padded to one length, so every row's generation
+region, and so every block, sits at the same slots; the padding is hidden from every query and each
+row's real tokens keep the positions they have alone. Blocks advance in lockstep (as Fast-dLLM's
+batched decoder): within a block each row follows its own schedule (its own transfer counts, or with
+``threshold`` as many steps as it needs), and a row whose block is already unmasked, or that has
+finished, sits out the remaining passes of the block, which are counted as wasted row-passes. A row
+ends after the block in which its EOS became final. A decode alone is the batch of one.
 """
 
 from __future__ import annotations
@@ -43,7 +51,17 @@ from typing import Any
 
 import torch
 
-from orthrus.engines.base import Engine, GenerationResult, SamplingSettings, sync, truncate_at_eos, warp_probs
+from orthrus.engines.base import (
+    BatchResult,
+    CannotBatchError,
+    Engine,
+    GenerationResult,
+    SamplingSettings,
+    new_batch,
+    sync,
+    truncate_at_eos,
+    warp_probs,
+)
 from orthrus.errors import UserInputError
 from orthrus.models.dlm import as_diffusion_lm
 
@@ -64,7 +82,7 @@ class DLMEngine(Engine):
     name = "dlm"
     model_kind = "dlm"
     lossless = False
-    cannot_batch_reason = "a block schedule per row of a batch is not implemented for the diffusion LM engines yet"
+    batchable = True
 
     def __init__(
         self,
@@ -137,75 +155,121 @@ class DLMEngine(Engine):
             return chosen.nonzero().view(-1)
         return torch.topk(confidence, count).indices if count > 0 else confidence.new_empty(0, dtype=torch.long)
 
-    def _forward_block(self, x: torch.Tensor, start: int, end: int, first_step: bool, kv: Any) -> torch.Tensor:
-        """Logits [end - start, V] of the block positions, by cache mode."""
+    def _forward_block(
+        self, x: torch.Tensor, start: int, end: int, first_step: bool, kv: Any, pad: list[int]
+    ) -> torch.Tensor:
+        """Logits [B, end - start, V] of the block positions, by cache mode."""
         model, block = self.model, slice(start, end)
         if self.cache == "none":
-            return model(x, rows=block)[0]
+            return model(x, rows=block, pad=pad)
         if first_step:  # full pass, refreshing every position's K/V
-            return model(x, 0, kv, rows=block)[0]
+            return model(x, 0, kv, rows=block, pad=pad)
         if self.cache == "prefix":  # block + masked suffix, cached prefix
-            return model(x[:, start:], start, kv, rows=slice(0, end - start))[0]
-        return model(x[:, start:end], start, kv)[0]  # dual: block only, cached prefix and suffix
+            return model(x[:, start:], start, kv, rows=slice(0, end - start), pad=pad)
+        return model(x[:, start:end], start, kv, pad=pad)  # dual: block only, cached prefix and suffix
 
     # ------------------------------------------------------------------ decoding loop
     @torch.inference_mode()
     def _generate(self, prompt, max_new_tokens, settings, generator, seed, eos_token_id) -> GenerationResult:
+        return self._decode([prompt], max_new_tokens, settings, seed, eos_token_id, self.listener).rows[0]
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts, max_new_tokens, settings, generator, seed, eos_token_id) -> BatchResult:
+        if len({len(p) for p in prompts}) > 1 and not getattr(self.model, "supports_padding", False):
+            raise CannotBatchError(
+                f"engine {self.name!r} cannot batch prompts of different lengths on "
+                f"{type(getattr(self.model, 'inner', self.model)).__name__}, which takes no padding mask; "
+                "run it at batch size 1."
+            )
+        return self._decode(prompts, max_new_tokens, settings, seed, eos_token_id, None)
+
+    def _decode(self, prompts, max_new_tokens, settings, seed, eos_token_id, listener) -> BatchResult:
+        """The block schedule for every row of a left-padded batch (see the module docstring).
+
+        Every row draws its random numbers (Gumbel noise, random remasking) from its own generator
+        seeded with ``seed`` (0 if None), and only on the passes it works in, so a sampled row is
+        exactly the same prompt sampled alone with the same seed."""
         model, device = self.model, self.device
-        result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
-        prompt_len, gen_length = len(prompt), max_new_tokens
+        random = not settings.greedy or self.remasking == "random"
+        generators = [
+            torch.Generator(device=device).manual_seed(0 if seed is None else seed) if random else None
+            for _ in prompts
+        ]
+        batch = new_batch(prompts)
+        rows = batch.rows
+        for row in rows:
+            row.listener = listener
+        size, gen_length = len(prompts), max_new_tokens
+        prompt_end = max(len(p) for p in prompts)  # every row's generation starts at this slot
+        pad = [prompt_end - len(p) for p in prompts]
         num_blocks = -(-gen_length // self.block_length)
         block_steps = self._block_steps(num_blocks, gen_length)
-        x = torch.full((1, prompt_len + gen_length), self.mask_token_id, dtype=torch.long, device=device)
-        x[0, :prompt_len] = torch.tensor(prompt, device=device)
+        x = torch.full((size, prompt_end + gen_length), self.mask_token_id, dtype=torch.long, device=device)
+        for r, prompt in enumerate(prompts):
+            x[r, : pad[r]] = 0  # padding: hidden from every query, its value never matters
+            x[r, pad[r] : prompt_end] = torch.tensor(prompt, device=device)
         kv_peak = 0
-        tokens_per_step: list[int] = []
-        decoded = 0  # generation positions decoded contiguously from the start (already streamed)
-        stopped = False  # an EOS reached the decoded prefix: later tokens are discarded
+        tokens_per_step: list[list[int]] = [[] for _ in prompts]
+        decoded = [0] * size  # generation positions decoded contiguously from the start (already streamed)
+        stopped = [False] * size  # an EOS reached the row's decoded prefix: its later tokens are discarded
+        live = [True] * size  # the row still decodes (it ends after the block in which it stopped)
 
         sync(device)
-        result.start()
-        kv = model.new_kv(x.shape[1]) if self.cache != "none" else None
+        batch.start()
+        kv = model.new_kv(x.shape[1], size) if self.cache != "none" else None
         for block in range(num_blocks):
-            start = prompt_len + block * self.block_length
+            start = prompt_end + block * self.block_length
             end = min(start + self.block_length, x.shape[1])
             if self.cache == "prefix":
-                kv_peak = max(kv_peak, start * model.kv_bytes_per_token())
+                kv_peak = max(kv_peak, size * start * model.kv_bytes_per_token())
             elif self.cache == "dual":
-                kv_peak = max(kv_peak, x.shape[1] * model.kv_bytes_per_token())
+                kv_peak = max(kv_peak, size * x.shape[1] * model.kv_bytes_per_token())
             counts = self._transfer_counts(end - start, block_steps[block])
             step = 0
             while True:
-                masked = x[0, start:end] == self.mask_token_id
-                if not bool(masked.any()):
-                    if self.threshold is not None or step >= len(counts):
+                masked = x[:, start:end] == self.mask_token_id  # [B, n]
+                if self.threshold is None:  # a fixed number of steps per block, the same for every row
+                    if step >= len(counts):
                         break
-                logits = self._forward_block(x, start, end, step == 0, kv)
-                tokens, confidence = self._predict(logits, settings, generator)
-                chosen = self._select(confidence, masked, counts[step] if self.threshold is None else 0)
-                x[0, start + chosen] = tokens[chosen]
-                tokens_per_step.append(int(chosen.numel()))
+                    working = list(live)
+                else:  # each row until its block is unmasked
+                    working = [live[r] and bool(masked[r].any()) for r in range(size)]
+                    if not any(working):
+                        break
+                logits = self._forward_block(x, start, end, step == 0, kv, pad)  # [B, n, V]
+                batch.record_pass("denoise", working)
+                for r in range(size):
+                    if not working[r]:
+                        continue
+                    tokens, confidence = self._predict(logits[r], settings, generators[r])
+                    chosen = self._select(confidence, masked[r], counts[step] if self.threshold is None else 0)
+                    x[r, start + chosen] = tokens[chosen]
+                    tokens_per_step[r].append(int(chosen.numel()))
+                    final: list[int] = []
+                    if not stopped[r]:
+                        final, decoded[r], stopped[r] = self._newly_final(x[r], prompt_end, decoded[r], eos_token_id)
+                    rows[r].record_step("denoise", final)
                 step += 1
-                final: list[int] = []
-                if not stopped:
-                    final, decoded, stopped = self._newly_final(x, prompt_len, decoded, eos_token_id)
-                result.record_step("denoise", final)
-                if self.threshold is None and step >= len(counts):
-                    break
-            if stopped:
+            for r in range(size):
+                if live[r] and stopped[r]:
+                    live[r] = False
+                    rows[r].finish("eos")
+            if not any(live):
                 break
 
         sync(device)
-        result.finish("eos" if stopped else "max_new_tokens", kv_bytes=kv_peak)
-        result.extra = {"denoise_steps": len(tokens_per_step), "tokens_per_step": tokens_per_step}
-        return result
+        for r, row in enumerate(rows):
+            if live[r]:
+                row.finish("max_new_tokens")
+            row.extra = {"denoise_steps": len(tokens_per_step[r]), "tokens_per_step": tokens_per_step[r]}
+        return batch.finish(kv_bytes=kv_peak)
 
     def _newly_final(
-        self, x: torch.Tensor, prompt_len: int, decoded: int, eos_token_id: int | None
+        self, row: torch.Tensor, prompt_end: int, decoded: int, eos_token_id: int | None
     ) -> tuple[list[int], int, bool]:
-        """The tokens that just became final (the growth of the decoded prefix, cut after an EOS),
-        the new decoded length, and whether an EOS is among them."""
-        generated = x[0, prompt_len:]
+        """The tokens of one row (its slots [L]) that just became final (the growth of the decoded
+        prefix, cut after an EOS), the new decoded length, and whether an EOS is among them."""
+        generated = row[prompt_end:]
         still_masked = (generated == self.mask_token_id).nonzero()
         upto = int(still_masked[0]) if still_masked.numel() else generated.numel()
         if upto <= decoded:

@@ -73,6 +73,7 @@ class DiffusionAttention(nn.Module):
         sin: torch.Tensor,
         kv: tuple[torch.Tensor, torch.Tensor] | None,
         start: int,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         shape = (*hidden.shape[:-1], -1, self.head_dim)
         q = self.q_norm(self.q_proj(hidden).view(shape)).transpose(1, 2)
@@ -84,7 +85,7 @@ class DiffusionAttention(nn.Module):
             keys[:, :, start : start + k.shape[2]] = k
             values[:, :, start : start + v.shape[2]] = v
             k, v = keys, values
-        out = attention_function(self.config._attn_implementation)(q, k, v, None, False, self.head_dim**-0.5)
+        out = attention_function(self.config._attn_implementation)(q, k, v, mask, False, self.head_dim**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
 
 
@@ -96,8 +97,8 @@ class DiffusionDecoderLayer(nn.Module):
         self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden, cos, sin, kv, start) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, kv, start)
+    def forward(self, hidden, cos, sin, kv, start, mask=None) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, kv, start, mask)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -119,6 +120,7 @@ class Qwen3DiffusionLM(HonoursAttnImplementation, PreTrainedModel):
     _supports_sdpa = True
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     supports_kv_cache = True
+    supports_padding = True  # forward(pad=...) hides left padding: a batch of ragged prompts
 
     def __init__(self, config: Qwen3Config) -> None:
         super().__init__(config)
@@ -135,7 +137,12 @@ class Qwen3DiffusionLM(HonoursAttnImplementation, PreTrainedModel):
         return None if value is None else int(value)
 
     def forward(
-        self, input_ids: torch.Tensor, start: int = 0, kv: KVBuffers | None = None, rows: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        start: int = 0,
+        kv: KVBuffers | None = None,
+        rows: slice | None = None,
+        pad: list[int] | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] for ``input_ids`` [B, T] at positions ``start .. start+T-1``.
 
@@ -143,12 +150,21 @@ class Qwen3DiffusionLM(HonoursAttnImplementation, PreTrainedModel):
         With ``kv`` (from ``new_kv``) their K/V are written into the buffers at ``start..`` and
         attention runs over the whole buffer: the other slots hold K/V from earlier passes.
         ``rows`` limits the LM head to those rows of the input (the logits of the others are unused).
+        ``pad`` (a batch of left-padded rows): row r's first ``pad[r]`` slots are padding, hidden from
+        every query, and its real tokens take positions 0, 1, ... as if the row were alone.
         """
         hidden = self.model.embed_tokens(input_ids)
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        cos, sin = self.model.rotary_emb(hidden, positions)
+        device = input_ids.device
+        slots = torch.arange(start, start + input_ids.shape[1], device=device).unsqueeze(0)
+        mask = None
+        if pad is not None and any(pad):
+            shift = torch.tensor(pad, device=device).unsqueeze(1)  # [B, 1]
+            slots = (slots - shift).clamp_min(0)  # padding slots get position 0; nothing attends to them
+            width = kv[0][0].shape[2] if kv is not None else start + input_ids.shape[1]
+            mask = (torch.arange(width, device=device).unsqueeze(0) >= shift)[:, None, None, :]  # [B, 1, 1, Lk]
+        cos, sin = self.model.rotary_emb(hidden, slots)
         for i, layer in enumerate(self.model.layers):
-            hidden = layer(hidden, cos, sin, None if kv is None else kv[i], start)
+            hidden = layer(hidden, cos, sin, None if kv is None else kv[i], start, mask)
         if rows is not None:
             hidden = hidden[:, rows]
         return self.lm_head(self.model.norm(hidden))
@@ -215,6 +231,7 @@ class RemoteDiffusionLM(nn.Module):
     """
 
     supports_kv_cache = False
+    supports_padding = False
 
     def __init__(self, model: nn.Module, mask_token_id: int | None) -> None:
         super().__init__()
@@ -228,10 +245,17 @@ class RemoteDiffusionLM(nn.Module):
         return self._mask_token_id
 
     def forward(
-        self, input_ids: torch.Tensor, start: int = 0, kv: KVBuffers | None = None, rows: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        start: int = 0,
+        kv: KVBuffers | None = None,
+        rows: slice | None = None,
+        pad: list[int] | None = None,
     ) -> torch.Tensor:
         if kv is not None or start != 0:
             raise UserInputError(f"{type(self.inner).__name__} cannot take a K/V cache; use cache 'none'.")
+        if pad is not None and any(pad):
+            raise ValueError(f"{type(self.inner).__name__} takes no padding mask (supports_padding is False).")
         logits = self.inner(input_ids).logits
         if self.shifted:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
