@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from orthrus.models import DEFAULT_BLOCK_SIZE, OrthrusForCausalLM, is_diffusion_param, load_causal_lm
@@ -96,3 +97,23 @@ def test_position_decay_weights_early_draft_positions(orthrus_model):
         per_position = (t.exp() * (t - s)).sum(-1).mean(dim=(0, 1))  # [3]
         assert torch.allclose(distill_loss(model, text, anchors, 4, 1.0), per_position.mean(), atol=1e-5)
         assert torch.allclose(distill_loss(model, text, anchors, 4, 1e-6), per_position[0], atol=1e-4)
+
+
+def test_chain_loss_weights_each_position_by_the_chance_of_reaching_it(orthrus_model):
+    model = OrthrusForCausalLM._from_state(
+        orthrus_model.config, {k: v.clone() for k, v in orthrus_model.state_dict().items()}, None
+    )
+    perturb_diffusion_view(model)
+    text = torch.randint(3, 256, (2, 40), generator=torch.Generator().manual_seed(5))
+    anchors = torch.tensor([[3, 20], [9, 30]])
+    with torch.no_grad():
+        student, teacher = model.forward_distill(text, anchors, 4)
+        t, s = torch.log_softmax(teacher, -1), torch.log_softmax(student, -1)
+        kl = (t.exp() * (t - s)).sum(-1)  # [B, N, 3]
+        hit = s.exp().gather(-1, teacher.argmax(-1, keepdim=True)).squeeze(-1)
+        reach = torch.stack([torch.ones_like(hit[..., 0]), hit[..., 0], hit[..., 0] * hit[..., 1]], dim=-1)
+        expected = (kl * reach).sum() / reach.sum()
+        assert torch.allclose(distill_loss(model, text, anchors, 4, 1.0, "chain"), expected, atol=1e-5)
+        assert not torch.allclose(expected, kl.mean(), atol=1e-4)
+    with pytest.raises(ValueError, match="loss must be"):
+        distill_loss(model, text, anchors, 4, 1.0, "mse")

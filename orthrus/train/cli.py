@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"loss weight decay per draft position (default {DistillConfig.position_decay:g})",
     )
     view.add_argument(
+        "--loss",
+        choices=("kl", "chain"),
+        default=None,
+        help="kl: per-position KL; chain: also weight position j by the chance of reaching it (default kl)",
+    )
+    view.add_argument(
         "--init-from", default=None, help="start the view from this Orthrus checkpoint (continue training)"
     )
     view.set_defaults(run=_run_orthrus)
@@ -166,6 +172,8 @@ def _run_orthrus(args: argparse.Namespace) -> None:
         recipe["lr"] = args.lr
     if args.position_decay is not None:
         recipe["position_decay"] = args.position_decay
+    if args.loss is not None:
+        recipe["loss"] = args.loss
     if args.data_sequences:
         recipe["data_sequences"] = args.data_sequences
     if args.init_from:  # a short continuation: warm up quickly

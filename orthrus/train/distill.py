@@ -48,6 +48,10 @@ class DistillConfig(LoopConfig):
     # loss weight of draft position j is position_decay ** (j - 1): acceptance is a prefix chain, so
     # early positions matter most (1.0 = all positions equal)
     position_decay: float = 1.0
+    # "kl": every position by its position_decay weight; "chain": draft position j is additionally
+    # weighted by the view's own (detached) probability of getting positions 1..j-1 right, i.e. by
+    # how likely greedy verification is to reach j at all (acceptance is a prefix chain)
+    loss: str = "kl"
     init_from: str | None = None  # start the view from this Orthrus checkpoint's *_diff weights
     lr: float = 1e-3
     warmup_frac: float = 0.05
@@ -88,16 +92,34 @@ def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config
 
 
 def distill_loss(
-    model: OrthrusForCausalLM, batch: torch.Tensor, anchors: torch.Tensor, block: int, position_decay: float = 1.0
+    model: OrthrusForCausalLM,
+    batch: torch.Tensor,
+    anchors: torch.Tensor,
+    block: int,
+    position_decay: float = 1.0,
+    loss: str = "kl",
 ) -> torch.Tensor:
     """Forward KL(p_AR || p_diff) at every masked position, averaged with weight
-    position_decay ** (j - 1) for draft position j (a plain mean when position_decay is 1)."""
+    position_decay ** (j - 1) for draft position j (a plain mean when position_decay is 1).
+
+    With ``loss="chain"`` each anchor's position j is also weighted by prod_{i<j} p_diff(y_i), the
+    view's own detached probability of the AR's greedy tokens y_1..y_{j-1}: the soft chance that
+    verification accepts everything before j, so the loss spends itself where acceptance is decided.
+    """
+    if loss not in ("kl", "chain"):
+        raise ValueError(f"loss must be 'kl' or 'chain', got {loss!r}.")
     student, teacher = model.forward_distill(batch, anchors, block)
     teacher_logp = F.log_softmax(teacher.float(), dim=-1)
     student_logp = F.log_softmax(student.float(), dim=-1)
     kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)  # [B, N, K-1]
     weights = position_decay ** torch.arange(block - 1, device=kl.device, dtype=kl.dtype)
-    return (kl.mean(dim=(0, 1)) * weights).sum() / weights.sum()
+    weights = weights.expand_as(kl)
+    if loss == "chain":
+        with torch.no_grad():
+            hit = student_logp.gather(-1, teacher.argmax(-1, keepdim=True)).squeeze(-1).exp()  # [B, N, K-1]
+            reach = torch.cumprod(torch.cat([torch.ones_like(hit[..., :1]), hit[..., :-1]], dim=-1), dim=-1)
+        weights = weights * reach
+    return (kl * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
 def sample_anchors(
@@ -117,7 +139,7 @@ def self_distillation_step(model: OrthrusForCausalLM, data: torch.Tensor, config
         anchors = sample_anchors(
             config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.prompt_len // 2, generator
         ).to(config.device)
-        loss = distill_loss(model, batch, anchors, block, config.position_decay)
+        loss = distill_loss(model, batch, anchors, block, config.position_decay, config.loss)
         return Step(loss, batch.numel(), {"K": block})
 
     return step
@@ -199,6 +221,15 @@ def save_zoo_model(model: OrthrusForCausalLM, tokenizer, out_dir: Path) -> None:
 EVALUATION_HEADING = "## Evaluation"
 
 
+def _loss_line(config: DistillConfig) -> str:
+    line = "forward KL(p_AR || p_diff) at every masked position"
+    if config.position_decay != 1.0:
+        line += f", draft position j weighted by {config.position_decay:g}^(j-1)"
+    if config.loss == "chain":
+        line += ", times the view's own detached probability of reaching j (the acceptance chain)"
+    return line
+
+
 def model_card(config: DistillConfig, summary: dict) -> str:
     """The card's training section; ``python -m orthrus evaluate --write-card`` adds the evaluation."""
     blocks = ", ".join(str(b) for b in sorted(set(config.train_block_sizes)))
@@ -225,7 +256,7 @@ Command: `{config.command}`
   ({summary["self_distillation_generated_tokens"]:,} generated tokens)
 - {config.anchors_per_seq} anchors per sequence (anywhere after the first {config.prompt_len // 2} tokens),
   block sizes {blocks} (one per step, cycling through {list(config.train_block_sizes)})
-- loss: forward KL(p_AR || p_diff) at every masked position; only `*_diff` parameters train
+- loss: {_loss_line(config)}; only `*_diff` parameters train
 - AdamW (betas {config.betas}, weight decay {config.weight_decay:g}), peak lr {config.lr:g}, {config.warmup_frac:.0%} warmup,
   cosine to {config.min_lr_ratio:.0%}, clip {config.grad_clip}, batch {config.batch_size}, fp32,
   {config.num_threads} CPU thread(s), seed {config.seed}
