@@ -50,13 +50,16 @@ def evaluated(tmp_path_factory):
 def test_the_table_comes_from_the_run_directory(evaluated):
     run_dir, report, text = evaluated["run_dir"], evaluated["report"], evaluated["stdout"]
     assert (run_dir / "report.html").is_file()
-    rows = {r["block_size"]: r for r in read_summary_rows(run_dir) if r["label"] == "orthrus"}
-    assert sorted(rows) == [4, 8]
-    assert [c["block_size"] for c in report["cells"]] == [4, 8]
+    rows = {
+        (r["prompt_source"], r["block_size"]): r for r in read_summary_rows(run_dir) if r["label"] == "orthrus"
+    }
+    assert sorted(rows) == [("code", 4), ("code", 8), ("heldout", 4), ("heldout", 8)]
+    assert [(c["prompts"], c["block_size"]) for c in report["cells"]] == sorted(rows)
     records = read_records(run_dir / RESULTS_FILE)
-    assert len([r for r in records if r["status"] == "ok"]) == 2 * 4  # ar, orthrus x 2 blocks, untrained view
+    # per prompt source (held-out text, code): ar, orthrus x 2 blocks, untrained view, 2 prompts each
+    assert len([r for r in records if r["status"] == "ok"]) == 2 * 2 * 4
     for cell in report["cells"]:
-        row = rows[cell["block_size"]]
+        row = rows[(cell["prompts"], cell["block_size"])]
         assert cell["identical_to_ar"] == "2/2" and row["identity_exact_rate"] == 1.0  # the engine is lossless
         assert cell["tokens_per_forward_median"] == round(row["tokens_per_forward_median"], 3)
         assert cell["accepted_per_cycle_token_weighted"] == round(row["acceptance_length_token_weighted"], 3)
@@ -64,12 +67,13 @@ def test_the_table_comes_from_the_run_directory(evaluated):
         assert cell["speedup_vs_ar_cost_model"] is not None and cell["t_fwd_k_over_t_fwd_1"] > 0
         assert len(cell["acceptance_by_position"]) == cell["block_size"] - 1
         assert (
-            f"| {cell['block_size']} | 512 | 2/2 | {cell['accepted_per_cycle_token_weighted']} | "
+            f"| {cell['prompts']} | {cell['block_size']} | 512 | 2/2 | {cell['accepted_per_cycle_token_weighted']} | "
             f"{cell['tokens_per_forward_median']} |" in text
         )
     assert report["untrained_view"]["block_size"] == 16
     assert "untrained (copied) view, block 16" in text
-    assert "2 held-out prompts (512 tokens), 16 new tokens" in text
+    assert set(report["untrained_view"]["accepted_per_cycle_token_weighted"]) == {"code", "heldout"}
+    assert "2 heldout and 2 code prompts (512 tokens), 16 new tokens" in text
 
 
 def test_write_card_replaces_the_evaluation_section(evaluated):

@@ -36,7 +36,8 @@ def suite_sets(
         "models.base.path": model,
         "models.untrained.path": untrained_base,
         "sweep.block_sizes": block_sizes,
-        "prompts[0].count": prompts,
+        "prompts[0].count": prompts,  # held-out text
+        "prompts[1].count": prompts,  # code outside the training corpus
         "sweep.max_new_tokens": [max_new_tokens] if max_new_tokens is not None else None,
         "measure.threads": threads,
     }
@@ -52,23 +53,25 @@ def evaluation(run_dir: Path) -> dict[str, Any]:
     predicted = {c["cell_id"]: c for c in cost_model(rows, records)}
     views = sorted(
         (r for r in rows if r.get("label") == VIEW_LABEL),
-        key=lambda r: (r.get("context_length") or 0, r.get("block_size") or 0),
+        key=lambda r: (r.get("prompt_source") or "", r.get("context_length") or 0, r.get("block_size") or 0),
     )
     ok = [r for r in records if r.get("status") == "ok"]
     ar = [r for r in rows if r.get("engine") == "ar"]
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "model": views[0].get("model_path") if views else None,
-        "prompts": int(ar[0]["n_ok"]) if ar and is_present(ar[0].get("n_ok")) else None,
+        "prompts": {r.get("prompt_source"): _int(r.get("n_ok")) for r in ar},  # per prompt source
         "max_new_tokens": _int(views[0].get("max_new_tokens")) if views else None,
         "prompt_tokens": sorted({r["prompt_tokens"] for r in ok if r.get("prompt_tokens") is not None}),
         "cells": [_cell(row, predicted.get(row["cell_id"], {})) for row in views],
     }
-    untrained = [r for r in rows if r.get("label") == UNTRAINED_LABEL]
+    untrained = sorted((r for r in rows if r.get("label") == UNTRAINED_LABEL), key=lambda r: r.get("prompt_source") or "")
     if untrained:
         report["untrained_view"] = {
             "block_size": _int(untrained[0].get("block_size")),
-            "accepted_per_cycle_token_weighted": _round(untrained[0].get("acceptance_length_token_weighted")),
+            "accepted_per_cycle_token_weighted": {
+                r.get("prompt_source"): _round(r.get("acceptance_length_token_weighted")) for r in untrained
+            },
         }
     return report
 
@@ -85,6 +88,7 @@ def _cell(row: dict[str, Any], cost: dict[str, Any]) -> dict[str, Any]:
     n_ok, rate = row.get("n_ok"), row.get("identity_exact_rate")
     identical = f"{round(rate * n_ok)}/{int(n_ok)}" if is_present(rate) and is_present(n_ok) else None
     return {
+        "prompts": row.get("prompt_source"),
         "block_size": _int(row.get("block_size")),
         "context_length": _int(row.get("context_length")),
         "identical_to_ar": identical,
@@ -109,29 +113,28 @@ def format_report(report: dict[str, Any]) -> str:
     """The evaluation as Markdown: one line of settings, the table, draft accuracy by position."""
     lengths = report["prompt_tokens"]
     span = f"{lengths[0]}-{lengths[-1]}" if len(lengths) > 1 else (str(lengths[0]) if lengths else "?")
+    counts = " and ".join(f"{_show(n)} {source}" for source, n in report["prompts"].items()) or "no"
     lines = [
-        f"{_show(report['prompts'])} held-out prompts ({span} tokens), {_show(report['max_new_tokens'])} new tokens, "
+        f"{counts} prompts ({span} tokens), {_show(report['max_new_tokens'])} new tokens, "
         f"greedy; t_fwd = (e2e - TTFT) / passes after the prefill, from the same run's records "
         f"(run: `{report['run_dir']}`)",
         "",
-        "| block | context | identical to AR | accepted/cycle | TPF (median) | t_fwd(K)/t_fwd(1) | speedup measured "
-        "| cost model | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prompts | block | context | identical to AR | accepted/cycle | TPF (median) | t_fwd(K)/t_fwd(1) "
+        "| speedup measured | cost model | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["cells"]:
         lines.append(
-            f"| {c['block_size']} | {c['context_length']} | {_show(c['identical_to_ar'])} | "
+            f"| {c['prompts']} | {c['block_size']} | {c['context_length']} | {_show(c['identical_to_ar'])} | "
             f"{_show(c['accepted_per_cycle_token_weighted'])} | {_show(c['tokens_per_forward_median'])} | "
             f"{_show(c['t_fwd_k_over_t_fwd_1'])} | {_show(c['speedup_vs_ar_measured'], 'x')} | "
             f"{_show(c['speedup_vs_ar_cost_model'], 'x')} | {_show(c['measured_over_predicted'])} |"
         )
     lines.append("")
     for c in report["cells"]:
-        lines.append(f"- draft accuracy by position, block {c['block_size']}: {c['acceptance_by_position']}")
+        lines.append(f"- draft accuracy by position, {c['prompts']}, block {c['block_size']}: {c['acceptance_by_position']}")
     if "untrained_view" in report:
         u = report["untrained_view"]
-        lines.append(
-            f"- untrained (copied) view, block {u['block_size']}: "
-            f"{_show(u['accepted_per_cycle_token_weighted'])} accepted drafts per cycle"
-        )
+        per_source = ", ".join(f"{_show(v)} ({k})" for k, v in u["accepted_per_cycle_token_weighted"].items())
+        lines.append(f"- untrained (copied) view, block {u['block_size']}: {per_source} accepted drafts per cycle")
     return "\n".join(lines)
