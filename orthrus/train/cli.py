@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="the view's default block for inference"
     )
     view.add_argument("--data-sequences", type=int, default=None, help="self-distillation sequences")
+    view.add_argument(
+        "--prompt-len",
+        type=int,
+        default=None,
+        help=f"corpus tokens before each continuation (default {DistillConfig.prompt_len}); anchors start at half of it",
+    )
+    view.add_argument(
+        "--continuation-len",
+        type=int,
+        default=None,
+        help=f"greedy tokens the base writes after each prompt (default {DistillConfig.continuation_len})",
+    )
     view.add_argument("--device", default="cpu")
     view.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DistillConfig.lr:g})")
     view.add_argument(
@@ -176,6 +188,12 @@ def _run_orthrus(args: argparse.Namespace) -> None:
         recipe["loss"] = args.loss
     if args.data_sequences:
         recipe["data_sequences"] = args.data_sequences
+    for flag in ("prompt_len", "continuation_len"):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
+            recipe[flag] = value
     if args.init_from:  # a short continuation: warm up quickly
         recipe.update(init_from=args.init_from, warmup_frac=0.02)
     config = DistillConfig(

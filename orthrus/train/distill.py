@@ -60,6 +60,12 @@ class DistillConfig(LoopConfig):
     checkpoint_minutes: float = 5.0
     log_every: int = 20
 
+    @property
+    def anchor_low(self) -> int:
+        """The first position an anchor may take: at most 64 tokens of corpus text before the base's
+        own continuation (the text the view drafts at inference), and never in the first half of the prompt."""
+        return max(self.prompt_len // 2, self.prompt_len - 64)
+
 
 @torch.no_grad()
 def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config: DistillConfig) -> torch.Tensor:
@@ -137,7 +143,7 @@ def self_distillation_step(model: OrthrusForCausalLM, data: torch.Tensor, config
         rows = torch.randint(0, len(data), (config.batch_size,), generator=generator)
         batch = data[rows].to(config.device)
         anchors = sample_anchors(
-            config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.prompt_len // 2, generator
+            config.batch_size, batch.shape[1], block, config.anchors_per_seq, config.anchor_low, generator
         ).to(config.device)
         loss = distill_loss(model, batch, anchors, block, config.position_decay, config.loss)
         return Step(loss, batch.numel(), {"K": block})
@@ -254,7 +260,7 @@ Command: `{config.command}`
 - data: {summary["self_distillation_sequences"]} corpus prompts of {config.prompt_len} tokens from the train
   split, each continued greedily by `{config.base}` itself for {config.continuation_len} tokens
   ({summary["self_distillation_generated_tokens"]:,} generated tokens)
-- {config.anchors_per_seq} anchors per sequence (anywhere after the first {config.prompt_len // 2} tokens),
+- {config.anchors_per_seq} anchors per sequence (anywhere after the first {config.anchor_low} tokens),
   block sizes {blocks} (one per step, cycling through {list(config.train_block_sizes)})
 - loss: {_loss_line(config)}; only `*_diff` parameters train
 - AdamW (betas {config.betas}, weight decay {config.weight_decay:g}), peak lr {config.lr:g}, {config.warmup_frac:.0%} warmup,
