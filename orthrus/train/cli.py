@@ -14,7 +14,7 @@ from pathlib import Path
 from orthrus.errors import ArgumentParser
 from orthrus.models import DEFAULT_BLOCK_SIZE
 from orthrus.models.zoo_index import TOKENIZER_DIR, ZOO_DIR
-from orthrus.train.distill import DistillConfig
+from orthrus.train.distill import LOSSES, DistillConfig
 
 
 def _loop_settings(args: argparse.Namespace) -> dict[str, object]:
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-len",
         type=int,
         default=None,
-        help=f"corpus tokens before each continuation (default {DistillConfig.prompt_len}); anchors start at half of it",
+        help=f"corpus tokens before each continuation (default {DistillConfig.prompt_len}); anchors start at most "
+        "64 tokens before its end (never in its first half)",
     )
     view.add_argument(
         "--continuation-len",
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.add_argument(
         "--loss",
-        choices=("kl", "chain"),
+        choices=LOSSES,
         default=None,
         help="kl: per-position KL; chain: also weight position j by the chance of reaching it (default kl)",
     )

@@ -29,6 +29,9 @@ from orthrus.train.corpus import corpus_documents
 from orthrus.train.loop import LoopConfig, Step, StepFn, checkpoint_path, log, mean_of_last, start_run, train_loop
 
 
+LOSSES = ("kl", "chain")  # distill_loss's weightings (see there)
+
+
 @dataclass(kw_only=True)
 class DistillConfig(LoopConfig):
     """Everything a diffusion-view run depends on. Defaults are the `tiny-orthrus` recipe."""
@@ -112,7 +115,7 @@ def distill_loss(
     view's own detached probability of the AR's greedy tokens y_1..y_{j-1}: the soft chance that
     verification accepts everything before j, so the loss spends itself where acceptance is decided.
     """
-    if loss not in ("kl", "chain"):
+    if loss not in LOSSES:
         raise ValueError(f"loss must be 'kl' or 'chain', got {loss!r}.")
     student, teacher = model.forward_distill(batch, anchors, block)
     teacher_logp = F.log_softmax(teacher.float(), dim=-1)
