@@ -9,12 +9,11 @@ import argparse
 import json
 import math
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orthrus.errors import ArgumentParser, UserInputError
+from orthrus.errors import ArgumentParser, UserInputError, remembering_interrupts
 
 COLOURS = ("\033[38;5;33m", "\033[38;5;208m")  # alternating per committed block
 RESET = "\033[0m"
@@ -295,23 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: an interrupt that lands in a
-    # finaliser (__del__, where Python swallows the exception) still ends the command with exit 130
-    interrupted: list[int] = []
-
-    def on_interrupt(signum: int, frame: Any) -> None:
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        code = _main(argv)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted and code != 130:
-        print("\ninterrupted.", file=sys.stderr)
-        return 130
-    return code
+    return remembering_interrupts(lambda: _main(argv), "interrupted.")
 
 
 def _main(argv: list[str]) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
 
 
 class UserInputError(ValueError):
@@ -15,3 +19,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserInputError(f"{message} (see {self.prog} --help).")
+
+
+def remembering_interrupts(run: Callable[[], int], message: str) -> int:
+    """``run()``'s exit code, with Ctrl-C raising KeyboardInterrupt as usual and also remembered: an
+    interrupt that lands where it is lost (a finaliser, where Python swallows the exception, or a
+    library that catches it during start-up) still ends the command with ``message`` and exit 130."""
+    interrupted: list[int] = []
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        code = run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted and code != 130:
+        print(f"\n{message}", file=sys.stderr)
+        return 130
+    return code

@@ -21,7 +21,7 @@ from typing import Any
 # Only light modules here: torch, transformers and the harness are imported inside the commands, so
 # that main() is running (and catches Ctrl-C as one line, exit 130) from the first moment of start-up.
 import orthrus.report
-from orthrus.errors import ArgumentParser, UserInputError
+from orthrus.errors import ArgumentParser, UserInputError, remembering_interrupts
 from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
 from orthrus.report.commands import check_gate_inputs
 from orthrus.report.outputs import check_output_dir, check_output_file, write_error
@@ -271,8 +271,15 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+INTERRUPTED = "interrupted; what was measured before is kept (a started run continues with --resume)."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    return remembering_interrupts(lambda: _main(argv), INTERRUPTED)
+
+
+def _main(argv: list[str]) -> int:
     try:
         _quiet_libraries()
         if argv and argv[0] in SUBCOMMANDS and (argv[0] in ("run", "merge") or not Path(argv[0]).exists()):
@@ -282,9 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # start-up (imports, suite, prompts) or the report; the runner has its own
-        print(
-            "\ninterrupted; what was measured before is kept (a started run continues with --resume).", file=sys.stderr
-        )
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
         return 130
     except OSError as err:  # a write the checks could not foresee (a disk filling up, a race)
         print(f"error: {write_error(err)}", file=sys.stderr)
