@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,11 @@ class ArgumentParser(argparse.ArgumentParser):
 def remembering_interrupts(run: Callable[[], int], message: str) -> int:
     """``run()``'s exit code, with Ctrl-C raising KeyboardInterrupt as usual and also remembered: an
     interrupt that lands where it is lost (a finaliser, where Python swallows the exception, or a
-    library that catches it during start-up) still ends the command with ``message`` and exit 130."""
+    library that catches it during start-up) still ends the command with ``message`` and exit 130.
+    Off the main thread (a command line driven from a thread, as tests and embedders do) Python allows
+    no signal handler, and Ctrl-C goes to the main thread anyway: ``run()`` simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return run()
     interrupted: list[int] = []
 
     def on_interrupt(signum: int, frame: Any) -> None:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,6 +199,26 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(suite_file, tmp_path, c
     assert len(err.strip().splitlines()) <= 2, err
     assert "interrupted" in err
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("main", [bench_main, orthrus_main], ids=["run_bench", "orthrus"])
+def test_a_command_line_driven_from_a_thread_runs_and_returns_its_code(main, tmp_path, capsys):
+    """Python allows signal handlers on the main thread only: the Ctrl-C bookkeeping must step aside
+    for a command line run from another thread (the Ray executor's tests and embedders do this)."""
+    codes: list[int] = []
+    failures: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            codes.append(main(["report", str(tmp_path / "missing")] if main is bench_main else ["no-such-command"]))
+        except BaseException as error:  # noqa: BLE001 - the test reports what escaped the thread
+            failures.append(error)
+
+    thread = threading.Thread(target=drive)
+    thread.start()
+    thread.join(timeout=120)
+    assert failures == [] and codes == [2]
+    assert "Traceback" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------- merge, gate, baseline, report
