@@ -79,9 +79,18 @@ def test_distill_trainer_runs_end_to_end_and_keeps_the_ar_view(tmp_path):
     with torch.no_grad():  # fp16 storage rounds the weights; the AR view is otherwise the base
         assert torch.allclose(model(ids), reference.half().float()(ids), atol=1e-4)
 
+    data_file = tmp_path / "orthrus" / "checkpoint" / "distill_data.pt"
+    assert torch.load(data_file, weights_only=True).shape == (4, 16 + 24)
+    stamp = data_file.stat().st_mtime_ns
     config.resume, config.steps = True, 4  # continue from the checkpoint (and the cached data)
     summary = json.loads((train(config) / "training.json").read_text())
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and data_file.stat().st_mtime_ns == stamp
+
+    # the same folder used for another recipe: its cached text is not the data this run asked for
+    config.resume, config.steps, config.prompt_len, config.data_sequences = False, 1, 20, 6
+    summary = json.loads((train(config) / "training.json").read_text())
+    assert summary["self_distillation_sequences"] == 6
+    assert torch.load(data_file, weights_only=True).shape == (6, 20 + 24)
 
 
 def test_position_decay_weights_early_draft_positions(orthrus_model):

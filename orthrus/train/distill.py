@@ -16,6 +16,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,25 @@ def self_distillation_step(model: OrthrusForCausalLM, data: torch.Tensor, config
     return step
 
 
+def data_recipe(config: DistillConfig) -> dict[str, Any]:
+    """What the self-distillation data depends on: cached data is reused only for the same recipe
+    (an output folder reused with other lengths or another seed must not train on stale text)."""
+    return {
+        "base": str(config.base),
+        "seed": config.seed,
+        "data_sequences": config.data_sequences,
+        "prompt_len": config.prompt_len,
+        "continuation_len": config.continuation_len,
+    }
+
+
+def _cached_recipe(file: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None  # no record (data of an older version): regenerate, it is deterministic
+
+
 def train(config: DistillConfig) -> Path:
     start_run(config)
     out_dir = Path(config.out_dir)
@@ -173,14 +193,18 @@ def train(config: DistillConfig) -> Path:
     base_state = {k: v.clone() for k, v in model.state_dict().items() if "_diff" not in k}
 
     data_file = ckpt_dir / "distill_data.pt"
-    if data_file.exists():
+    recipe_file = data_file.with_suffix(".json")
+    if data_file.exists() and _cached_recipe(recipe_file) == data_recipe(config):
         data = torch.load(data_file, weights_only=True)
         log(config, f"reusing {len(data)} self-distillation sequences from {data_file}")
     else:
+        if data_file.exists():
+            log(config, f"{data_file} was made for another recipe (base, seed or lengths); generating anew")
         t0 = time.time()
         model.eval()
         data = generate_self_distillation_data(model, tokenizer, config)
         torch.save(data, data_file)
+        recipe_file.write_text(json.dumps(data_recipe(config), indent=2))
         log(config, f"generated {data.numel():,} tokens of self-distillation text in {time.time() - t0:.0f}s")
     data_gen_tokens = int(data.shape[0] * config.continuation_len)
 
