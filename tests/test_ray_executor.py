@@ -194,6 +194,7 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, ray_address, cap
         (["--workers", "0"], "--workers 0"),
         (["--gpus-per-worker", "1"], "asks for GPUs"),
         (["--workers", "2"], "--executor ray"),  # a Ray flag without --executor ray
+        (["--set", "measure.order=rounds"], "measure.order rounds"),  # interleaving needs one process
     ):
         executor = ["--executor", "ray"] if "--executor ray" not in words else []
         assert main([suite, "--out", str(out), "--quiet", *executor, *flags]) == 2

@@ -477,6 +477,11 @@ class LocalExecutor:
         pass
 
     def run(self, runner: Runner, planned: list[PlannedCell], writer: ResultsWriter, bar: Any) -> None:
+        if runner.suite.measure.order == "rounds":  # every model stays loaded: each round needs them all
+            for round_ in range(runner.suite.measure.repetitions):
+                for item in planned:
+                    runner._run_cell(item, writer, bar, round_)
+            return
         for index, item in enumerate(planned):
             runner._run_cell(item, writer, bar)
             runner.pool.release(runner._models_needed(planned[index + 1 :]))
@@ -713,14 +718,31 @@ class Runner:
         if not self.options.quiet:
             bar.write(f"cell {status}: {cell.params['label']} ctx={_s(cell.params['context_length'])}: {message}")
 
-    def _pending(self, item: PlannedCell) -> bool:
+    def _pending(self, item: PlannedCell, round_: int | None = None) -> bool:
         cell_id = item.cell.cell_id
         if (cell_id, CELL_PROMPT, 0) in self.existing:
             return False
-        reps = self.suite.measure.repetitions
-        return any((cell_id, p.prompt_id, r) not in self.existing for p in item.prompts for r in range(reps))
+        reps = range(self.suite.measure.repetitions) if round_ is None else [round_]
+        return any(
+            (cell_id, p.prompt_id, r) not in self.existing and not self._failed_before(cell_id, p, r)
+            for p in item.prompts
+            for r in reps
+        )
 
-    def _run_cell(self, item: PlannedCell, writer: ResultsWriter, bar: Any) -> None:
+    def _failed_before(self, cell_id: str, prompt: Prompt, repeat: int) -> bool:
+        """Whether an earlier repetition of this prompt failed: its later ones are not measured
+        (in cell order the loop stops at the failure; in round order later rounds skip it)."""
+        return any(
+            self.existing.get((cell_id, prompt.prompt_id, r), {}).get("status", "ok") != "ok" for r in range(repeat)
+        )
+
+    def _repeats(self, round_: int | None) -> tuple[int, int | None]:
+        """(first repetition, last repetition or None): every repetition, or just round ``round_``'s."""
+        return (0, None) if round_ is None else (round_, round_)
+
+    def _run_cell(self, item: PlannedCell, writer: ResultsWriter, bar: Any, round_: int | None = None) -> None:
+        """Measure the cell: all its repetitions, or with ``round_`` (measure.order rounds) only that
+        repetition of each prompt, after its own warm-up."""
         cell = item.cell
         for prompt in item.prompts:  # measured tokens of the reference cell serve as the reference
             done = self.existing.get((cell.cell_id, prompt.prompt_id, 0))
@@ -732,7 +754,7 @@ class Runner:
         if item.skip:
             self._skip_cell(item, item.skip, writer, bar)
             return
-        if not self._pending(item):
+        if not self._pending(item, round_):
             return
         bar.set_description(f"{cell.params['label']} ctx={_s(cell.params['context_length'])}")
         try:
@@ -748,7 +770,7 @@ class Runner:
         weight_bytes = self.pool.weight_bytes(engine.model)
         p = cell.params
         if batch_size_of(cell) > 1:
-            self._run_batches(item, engine, eos, tokenizer, tracker, weight_bytes, writer, bar)
+            self._run_batches(item, engine, eos, tokenizer, tracker, weight_bytes, writer, bar, round_)
             return
         if measure.warmup:
             try:
@@ -766,12 +788,17 @@ class Runner:
                 _free_after_error(err)
                 self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
                 return
+        first, last = self._repeats(round_)
         for prompt in item.prompts:
-            repeat, spent_ms = 0, 0.0
+            repeat, spent_ms = first, 0.0
+            if round_ and self._failed_before(cell.cell_id, prompt, round_):
+                if (cell.cell_id, prompt.prompt_id, round_) not in self.existing:
+                    bar.update(1)  # a failed prompt is not measured again in later rounds
+                continue
             while True:
                 key = (cell.cell_id, prompt.prompt_id, repeat)
                 enough = repeat >= measure.repetitions and spent_ms >= measure.min_duration_s * 1e3
-                if enough or repeat >= measure.max_repetitions:
+                if enough or repeat >= measure.max_repetitions or (last is not None and repeat > last):
                     break
                 if key in self.existing:
                     spent_ms += self.existing[key].get("e2e_ms") or 0.0
@@ -788,7 +815,8 @@ class Runner:
                 if record.status != "ok":
                     if not self.options.quiet:
                         bar.write(f"failed: {p['label']} {prompt.prompt_id} repeat {repeat}: {record.error}")
-                    bar.update(max(0, measure.repetitions - repeat - 1))
+                    if round_ is None:  # in round order, later rounds account for their own skips
+                        bar.update(max(0, measure.repetitions - repeat - 1))
                     break
                 spent_ms += record.e2e_ms or 0.0
                 repeat += 1
@@ -803,9 +831,11 @@ class Runner:
         weight_bytes: int,
         writer: ResultsWriter,
         bar: Any,
+        round_: int | None = None,
     ) -> None:
         """A cell at batch size B > 1: each batch of prompts decoded by one generate_batch call per
-        repetition (at least ``measure.repetitions``, until the batch calls reach min_duration_s)."""
+        repetition (at least ``measure.repetitions``, until the batch calls reach min_duration_s;
+        with ``round_`` only that repetition)."""
         from orthrus.engines import CannotBatchError
 
         cell, measure, p = item.cell, self.suite.measure, item.cell.params
@@ -828,12 +858,17 @@ class Runner:
             _free_after_error(err)
             self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
             return
+        first, last = self._repeats(round_)
         for batch_id, batch in enumerate(batches):
-            repeat, spent_ms = 0, 0.0
+            repeat, spent_ms = first, 0.0
+            if round_ and any(self._failed_before(cell.cell_id, x, round_) for x in batch):
+                if (cell.cell_id, batch[0].prompt_id, round_) not in self.existing:
+                    bar.update(len(batch))  # a failed batch is not measured again in later rounds
+                continue
             while True:
                 keys = [(cell.cell_id, x.prompt_id, repeat) for x in batch]
                 enough = repeat >= measure.repetitions and spent_ms >= measure.min_duration_s * 1e3
-                if enough or repeat >= measure.max_repetitions:
+                if enough or repeat >= measure.max_repetitions or (last is not None and repeat > last):
                     break
                 if all(key in self.existing for key in keys):
                     done = self.existing[keys[0]]
@@ -855,7 +890,8 @@ class Runner:
                 if failed is not None:
                     if not self.options.quiet:
                         bar.write(f"failed: {p['label']} batch {batch_id} repeat {repeat}: {failed.error}")
-                    bar.update(max(0, measure.repetitions - repeat - 1) * len(batch))
+                    if round_ is None:
+                        bar.update(max(0, measure.repetitions - repeat - 1) * len(batch))
                     break
                 spent_ms += records[0].batch_e2e_ms or 0.0
                 repeat += 1

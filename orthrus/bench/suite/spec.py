@@ -22,7 +22,8 @@ Shape of a suite (defaults in brackets; see suites/long_context.yaml for a full 
     prompts:                      # one source or a list of sources (an axis of the matrix)
       - {source: synthetic, count: 2, corpus: heldout}
     measure: {repetitions: 3, warmup: 1, min_duration_s: 0, max_repetitions: 100, seed: 0,
-              threads: 0, stop_at_eos: false, sample_interval_ms: 10}
+              threads: 0, stop_at_eos: false, sample_interval_ms: 10,
+              order: cells}           # rounds: repetition r of every cell before r+1 of any
     reference: {engine: ar, model: <the ar engine's model>}   # null: no identity check
     gates: []                     # list of mappings, evaluated by orthrus.report
     quick: {measure.repetitions: 1}   # overrides that --quick applies (dotted key paths)
@@ -95,7 +96,9 @@ MEASURE_KEYS = (
     "threads",
     "stop_at_eos",
     "sample_interval_ms",
+    "order",
 )
+MEASURE_ORDERS = ("cells", "rounds")
 REFERENCE_KEYS = ("engine", "model")
 SELECT_KEYS = ("engines",)
 PROMPT_KEYS = {
@@ -177,6 +180,10 @@ class MeasureSpec:
     threads: int = 0
     stop_at_eos: bool = False
     sample_interval_ms: float = 10.0
+    # "cells": every repetition of a cell, then the next cell; "rounds": repetition r of every cell
+    # (in suite order, each cell warmed up again) before repetition r + 1 of any, so that the cells
+    # of one run are measured under the same machine load (their ratios hold on a shared machine)
+    order: str = "cells"
 
 
 @dataclass

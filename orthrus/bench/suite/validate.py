@@ -14,6 +14,7 @@ from orthrus.bench.matrix import expand
 from orthrus.bench.suite.checks import (
     a_kind,
     as_bool,
+    as_choice,
     as_device,
     as_int,
     as_list,
@@ -38,6 +39,7 @@ from orthrus.bench.suite.prompt_sources import validate_prompts
 from orthrus.bench.suite.spec import (
     AXES,
     MEASURE_KEYS,
+    MEASURE_ORDERS,
     SELECT_KEYS,
     SWEEP_AXES,
     SWEEP_DEFAULTS,
@@ -258,4 +260,11 @@ def _validate_measure(value: Any) -> MeasureSpec:
     spec.sample_interval_ms = as_number(
         measure.get("sample_interval_ms", 10.0), "measure.sample_interval_ms", 0.0, exclusive=True
     )
+    spec.order = as_choice(measure.get("order", spec.order), "measure.order", MEASURE_ORDERS)
+    if spec.order == "rounds" and spec.min_duration_s > 0:
+        raise fail(
+            "measure.order",
+            "rounds measures exactly measure.repetitions per prompt; set measure.min_duration_s to 0 "
+            "or measure.order to cells.",
+        )
     return spec
