@@ -17,7 +17,8 @@ python -m orthrus profile --device cpu --model qwen3-shape:0.6b --dtype float32 
     --out "reports/profiles/${DEVICE_SLUG}-qwen3-0.6b-float32.json"
 
 # 2. honesty check: one run of the zoo at blocks 4, 8 and 16 on this machine, projected with this
-#    machine's profile; the table compares the projected with the measured decode speedup.
+#    machine's profile; the table compares the projected with the measured decode speedup. The run
+#    measures in rounds (suites/ci.yaml's measure.order), so AR and Orthrus share the machine's load.
 python run_bench.py suites/ci.yaml --set 'sweep.block_sizes=[4,8,16]' --set 'sweep.include=[]' --set 'gates=[]' --set 'prompts[0].count=8' \
     --run-id honesty --quiet
 python run_bench.py project reports/ci/honesty --profile "reports/profiles/${DEVICE_SLUG}-tiny-orthrus-float32.json" \
