@@ -316,6 +316,21 @@ def test_project_a_run_writes_projection_and_the_honesty_check(tmp_path, capsys)
     assert document["sources"][0]["unconditional_acceptance"] == pytest.approx([0.8, 0.6, 0.4])
 
 
+def test_the_honesty_check_warns_when_the_run_measured_cell_after_cell(tmp_path, capsys):
+    """Cells measured one after another see different machine loads, so their measured ratio is
+    no fair check of a projection; measure.order rounds is what the check wants (no warning)."""
+    run = write_run(tmp_path / "run")
+    for order, warned in (("cells", True), ("rounds", False), (None, True)):
+        measure = {"repetitions": 1} | ({"order": order} if order else {})  # absent: cells, the default
+        (run / "suite.yaml").write_text(json.dumps({"name": "x", "measure": measure}))
+        assert main_project([str(run), "--profile", tiny_profile_file(tmp_path)]) == 0
+        err = capsys.readouterr().err
+        warnings = json.loads((run / "projection.json").read_text())["devices"][0]["warnings"]
+        assert any("measure.order: rounds" in w for w in warnings) is warned, order
+        assert ("measure.order: rounds" in err) is warned
+        assert honesty_rows(json.loads((run / "projection.json").read_text())), "the check is still shown"
+
+
 def test_shape_mismatch_is_one_sentence_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     profile = tiny_profile_file(tmp_path, "qwen3-shape:8b")

@@ -87,7 +87,20 @@ def _run_device(run_dir: Path) -> dict[str, Any] | None:
     devices = env.get("devices") or []
     name = devices[0].get("name") if devices and isinstance(devices[0], dict) else None
     threads = (env.get("threads") or {}).get("torch_intra_op")
-    return {"name": name, "threads": threads} if name else None
+    return {"name": name, "threads": threads, "order": _measure_order(run_dir)} if name else None
+
+
+def _measure_order(run_dir: Path) -> str | None:
+    """The run's measure.order (cells unless its suite.yaml says otherwise); None if unreadable."""
+    from orthrus.safe_yaml import read_yaml_file
+
+    try:
+        suite = read_yaml_file(run_dir / "suite.yaml", "the run's suite")
+    except UserInputError:
+        return None
+    measure = suite.get("measure") if isinstance(suite, dict) else None
+    order = measure.get("order", "cells") if isinstance(measure, dict) else "cells"
+    return str(order)
 
 
 def build_project_parser() -> argparse.ArgumentParser:

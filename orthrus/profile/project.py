@@ -449,6 +449,12 @@ def project(
                 f"the run's environment records {run_device.get('threads')} torch threads, the profile "
                 f"{profile_threads}: profile with the threads the suite measured with (measure.threads)"
             )
+        if same_machine and run_device.get("order") == "cells" and any(r.measured_speedup_decode for r in rows):
+            warnings.append(
+                "the run measured its cells one after another (measure.order: cells), so its measured "
+                "speedups move with the machine's load between cells; for this check measure with "
+                "measure.order: rounds"
+            )
         if not same_machine:
             for row in rows:  # a speedup measured elsewhere is no check of this device's projection
                 row.measured_speedup_decode = row.measured_speedup_e2e = None
