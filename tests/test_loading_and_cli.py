@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -132,3 +133,26 @@ def test_cli_engine_default_attention_and_dlm_loader_come_from_the_registry(caps
     assert eager["tokens"] == default["tokens"]
     dlm = generate("--model", "tiny-dlm", "--engine", "dlm")  # model_kind 'dlm': the diffusion loader
     assert len(dlm["tokens"]) == 10 and dlm["forward_passes"]["denoise"] > 0
+
+
+def test_an_orthrus_checkpoint_loads_its_tokenizer_without_a_compatibility_warning(capfd, caplog):
+    """AutoTokenizer reads config.json first; model_type "orthrus" must be known to transformers,
+    or every tokenizer load warns that the checkpoint may not be compatible (it is ours)."""
+    from orthrus.models.checkpoint import load_tokenizer
+    from orthrus.models.zoo_index import zoo_path
+
+    directory = zoo_path("tiny-orthrus")
+    if directory is None:
+        pytest.skip("needs the zoo model tiny-orthrus")
+    assert json.loads((directory / "config.json").read_text())["model_type"] == "orthrus"
+    from transformers import AutoConfig
+
+    from orthrus.models.modeling_orthrus import OrthrusConfig
+
+    config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)  # unknown type: ValueError
+    assert isinstance(config, OrthrusConfig) and config.block_size == 16
+    with caplog.at_level(logging.WARNING):
+        tokenizer = load_tokenizer(directory, trust_remote_code=False)
+    assert tokenizer.mask_token == "<|mask|>"
+    assert not [r for r in caplog.records if "instantiate a model of type" in r.getMessage()]
+    assert "instantiate a model of type" not in capfd.readouterr().err

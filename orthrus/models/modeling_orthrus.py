@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from transformers import PreTrainedModel, Qwen3Config
+from transformers import AutoConfig, PreTrainedModel, Qwen3Config
 from transformers.cache_utils import Cache, DynamicCache, StaticCache, StaticLayer
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
@@ -46,6 +46,13 @@ class OrthrusConfig(Qwen3Config):
         self.block_size = block_size
         self.mask_token_id = mask_token_id
         super().__init__(**kwargs)
+
+
+# transformers' Auto classes read config.json first (AutoTokenizer does, to pick a tokenizer class):
+# knowing "orthrus" spares every load of an Orthrus checkpoint's tokenizer a fallback and a warning
+# that the checkpoint might not be compatible. Registration maps a name to our class; it runs no code
+# from any checkpoint.
+AutoConfig.register(OrthrusConfig.model_type, OrthrusConfig, exist_ok=True)
 
 
 def sdpa_attention(
