@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -768,58 +769,30 @@ class Runner:
         eos = tokenizer.eos_token_id if (measure.stop_at_eos and tokenizer is not None) else None
         tracker = MemoryTracker(engine.device, measure.sample_interval_ms)
         weight_bytes = self.pool.weight_bytes(engine.model)
-        p = cell.params
         if batch_size_of(cell) > 1:
             self._run_batches(item, engine, eos, tokenizer, tracker, weight_bytes, writer, bar, round_)
             return
-        if measure.warmup:
-            try:
-                for _ in range(measure.warmup):
-                    engine.generate(
-                        item.prompts[0].ids,
-                        p["max_new_tokens"],
-                        p["temperature"],
-                        p["top_k"],
-                        p["top_p"],
-                        p["seed"],
-                        eos,
-                    )
-            except Exception as err:  # noqa: BLE001 - the cell cannot run
-                _free_after_error(err)
-                self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
-                return
-        first, last = self._repeats(round_)
-        for prompt in item.prompts:
-            repeat, spent_ms = first, 0.0
-            if round_ and self._failed_before(cell.cell_id, prompt, round_):
-                if (cell.cell_id, prompt.prompt_id, round_) not in self.existing:
-                    bar.update(1)  # a failed prompt is not measured again in later rounds
-                continue
-            while True:
-                key = (cell.cell_id, prompt.prompt_id, repeat)
-                enough = repeat >= measure.repetitions and spent_ms >= measure.min_duration_s * 1e3
-                if enough or repeat >= measure.max_repetitions or (last is not None and repeat > last):
-                    break
-                if key in self.existing:
-                    spent_ms += self.existing[key].get("e2e_ms") or 0.0
-                    repeat += 1
-                    continue
-                if repeat >= measure.repetitions:
-                    bar.total += 1
-                record = self._measure(cell, engine, prompt, repeat, eos, tokenizer, tracker, weight_bytes)
-                if record.status == "ok":  # a batch of one: batch figures are this call's own
-                    record.batch_id, record.batch_index, record.batch_rows = item.prompts.index(prompt), 0, 1
-                    record.batch_prompt_ids = [prompt.prompt_id]
-                self._write(writer, record)
-                bar.update(1)
-                if record.status != "ok":
-                    if not self.options.quiet:
-                        bar.write(f"failed: {p['label']} {prompt.prompt_id} repeat {repeat}: {record.error}")
-                    if round_ is None:  # in round order, later rounds account for their own skips
-                        bar.update(max(0, measure.repetitions - repeat - 1))
-                    break
-                spent_ms += record.e2e_ms or 0.0
-                repeat += 1
+        p = cell.params
+        try:
+            for _ in range(measure.warmup):
+                engine.generate(
+                    item.prompts[0].ids, p["max_new_tokens"], p["temperature"], p["top_k"], p["top_p"], p["seed"], eos
+                )
+        except Exception as err:  # noqa: BLE001 - the cell cannot run
+            _free_after_error(err)
+            self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
+            return
+
+        def measure_one(index: int, prompts: list[Prompt], repeat: int) -> list[MeasurementRecord]:
+            prompt = prompts[0]
+            record = self._measure(cell, engine, prompt, repeat, eos, tokenizer, tracker, weight_bytes)
+            if record.status == "ok":  # a batch of one: batch figures are this call's own
+                record.batch_id, record.batch_index, record.batch_rows = index, 0, 1
+                record.batch_prompt_ids = [prompt.prompt_id]
+            return [record]
+
+        units = [(prompt.prompt_id, [prompt]) for prompt in item.prompts]
+        self._repeat_units(item, units, measure_one, writer, bar, round_)
 
     def _run_batches(
         self,
@@ -834,16 +807,14 @@ class Runner:
         round_: int | None = None,
     ) -> None:
         """A cell at batch size B > 1: each batch of prompts decoded by one generate_batch call per
-        repetition (at least ``measure.repetitions``, until the batch calls reach min_duration_s;
-        with ``round_`` only that repetition)."""
+        repetition."""
         from orthrus.engines import CannotBatchError
 
         cell, measure, p = item.cell, self.suite.measure, item.cell.params
-        batches = item.batches
         try:
             for _ in range(measure.warmup):
                 engine.generate_batch(
-                    [x.ids for x in batches[0]],
+                    [x.ids for x in item.batches[0]],
                     p["max_new_tokens"],
                     p["temperature"],
                     p["top_k"],
@@ -858,15 +829,38 @@ class Runner:
             _free_after_error(err)
             self._fail_cell(item, f"warm-up: {one_line(err)}", writer, bar)
             return
+
+        def measure_batch(batch_id: int, batch: list[Prompt], repeat: int) -> list[MeasurementRecord] | None:
+            return self._measure_batch(cell, engine, batch_id, batch, repeat, eos, tokenizer, tracker, weight_bytes)
+
+        units = [(f"batch {batch_id}", batch) for batch_id, batch in enumerate(item.batches)]
+        self._repeat_units(item, units, measure_batch, writer, bar, round_)
+
+    def _repeat_units(
+        self,
+        item: PlannedCell,
+        units: list[tuple[str, list[Prompt]]],
+        measure_unit: Callable[[int, list[Prompt], int], list[MeasurementRecord] | None],
+        writer: ResultsWriter,
+        bar: Any,
+        round_: int | None,
+    ) -> None:
+        """The repetitions of each unit (one prompt, or one batch decoded by one call): at least
+        ``measure.repetitions`` and until their calls reach min_duration_s, or with ``round_`` just
+        that repetition. Records already in the run are kept (resume); a unit stops at its first
+        failed measurement, in later rounds too. ``measure_unit`` returning None (the engine refused
+        to batch at run time) ends the cell, which it has recorded as skipped."""
+        cell, measure = item.cell, self.suite.measure
         first, last = self._repeats(round_)
-        for batch_id, batch in enumerate(batches):
-            repeat, spent_ms = first, 0.0
-            if round_ and any(self._failed_before(cell.cell_id, x, round_) for x in batch):
-                if (cell.cell_id, batch[0].prompt_id, round_) not in self.existing:
-                    bar.update(len(batch))  # a failed batch is not measured again in later rounds
+        for index, (name, prompts) in enumerate(units):
+            rows = len(prompts)
+            if round_ and any(self._failed_before(cell.cell_id, x, round_) for x in prompts):
+                if (cell.cell_id, prompts[0].prompt_id, round_) not in self.existing:
+                    bar.update(rows)  # a failed unit is not measured again in later rounds
                 continue
+            repeat, spent_ms = first, 0.0
             while True:
-                keys = [(cell.cell_id, x.prompt_id, repeat) for x in batch]
+                keys = [(cell.cell_id, x.prompt_id, repeat) for x in prompts]
                 enough = repeat >= measure.repetitions and spent_ms >= measure.min_duration_s * 1e3
                 if enough or repeat >= measure.max_repetitions or (last is not None and repeat > last):
                     break
@@ -876,11 +870,9 @@ class Runner:
                     repeat += 1
                     continue
                 if repeat >= measure.repetitions:
-                    bar.total += len(batch)
-                records = self._measure_batch(
-                    cell, engine, batch_id, batch, repeat, eos, tokenizer, tracker, weight_bytes
-                )
-                if records is None:  # the engine refused to batch at run time: the cell is skipped
+                    bar.total += rows
+                records = measure_unit(index, prompts, repeat)
+                if records is None:
                     return
                 for key, record in zip(keys, records):
                     if key not in self.existing:
@@ -889,11 +881,11 @@ class Runner:
                 failed = next((r for r in records if r.status != "ok"), None)
                 if failed is not None:
                     if not self.options.quiet:
-                        bar.write(f"failed: {p['label']} batch {batch_id} repeat {repeat}: {failed.error}")
-                    if round_ is None:
-                        bar.update(max(0, measure.repetitions - repeat - 1) * len(batch))
+                        bar.write(f"failed: {cell.params['label']} {name} repeat {repeat}: {failed.error}")
+                    if round_ is None:  # in round order, later rounds account for their own skips
+                        bar.update(max(0, measure.repetitions - repeat - 1) * rows)
                     break
-                spent_ms += records[0].batch_e2e_ms or 0.0
+                spent_ms += records[0].batch_e2e_ms or records[0].e2e_ms or 0.0
                 repeat += 1
 
     def _measure_batch(
