@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from orthrus.models import DEFAULT_BLOCK_SIZE, OrthrusForCausalLM, is_diffusion_param, load_causal_lm
 from orthrus.models.zoo_index import TOKENIZER_DIR
@@ -91,6 +93,29 @@ def test_distill_trainer_runs_end_to_end_and_keeps_the_ar_view(tmp_path):
     summary = json.loads((train(config) / "training.json").read_text())
     assert summary["self_distillation_sequences"] == 6
     assert torch.load(data_file, weights_only=True).shape == (6, 20 + 24)
+
+    # half the prompts from Python files outside the corpus: other data, so generated anew
+    code = tmp_path / "code"
+    code.mkdir()
+    source = "def double(value: int) -> int:\n    return value * 2\n" * 20
+    (code / "a.py").write_text(source)
+    config.extra_prompts, config.extra_fraction = str(code), 0.5
+    train(config)
+    data = torch.load(data_file, weights_only=True)
+    assert data.shape == (6, 20 + 24)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
+    prompts = [tokenizer.decode(row[:20], skip_special_tokens=True) for row in data.tolist()]
+    assert sum(prompt in source for prompt in prompts) == 3  # 3 of 6 prompts are windows of a.py
+    assert "Python files under" in (tmp_path / "orthrus" / "README.md").read_text()
+
+
+def test_extra_prompts_that_are_the_evaluated_code_or_no_code_are_refused(tmp_path):
+    package = Path(__file__).resolve().parents[1] / "orthrus"
+    for directory, words in ((package / "engines", "never train on what is evaluated"), (tmp_path, "Python files")):
+        config = DistillConfig(out_dir=tmp_path / "out", steps=1, quiet=True, extra_prompts=str(directory))
+        with pytest.raises(ValueError, match=words):
+            train(config)
+        assert not (tmp_path / "out").exists()
 
 
 def test_position_decay_weights_early_draft_positions(orthrus_model):

@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"greedy tokens the base writes after each prompt (default {DistillConfig.continuation_len})",
     )
+    view.add_argument(
+        "--extra-prompts",
+        default=None,
+        metavar="DIR",
+        help="also take prompts from the Python files under DIR (code outside the corpus; never the "
+        "evaluation's own code, this package)",
+    )
+    view.add_argument(
+        "--extra-fraction",
+        type=float,
+        default=None,
+        help=f"share of the sequences whose prompt comes from --extra-prompts (default {DistillConfig.extra_fraction:g})",
+    )
     view.add_argument("--device", default="cpu")
     view.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DistillConfig.lr:g})")
     view.add_argument(
@@ -195,6 +208,12 @@ def _run_orthrus(args: argparse.Namespace) -> None:
             if value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
             recipe[flag] = value
+    if args.extra_fraction is not None and not args.extra_prompts:
+        raise ValueError("--extra-fraction needs --extra-prompts DIR.")
+    if args.extra_prompts:
+        recipe["extra_prompts"] = args.extra_prompts
+    if args.extra_fraction is not None:
+        recipe["extra_fraction"] = args.extra_fraction
     if args.init_from:  # a short continuation: warm up quickly
         recipe.update(init_from=args.init_from, warmup_frac=0.02)
     config = DistillConfig(

@@ -52,6 +52,18 @@ def _stdlib_documents() -> list[Document]:
     return documents
 
 
+def code_documents(root: Path) -> list[Document]:
+    """Every non-empty ``*.py`` file under ``root`` (size-capped as the corpus is), sorted by path."""
+    documents = []
+    for path in sorted(root.rglob("*.py")):
+        if path.stat().st_size > MAX_FILE_BYTES:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            documents.append(Document(name=path.relative_to(root).as_posix(), text=text))
+    return documents
+
+
 def _pydoc_topic_documents() -> list[Document]:
     from pydoc_data.topics import topics
 

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from orthrus.models import DEFAULT_BLOCK_SIZE, OrthrusForCausalLM, resolve_model_path
 from orthrus.models.zoo_index import ZOO_DIR
 from orthrus.train.base import tokenize_stream
-from orthrus.train.corpus import corpus_documents
+from orthrus.train.corpus import code_documents, corpus_documents
 from orthrus.train.loop import LoopConfig, Step, StepFn, checkpoint_path, log, mean_of_last, start_run, train_loop
 
 
@@ -46,6 +46,10 @@ class DistillConfig(LoopConfig):
     prompt_len: int = 128
     continuation_len: int = 384
     gen_batch: int = 64
+    # prompts from Python files outside the corpus (a directory), for this fraction of the sequences:
+    # the view then also learns how the base continues code in other styles than the stdlib's
+    extra_prompts: str | None = None
+    extra_fraction: float = 0.5
     # optimisation (AdamW without weight decay)
     batch_size: int = 4
     anchors_per_seq: int = 48
@@ -78,10 +82,19 @@ def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config
     Batched greedy decoding with the AR view over a shared dynamic cache (all prompts have equal
     length, so no padding is involved).
     """
-    stream = tokenize_stream(tokenizer, corpus_documents("train"))
     generator = torch.Generator().manual_seed(config.seed)
-    starts = torch.randint(0, len(stream) - config.prompt_len, (config.data_sequences,), generator=generator)
-    prompts = torch.stack([stream[s : s + config.prompt_len] for s in starts.tolist()])
+    n_extra = extra_sequences(config)
+    prompts = []
+    sources = [(corpus_documents("train"), config.data_sequences - n_extra)]
+    if n_extra:
+        sources.append((code_documents(Path(config.extra_prompts)), n_extra))
+    for documents, count in sources:
+        stream = tokenize_stream(tokenizer, documents)
+        if len(stream) <= config.prompt_len:
+            raise ValueError(f"the prompt source holds {len(stream)} tokens, fewer than --prompt-len {config.prompt_len}.")
+        starts = torch.randint(0, len(stream) - config.prompt_len, (count,), generator=generator)
+        prompts.extend(stream[s : s + config.prompt_len] for s in starts.tolist())
+    prompts = torch.stack(prompts)
     out = []
     bar = tqdm(total=len(prompts), desc="self-distillation data", disable=config.quiet, unit="seq")
     for chunk in prompts.split(config.gen_batch):
@@ -155,6 +168,25 @@ def self_distillation_step(model: OrthrusForCausalLM, data: torch.Tensor, config
     return step
 
 
+def extra_sequences(config: DistillConfig) -> int:
+    """How many sequences take their prompt from ``extra_prompts`` (checked: a directory of Python
+    files that is not the code the evaluation measures on)."""
+    if not config.extra_prompts:
+        return 0
+    root = Path(config.extra_prompts).resolve()
+    if not root.is_dir() or not any(root.rglob("*.py")):
+        raise ValueError(f"--extra-prompts {config.extra_prompts}: give a directory holding Python files.")
+    package = Path(__file__).resolve().parents[1]  # orthrus/: its engines are the evaluation's code prompts
+    if root == package or package in root.parents or root in package.parents:
+        raise ValueError(
+            f"--extra-prompts {config.extra_prompts} holds this package, whose engines are the evaluation's "
+            "code prompts; never train on what is evaluated: take code from elsewhere."
+        )
+    if not 0.0 < config.extra_fraction <= 1.0:
+        raise ValueError(f"--extra-fraction must be in (0, 1], got {config.extra_fraction}.")
+    return round(config.data_sequences * config.extra_fraction)
+
+
 def data_recipe(config: DistillConfig) -> dict[str, Any]:
     """What the self-distillation data depends on: cached data is reused only for the same recipe
     (an output folder reused with other lengths or another seed must not train on stale text)."""
@@ -164,6 +196,8 @@ def data_recipe(config: DistillConfig) -> dict[str, Any]:
         "data_sequences": config.data_sequences,
         "prompt_len": config.prompt_len,
         "continuation_len": config.continuation_len,
+        "extra_prompts": str(Path(config.extra_prompts).resolve()) if config.extra_prompts else None,
+        "extra_fraction": config.extra_fraction if config.extra_prompts else None,
     }
 
 
@@ -175,6 +209,7 @@ def _cached_recipe(file: Path) -> dict[str, Any] | None:
 
 
 def train(config: DistillConfig) -> Path:
+    extra_sequences(config)  # a bad --extra-prompts stops the run before anything loads
     start_run(config)
     out_dir = Path(config.out_dir)
     ckpt_dir = checkpoint_path(out_dir).parent
@@ -263,6 +298,12 @@ def _loss_line(config: DistillConfig) -> str:
     return line
 
 
+def _sources_line(config: DistillConfig) -> str:
+    extra = extra_sequences(config)
+    line = f"{config.data_sequences - extra} from the corpus's train split"
+    return line + (f", {extra} from the Python files under `{config.extra_prompts}`" if extra else "")
+
+
 def model_card(config: DistillConfig, summary: dict) -> str:
     """The card's training section; ``python -m orthrus evaluate --write-card`` adds the evaluation."""
     blocks = ", ".join(str(b) for b in sorted(set(config.train_block_sizes)))
@@ -284,8 +325,8 @@ are stored as float16 and meant to be loaded and run in fp32.
 ## Training
 Command: `{config.command}`
 
-- data: {summary["self_distillation_sequences"]} corpus prompts of {config.prompt_len} tokens from the train
-  split, each continued greedily by `{config.base}` itself for {config.continuation_len} tokens
+- data: {summary["self_distillation_sequences"]} prompts of {config.prompt_len} tokens ({_sources_line(config)}),
+  each continued greedily by `{config.base}` itself for {config.continuation_len} tokens
   ({summary["self_distillation_generated_tokens"]:,} generated tokens)
 - {config.anchors_per_seq} anchors per sequence (anywhere after the first {config.anchor_low} tokens),
   block sizes {blocks} (one per step, cycling through {list(config.train_block_sizes)})
