@@ -723,23 +723,19 @@ class Runner:
         cell_id = item.cell.cell_id
         if (cell_id, CELL_PROMPT, 0) in self.existing:
             return False
-        reps = range(self.suite.measure.repetitions) if round_ is None else [round_]
-        return any(
-            (cell_id, p.prompt_id, r) not in self.existing and not self._failed_before(cell_id, p, r)
+        if round_ is None:
+            reps = self.suite.measure.repetitions
+            return any((cell_id, p.prompt_id, r) not in self.existing for p in item.prompts for r in range(reps))
+        return any(  # round order: a prompt that failed in an earlier round is not measured again
+            (cell_id, p.prompt_id, round_) not in self.existing and not self._failed_before(cell_id, p, round_)
             for p in item.prompts
-            for r in reps
         )
 
     def _failed_before(self, cell_id: str, prompt: Prompt, repeat: int) -> bool:
-        """Whether an earlier repetition of this prompt failed: its later ones are not measured
-        (in cell order the loop stops at the failure; in round order later rounds skip it)."""
+        """Whether an earlier repetition of this prompt failed (in round order, later rounds skip it)."""
         return any(
             self.existing.get((cell_id, prompt.prompt_id, r), {}).get("status", "ok") != "ok" for r in range(repeat)
         )
-
-    def _repeats(self, round_: int | None) -> tuple[int, int | None]:
-        """(first repetition, last repetition or None): every repetition, or just round ``round_``'s."""
-        return (0, None) if round_ is None else (round_, round_)
 
     def _run_cell(self, item: PlannedCell, writer: ResultsWriter, bar: Any, round_: int | None = None) -> None:
         """Measure the cell: all its repetitions, or with ``round_`` (measure.order rounds) only that
@@ -851,10 +847,10 @@ class Runner:
         failed measurement, in later rounds too. ``measure_unit`` returning None (the engine refused
         to batch at run time) ends the cell, which it has recorded as skipped."""
         cell, measure = item.cell, self.suite.measure
-        first, last = self._repeats(round_)
+        first, last = (0, None) if round_ is None else (round_, round_)
         for index, (name, prompts) in enumerate(units):
             rows = len(prompts)
-            if round_ and any(self._failed_before(cell.cell_id, x, round_) for x in prompts):
+            if round_ is not None and any(self._failed_before(cell.cell_id, x, round_) for x in prompts):
                 if (cell.cell_id, prompts[0].prompt_id, round_) not in self.existing:
                     bar.update(rows)  # a failed unit is not measured again in later rounds
                 continue

@@ -38,29 +38,22 @@ def stdlib_root() -> Path:
 
 
 def _stdlib_documents() -> list[Document]:
-    root = stdlib_root()
+    return code_documents(stdlib_root(), excluded_dirs=EXCLUDED_DIRS)
+
+
+def code_documents(root: Path, excluded_dirs: frozenset[str] = frozenset()) -> list[Document]:
+    """Every non-empty ``*.py`` file under ``root`` outside ``excluded_dirs`` (size-capped), sorted
+    by path; a document's name is its path relative to ``root``."""
     documents = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
-        if EXCLUDED_DIRS.intersection(relative.parts[:-1]):
+        if excluded_dirs.intersection(relative.parts[:-1]):
             continue
         if path.stat().st_size > MAX_FILE_BYTES:
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
         if text.strip():
             documents.append(Document(name=relative.as_posix(), text=text))
-    return documents
-
-
-def code_documents(root: Path) -> list[Document]:
-    """Every non-empty ``*.py`` file under ``root`` (size-capped as the corpus is), sorted by path."""
-    documents = []
-    for path in sorted(root.rglob("*.py")):
-        if path.stat().st_size > MAX_FILE_BYTES:
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text.strip():
-            documents.append(Document(name=path.relative_to(root).as_posix(), text=text))
     return documents
 
 

@@ -29,7 +29,6 @@ from orthrus.train.base import tokenize_stream
 from orthrus.train.corpus import code_documents, corpus_documents
 from orthrus.train.loop import LoopConfig, Step, StepFn, checkpoint_path, log, mean_of_last, start_run, train_loop
 
-
 LOSSES = ("kl", "chain")  # distill_loss's weightings (see there)
 
 
