@@ -54,7 +54,15 @@ class AREngine(Engine):
         logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0, last_only=True)
         token = pick_token(logits[0, -1], settings, generator)
         result.record_step("prefill", [int(token)], kv_bytes=cache_storage_bytes(cache))
-        past = len(prompt)  # entries in the cache: every committed token before the last one
+        return self._decode(result, cache, len(prompt), token, max_new_tokens, settings, generator, eos_token_id)
+
+    def _decode(
+        self, result, cache, past, token, max_new_tokens, settings, generator, eos_token_id
+    ) -> GenerationResult:
+        """The decoding loop after prefill: ``cache`` holds ``past`` entries, every committed token but
+        the last (``token``, already in ``result``). ``orthrus profile`` times its steps from a cache
+        filled without a prefill."""
+        model = self.model
         grows = self.cache_kind == "dynamic"  # a static cache's storage is fixed at prefill
         while result.tokens[-1] != eos_token_id and result.new_tokens < max_new_tokens:
             logits = model.forward_ar(token.view(1, 1), cache, past)

@@ -111,10 +111,20 @@ class OrthrusEngine(Engine):
         result.start()
         logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0, last_only=True)
         anchor = pick_token(logits[0, -1], settings, generator)
-        new, done = truncate_at_eos([int(anchor)], eos_token_id)
-        result.record_step("prefill", new, kv_bytes=cache_storage_bytes(cache))
-        past = len(prompt)  # entries in the cache: every committed token before the anchor
-        while not done and result.new_tokens < max_new_tokens:
+        result.record_step("prefill", [int(anchor)], kv_bytes=cache_storage_bytes(cache))
+        return self._decode(result, cache, len(prompt), anchor, max_new_tokens, settings, generator, eos_token_id)
+
+    def _decode(
+        self, result, cache, past, anchor, max_new_tokens, settings, generator, eos_token_id, max_steps=None
+    ) -> GenerationResult:
+        """The decoding loop after prefill: ``cache`` holds ``past`` entries, every committed token
+        before the anchor (already in ``result``). ``orthrus profile`` times its cycles from a cache
+        filled without a prefill, ``max_steps`` cycles at a time."""
+        model = self.model
+        done = eos_token_id is not None and result.tokens[-1] == eos_token_id
+        steps = 0
+        while not done and result.new_tokens < max_new_tokens and (max_steps is None or steps < max_steps):
+            steps += 1
             size = min(self.block_size, max_new_tokens - result.new_tokens)  # the last block shrinks
             if size == 1:  # nothing left to draft: one plain AR step
                 logits = model.forward_ar(anchor.view(1, 1), cache, past)
