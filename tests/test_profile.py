@@ -107,16 +107,19 @@ def measured(test_shape):
 
 def test_profile_schema_and_round_trip(measured, tmp_path):
     data = measured.to_dict()
-    assert data["format"] == "orthrus-latency-profile" and data["version"] == 1
+    assert data["format"] == "orthrus-latency-profile" and data["version"] == 2
     assert data["device"]["type"] == "cpu" and data["device"]["name"]
     assert data["dtype"] == "float32" and data["versions"]["torch"] == torch.__version__
     assert data["versions"]["transformers"] and data["threads"]["torch_intra_op"] >= 1
     assert data["model"]["shape"]["name"] == "qwen3-shape:test" and data["model"]["params_ar"] > 0
     assert data["settings"]["timer"] == "perf_counter" and data["settings"]["repeats"] == 2
     cells = {(t["context"], t["kind"], t["block"]) for t in data["timings"]}
-    assert cells == {(c, "decode", 1) for c in (8, 32)} | {
-        (c, kind, k) for c in (8, 32) for kind in ("verify", "draft") for k in (1, 2, 4)
-    }
+    assert cells == (
+        {(c, kind, 1) for c in (8, 32) for kind in ("decode", "ar_step")}
+        | {(c, kind, k) for c in (8, 32) for kind in ("verify", "draft") for k in (1, 2, 4)}
+        | {(c, "orthrus_cycle", k) for c in (8, 32) for k in (2, 4)}  # a cycle drafts: K >= 2
+    )
+    assert measured.has_engine_steps
     for t in data["timings"]:
         assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["repeats"] == 2
     path = measured.save(tmp_path / "p.json")
@@ -136,20 +139,56 @@ def test_profile_cache_is_left_at_its_context(test_shape):
             assert all(int(layer.cumulative_length) == 32 for layer in runner.cache.layers)
 
 
+def test_profile_times_the_engines_own_loops_in_inference_mode(test_shape, monkeypatch):
+    """The engines decode under inference mode; a profile timed with autograd on read the decode
+    pass 20-40% slow on a CPU. The engine steps are the engines' real loops: every orthrus cycle
+    goes through OrthrusEngine._cycle, one per step."""
+    from orthrus.engines.orthrus_engine import OrthrusEngine
+    from orthrus.profile.timing import EngineLoops
+
+    model = shapes.load_model(test_shape, "cpu", "float32")
+    modes, cycles = [], []
+    forward_ar, cycle = model.forward_ar, OrthrusEngine._cycle
+    monkeypatch.setattr(
+        model, "forward_ar", lambda *a, **k: modes.append(torch.is_inference_mode_enabled()) or forward_ar(*a, **k)
+    )
+    monkeypatch.setattr(OrthrusEngine, "_cycle", lambda self, *a: cycles.append(a[1]) or cycle(self, *a))
+    profile = measure_profile(model, test_shape, contexts=[16], blocks=[1, 4], repeats=3, warmup=0)
+    assert modes and all(modes)
+    assert cycles == [4] * 3  # repeats 3, no warm-up: one round of one 3-step run of the loop
+    assert {(t.kind, t.block, t.repeats) for t in profile.timings if t.kind in ("ar_step", "orthrus_cycle")} == {
+        ("ar_step", 1, 3),
+        ("orthrus_cycle", 4, 3),
+    }
+    with torch.inference_mode():
+        loops = EngineLoops(model, 16, [4], steps=2)
+        assert len(loops.run("ar_step", 1)) == 2
+        times = loops.run("orthrus_cycle", 4)
+    assert len(times) == 2 and all(ms > 0 for ms in times)
+
+
 def test_profile_refuses_contexts_beyond_the_model(test_shape):
     model = shapes.load_model(test_shape, "cpu", "float32")
     with pytest.raises(UserInputError, match="exceeds .*max_position_embeddings"):
         measure_profile(model, test_shape, contexts=[600], blocks=[4], repeats=1)
 
 
-def hand_profile(shape_spec="qwen3-shape:8b", device="Test GPU", params=8, draft_ms=None) -> LatencyProfile:
-    """decode 10 ms at context 1000 and 20 ms at 3000; verify(K) = draft(K) = decode + K/2 ms."""
+def hand_profile(
+    shape_spec="qwen3-shape:8b", device="Test GPU", params=8, draft_ms=None, engine_steps=False
+) -> LatencyProfile:
+    """decode 10 ms at context 1000 and 20 ms at 3000; verify(K) = draft(K) = decode + K/2 ms.
+    With ``engine_steps``: the ar step 1 ms more than decode, the orthrus cycle 3 ms more than
+    draft + verify (the engines' host work between passes)."""
     rows = []
     for context, decode in ((1000, 10.0), (3000, 20.0)):
         rows.append(PassTiming(context, 1, "decode", decode if draft_ms is None else draft_ms, 1, 30, 5))
         for k in (1, 2, 4, 8):
             rows.append(PassTiming(context, k, "verify", decode + k / 2, 1, 30, 5))
             rows.append(PassTiming(context, k, "draft", decode + k / 2, 1, 30, 5))
+        if engine_steps:
+            rows.append(PassTiming(context, 1, "ar_step", decode + 1, 1, 30, 5))
+            for k in (2, 4, 8):
+                rows.append(PassTiming(context, k, "orthrus_cycle", 2 * (decode + k / 2) + 3, 1, 30, 5))
     shape = shapes.spec_shape(shape_spec)
     return LatencyProfile(
         device={"type": "cuda", "name": device},
@@ -180,15 +219,27 @@ def test_profile_interpolates_and_never_extrapolates():
         (lambda d: d["timings"][0].update(median_ms=-1.0), "non-positive time"),
         (lambda d: d.update(timings=[t for t in d["timings"] if t["kind"] != "draft"]), "no draft timings"),
         (lambda d: d["timings"][0].update(kind="prefill"), "unknown pass 'prefill'"),
+        (
+            lambda d: d.update(timings=[t for t in d["timings"] if t["kind"] != "orthrus_cycle"]),
+            "engine steps ar_step without orthrus_cycle",
+        ),
     ],
 )
 def test_malformed_profile_is_one_sentence(tmp_path, mutate, message):
-    data = hand_profile().to_dict()
+    data = hand_profile(engine_steps=True).to_dict()
     mutate(data)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(UserInputError, match=message):
         LatencyProfile.load(path)
+
+
+def test_a_version_1_profile_still_loads_without_engine_steps(tmp_path):
+    data = hand_profile().to_dict() | {"version": 1}  # what profile wrote before engine steps
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    profile = LatencyProfile.load(path)
+    assert not profile.has_engine_steps and profile.time_ms("decode", 1000) == 10.0
 
 
 def test_profile_that_is_not_json(tmp_path):
@@ -235,6 +286,28 @@ def test_projection_arithmetic_known_answer():
     # at context 2000 every time is interpolated half-way
     mid = {r.block: r for r in project_source(AcceptanceSource("m", "orthrus", [1.0] * 3, 4, 2000.0), hand_profile())}
     assert mid[4].speedup == pytest.approx(4 * 15 / (2 * 17))
+
+
+def test_projection_uses_the_engines_own_steps_where_the_profile_has_them():
+    # tau(4) = 2.4 as above; t_step = 11 ms, t_cycle(4) = 12 + 12 + 3 = 27 ms; passes still shown
+    source = AcceptanceSource("hand", "orthrus", [0.8, 0.5, 0.5], block_size=4, context=1000.0)
+    rows = {r.block: r for r in project_source(source, hand_profile(engine_steps=True))}
+    row = rows[4]
+    assert row.basis == "engine steps" and (row.t_step_ms, row.t_cycle_ms) == pytest.approx((11.0, 27.0))
+    assert row.speedup == pytest.approx(2.4 * 11 / 27)
+    assert row.speedup_passes == pytest.approx(2.4 * 10 / 24)
+    assert row.tokens_per_s == pytest.approx(1e3 * 2.4 / 27) and row.ar_tokens_per_s == pytest.approx(1e3 / 11)
+    assert row.arithmetic == (
+        "2.40 x 11.000 ms / 27.000 ms = 0.98x (passes: 2.40 x 10.000 ms / (12.000 ms + 12.000 ms) = 1.00x)"
+    )
+    # without engine steps the passes decide, and project() says why
+    plain = {r.block: r for r in project_source(source, hand_profile())}
+    assert plain[4].basis == "passes" and plain[4].speedup == pytest.approx(1.0) and plain[4].t_cycle_ms is None
+    source.shape = shapes.spec_shape("qwen3-shape:8b")
+    [device] = project([source], {"old.json": hand_profile()})
+    assert any("no engine steps" in w and "re-measure" in w for w in device.warnings)
+    [device] = project([source], {"new.json": hand_profile(engine_steps=True)})
+    assert not any("no engine steps" in w for w in device.warnings)
 
 
 def test_assisted_uses_the_draft_models_decode_time():

@@ -4,19 +4,25 @@ One Orthrus cycle with block K drafts K-1 tokens in one diffusion pass and verif
 pass; it commits the accepted drafts plus one correction (or bonus) token. So
 
     tokens_per_cycle(K) = 1 + E[accepted](K),   E[accepted](K) = sum_{j=1}^{K-1} prod_{i=1}^{j} c_i
-    speedup(K)          = tokens_per_cycle(K) * t_AR(1) / (t_draft(K) + t_verify(K))
-    tokens_per_s(K)     = tokens_per_cycle(K) / (t_draft(K) + t_verify(K)),  AR: 1 / t_AR(1)
+    speedup(K)          = tokens_per_cycle(K) * t_step / t_cycle(K)
+    tokens_per_s(K)     = tokens_per_cycle(K) / t_cycle(K),  AR: 1 / t_step
 
 with c_i the conditional acceptance rate of draft position i (accepted, given drafts 1..i-1 were)
-and t_* the profile's median pass times at the context length (interpolated linearly between
-measured contexts and blocks, never extrapolated). ``assisted`` is the same with a separate draft
+and t_step, t_cycle(K) the profile's median ``ar`` engine step and ``orthrus`` engine cycle at the
+context length (interpolated linearly between measured contexts and blocks, never extrapolated).
+The same from the bare passes, shown next to it and used where a profile has no engine steps:
+
+    speedup_passes(K)   = tokens_per_cycle(K) * t_AR(1) / (t_draft(K) + t_verify(K))
+
+the speedup of an engine that spends nothing on the host between passes; t_cycle - (t_draft +
+t_verify) is what ours spends. ``assisted`` is projected from passes only, with its separate draft
 model: t_draft(K) = (K-1) * t_AR_draft(1), its one-token decode time from the draft model's profile.
 
 The acceptance comes from a run directory (pooled over the cycles of every request of a cell) or
 from a published-acceptance YAML (reports/profiles/README.md). Projecting to a block K smaller than
 the one measured truncates the rates (assumes position j's acceptance does not depend on K);
-larger blocks are not projected. Host overhead between passes is part of the profile's pass times
-(argmax and reading ids back), nothing else is added.
+larger blocks are not projected. The pass times include the argmax and reading ids back; the
+engine steps include everything the engine's loop does.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ PROJECTION_FORMAT = "orthrus-projection"
 PROJECTION_VERSION = 1
 PROJECTION_FILE = "projection.json"
 PROJECTED_ENGINES = ("orthrus", "assisted")
+FORMULA = (
+    "speedup(K) = tokens_per_cycle(K) x t_step / t_cycle(K) from the engines' own steps; "
+    "from the bare passes (assisted, and profiles without engine steps): "
+    "tokens_per_cycle(K) x t_AR(1) / (t_draft(K) + t_verify(K))"
+)
 
 
 # ---------------------------------------------------------------------- arithmetic
@@ -101,7 +112,13 @@ def geometric_rates(tau: float, block: int) -> list[float]:
 
 
 def projected_speedup(tau: float, t_ar1_ms: float, t_draft_ms: float, t_verify_ms: float) -> float:
+    """From the bare passes: tau x t_AR(1) / (t_draft(K) + t_verify(K))."""
     return tau * t_ar1_ms / (t_draft_ms + t_verify_ms)
+
+
+def engine_speedup(tau: float, t_step_ms: float, t_cycle_ms: float) -> float:
+    """From the engines' own steps: tau x t_step / t_cycle(K)."""
+    return tau * t_step_ms / t_cycle_ms
 
 
 # ---------------------------------------------------------------------- acceptance sources
@@ -302,9 +319,13 @@ class ProjectionRow:
     t_ar1_ms: float | None = None
     t_draft_ms: float | None = None
     t_verify_ms: float | None = None
+    t_step_ms: float | None = None  # the ar engine's step (engine steps; None without them)
+    t_cycle_ms: float | None = None  # the orthrus engine's cycle at this K
     tokens_per_s: float | None = None
     ar_tokens_per_s: float | None = None
-    speedup: float | None = None
+    speedup: float | None = None  # from the engine steps where the profile has them, else from passes
+    speedup_passes: float | None = None  # always from the bare passes
+    basis: str | None = None  # engine steps | passes
     best: bool = False
     note: str | None = None
     measured_speedup_decode: float | None = None  # only at the measured block, from the same run
@@ -314,9 +335,15 @@ class ProjectionRow:
     def arithmetic(self) -> str:
         if self.speedup is None:
             return ""
-        return (
+        passes = (
             f"{self.tokens_per_cycle:.2f} x {self.t_ar1_ms:.3f} ms / "
-            f"({self.t_draft_ms:.3f} ms + {self.t_verify_ms:.3f} ms) = {self.speedup:.2f}x"
+            f"({self.t_draft_ms:.3f} ms + {self.t_verify_ms:.3f} ms) = {self.speedup_passes:.2f}x"
+        )
+        if self.basis != "engine steps":
+            return passes
+        return (
+            f"{self.tokens_per_cycle:.2f} x {self.t_step_ms:.3f} ms / {self.t_cycle_ms:.3f} ms = {self.speedup:.2f}x"
+            f" (passes: {passes})"
         )
 
 
@@ -375,10 +402,24 @@ def project_source(
             row.note = "; ".join(notes)
             rows.append(row)
             continue
-        cycle_ms = row.t_draft_ms + row.t_verify_ms
-        row.tokens_per_s = 1e3 * row.tokens_per_cycle / cycle_ms
-        row.ar_tokens_per_s = 1e3 / row.t_ar1_ms
-        row.speedup = projected_speedup(row.tokens_per_cycle, row.t_ar1_ms, row.t_draft_ms, row.t_verify_ms)
+        row.speedup_passes = projected_speedup(row.tokens_per_cycle, row.t_ar1_ms, row.t_draft_ms, row.t_verify_ms)
+        if source.engine == "orthrus" and target.has_engine_steps:
+            try:
+                row.t_step_ms = target.time_ms("ar_step", context)
+                row.t_cycle_ms = target.time_ms("orthrus_cycle", context, block)
+            except OutsideProfile as err:
+                row.t_step_ms = row.t_cycle_ms = None
+                notes.append(f"from passes only: {err}")
+        if row.t_cycle_ms is not None and row.t_step_ms is not None:
+            row.basis = "engine steps"
+            row.tokens_per_s = 1e3 * row.tokens_per_cycle / row.t_cycle_ms
+            row.ar_tokens_per_s = 1e3 / row.t_step_ms
+            row.speedup = engine_speedup(row.tokens_per_cycle, row.t_step_ms, row.t_cycle_ms)
+        else:
+            row.basis = "passes"
+            row.tokens_per_s = 1e3 * row.tokens_per_cycle / (row.t_draft_ms + row.t_verify_ms)
+            row.ar_tokens_per_s = 1e3 / row.t_ar1_ms
+            row.speedup = row.speedup_passes
         if source.assumption:
             notes.append("assumed: constant conditional acceptance (only tokens per cycle is published)")
         if block == source.block_size or (source.engine == "assisted" and source.block_size is None):
@@ -442,6 +483,12 @@ def project(
                     row.measured_speedup_decode = row.measured_speedup_e2e = None
             rows.extend(projected)
         target_profile = dict(members)[used_target]
+        if not target_profile.has_engine_steps and any(s.engine == "orthrus" for s in sources):
+            warnings.append(
+                f"profile {used_target} has no engine steps (made before profile format 2): Orthrus is "
+                "projected from the bare passes, which leave out the host work between them; re-measure "
+                "it with 'python -m orthrus profile'"
+            )
         same_machine = bool(run_device and run_device.get("name") == device)
         profile_threads = target_profile.threads.get("torch_intra_op")
         if same_machine and run_device.get("threads") not in (None, profile_threads):
@@ -532,7 +579,7 @@ def projection_document(
         "format": PROJECTION_FORMAT,
         "version": PROJECTION_VERSION,
         "run_dir": run_dir,
-        "formula": "speedup(K) = tokens_per_cycle(K) x t_AR(1) / (t_draft(K) + t_verify(K))",
+        "formula": FORMULA,
         "sources": [
             {
                 "label": s.label,
@@ -559,6 +606,7 @@ def honesty_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         for row in device["rows"]:
             measured, projected = row.get("measured_speedup_decode"), row.get("speedup")
+            passes = row.get("speedup_passes")
             if measured and projected:
                 out.append(
                     {
@@ -566,9 +614,12 @@ def honesty_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                         "source": row["source"],
                         "block": row["block"],
                         "projected": projected,
+                        "basis": row.get("basis"),
+                        "projected_passes": row.get("speedup_passes"),
                         "measured_decode": measured,
                         "measured_e2e": row.get("measured_speedup_e2e"),
                         "error_pct": 100.0 * (projected / measured - 1.0),
+                        "error_passes_pct": 100.0 * (passes / measured - 1.0) if passes else None,
                     }
                 )
     return out

@@ -18,22 +18,26 @@ SECTION_TEMPLATE = """\
 {% for d in devices %}
 <section class="projection" id="projected-{{ loop.index }}">
 <h2>Projected on {{ d.device }} ({{ d.dtype }})</h2>
-<p>{{ formula }}: the run's acceptance by position combined with the latency profile
+<p>{{ formula }}. The run's acceptance by position combined with the latency profile
 <code>{{ d.profile }}</code> (model shape {{ d.profile_shape }}{% if d.draft_profile %}; draft model:
 <code>{{ d.draft_profile }}</code>{% endif %}). Times are the profile's medians at the context shown,
-interpolated between measured points, never extrapolated.</p>
+interpolated between measured points, never extrapolated. t_step and t_cycle are the engines' own
+loop steps; the bare passes leave out the host work between them, so "speedup (passes)" is what
+an engine without that work would reach.</p>
 {% for w in d.warnings %}<p class="warning">&#9888; {{ w }}</p>{% endfor %}
 <table class="projection-table">
 <thead><tr><th>acceptance of</th><th>engine</th><th>context</th><th>K</th><th>tokens/cycle</th>
+<th>t_step ms</th><th>t_cycle(K) ms</th>
 <th>t_AR(1) ms</th><th>t_draft(K) ms</th><th>t_verify(K) ms</th><th>tok/s</th><th>AR tok/s</th>
-<th>speedup</th>{% if d.same_machine %}<th>measured (decode)</th>{% endif %}<th>arithmetic / note</th></tr></thead>
+<th>speedup</th><th>speedup (passes)</th>{% if d.same_machine %}<th>measured (decode)</th>{% endif %}<th>arithmetic / note</th></tr></thead>
 <tbody>
 {% for r in d.rows %}<tr{% if r.best %} class="best"{% endif %}>
 <td>{{ r.source }}</td><td>{{ r.engine }}</td><td>{{ "%.0f"|format(r.context) }}</td>
 <td>{{ r.block }}{% if r.best %} &#9733;{% endif %}</td>
-<td>{{ num(r.tokens_per_cycle, 2) }}</td><td>{{ num(r.t_ar1_ms, 3) }}</td><td>{{ num(r.t_draft_ms, 3) }}</td>
+<td>{{ num(r.tokens_per_cycle, 2) }}</td><td>{{ num(r.t_step_ms, 3) }}</td><td>{{ num(r.t_cycle_ms, 3) }}</td>
+<td>{{ num(r.t_ar1_ms, 3) }}</td><td>{{ num(r.t_draft_ms, 3) }}</td>
 <td>{{ num(r.t_verify_ms, 3) }}</td><td>{{ num(r.tokens_per_s, 1) }}</td><td>{{ num(r.ar_tokens_per_s, 1) }}</td>
-<td>{{ num(r.speedup, 2) }}{% if r.speedup is not none %}x{% endif %}</td>
+<td>{{ num(r.speedup, 2) }}{% if r.speedup is not none %}x{% endif %}</td><td>{{ num(r.speedup_passes, 2) }}</td>
 {% if d.same_machine %}<td>{{ num(r.measured_speedup_decode, 2) }}</td>{% endif %}
 <td>{{ r.arithmetic }}{% if r.note %}<br><small>{{ r.note }}</small>{% endif %}</td></tr>
 {% endfor %}
@@ -44,6 +48,9 @@ interpolated between measured points, never extrapolated.</p>
 """
 
 
+ROW_DEFAULTS = {"t_step_ms": None, "t_cycle_ms": None, "speedup_passes": None, "basis": None}
+
+
 def _num(value: Any, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -52,7 +59,10 @@ def render_projection_section(document: dict[str, Any]) -> str:
     """The section's HTML fragment: every text value escaped (Jinja2 autoescape), no network."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(SECTION_TEMPLATE)
-    return template.render(devices=document.get("devices", []), formula=document.get("formula", ""), num=_num)
+    devices = [  # a projection.json written before engine steps has rows without their columns
+        {**d, "rows": [{**ROW_DEFAULTS, **r} for r in d.get("rows", [])]} for d in document.get("devices", [])
+    ]
+    return template.render(devices=devices, formula=document.get("formula", ""), num=_num)
 
 
 def projection_section(run_dir: str | Path) -> tuple[str, dict[str, Any]] | None:
@@ -81,15 +91,18 @@ def format_projection_text(document: dict[str, Any]) -> str:
         if d.get("draft_profile"):
             lines.append(f"   draft model profile {d['draft_profile']}")
         lines += [f"   WARNING: {w}" for w in d["warnings"]]
-        head = f"   {'acceptance of':<36} {'ctx':>6} {'K':>3} {'tau':>6} {'tok/s':>9} {'AR tok/s':>9} {'speedup':>8}"
+        head = (
+            f"   {'acceptance of':<36} {'ctx':>6} {'K':>3} {'tau':>6} {'tok/s':>9} {'AR tok/s':>9} {'speedup':>8}"
+            f" {'passes':>7}"
+        )
         if d.get("same_machine"):
             head += f" {'measured':>8}"
-        lines.append(head + "  arithmetic: tau x t_AR(1) / (t_draft + t_verify)")
+        lines.append(head + "  arithmetic: tau x t_step / t_cycle (passes: tau x t_AR(1) / (t_draft + t_verify))")
         for r in d["rows"]:
             line = (
                 f"   {r['source'][:36]:<36} {r['context']:>6.0f} {r['block']:>3} {_num(r['tokens_per_cycle'], 2):>6} "
                 f"{_num(r['tokens_per_s'], 1):>9} {_num(r['ar_tokens_per_s'], 1):>9} "
-                f"{_num(r['speedup'], 2):>7}{'*' if r['best'] else ' '}"
+                f"{_num(r['speedup'], 2):>7}{'*' if r['best'] else ' '} {_num(r.get('speedup_passes'), 2):>7}"
             )
             if d.get("same_machine"):
                 line += f" {_num(r['measured_speedup_decode'], 2):>8}"
@@ -101,10 +114,15 @@ def format_projection_text(document: dict[str, Any]) -> str:
     honesty = honesty_rows(document)
     if honesty:
         lines += ["", "== honesty check: projection vs the decode speedup measured on the profile's own machine"]
-        lines.append(f"   {'acceptance of':<36} {'K':>3} {'projected':>9} {'measured':>9} {'error':>8}")
+        lines.append(
+            f"   {'acceptance of':<36} {'K':>3} {'projected':>9} {'measured':>9} {'error':>8}"
+            f"   {'from passes':>11} {'error':>8}"
+        )
         for h in honesty:
+            passes, passes_error = h.get("projected_passes"), h.get("error_passes_pct")
             lines.append(
                 f"   {h['source'][:36]:<36} {h['block']:>3} {h['projected']:>9.2f} {h['measured_decode']:>9.2f} "
-                f"{h['error_pct']:>+7.1f}%"
+                f"{h['error_pct']:>+7.1f}%   {_num(passes, 2):>11} "
+                + (f"{passes_error:>+7.1f}%" if passes_error is not None else f"{'–':>8}")
             )
     return "\n".join(lines)

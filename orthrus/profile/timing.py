@@ -1,11 +1,20 @@
-"""Device latency profiles: the three pass types the engines run, timed at each context length.
+"""Device latency profiles: the three pass types the engines run, and the engines' own steps, timed
+at each context length.
 
-Per context length c (the KV cache holding c entries) and block size K:
+Per context length c (the KV cache holding c entries) and block size K, the bare passes:
   decode   AR view over 1 token        (one step of ``ar``; one AR step of any engine)
   verify   AR view over K tokens       (Orthrus's and speculative decoding's verification)
   draft    diffusion view over K tokens ([anchor, MASK x (K-1)], Orthrus's drafting)
 Each timed pass includes what the engines do with its logits before the next step can start:
 the greedy argmax and, for decode and verify, reading the chosen ids back to the host.
+
+and the engines' own steps, each one step of the engine's real decoding loop (greedy), timed from
+one committed token to the next, so they include all the host work between passes (building the
+block, the consensus, cropping the cache, bookkeeping):
+  ar_step        one step of the ``ar`` engine
+  orthrus_cycle  one draft-verify cycle of the ``orthrus`` engine at block K (cycles of K only)
+An engine step costs more than its bare passes by that host work; on a 2-core CPU running the zoo
+model it is a large part of a pass, so projections use the engine steps where a profile has them.
 
 The cache is a preallocated (static) cache, one per context sized c + the largest block as an engine
 sizes its own, whose lengths are set directly to c instead of running
@@ -40,8 +49,11 @@ from orthrus.errors import UserInputError
 from orthrus.results.machine import cpu_model
 
 PROFILE_FORMAT = "orthrus-latency-profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: passes only, no engine steps
 PASSES = ("decode", "verify", "draft")
+ENGINE_STEPS = ("ar_step", "orthrus_cycle")
+KINDS = PASSES + ENGINE_STEPS
 DEFAULT_CONTEXTS = (1024, 8192, 32768)
 DEFAULT_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
 BURST = 4  # consecutive repetitions of a pass pattern before the next group (see measure_profile)
@@ -52,8 +64,8 @@ class PassTiming:
     """Latency of one pass type at one (context, block): milliseconds over ``repeats`` runs."""
 
     context: int
-    block: int  # tokens in the pass (1 for decode)
-    kind: str  # decode | verify | draft
+    block: int  # tokens in the pass (1 for decode and ar_step)
+    kind: str  # decode | verify | draft (bare passes) | ar_step | orthrus_cycle (engine steps)
     median_ms: float
     p10_ms: float
     p90_ms: float
@@ -86,10 +98,10 @@ class LatencyProfile:
                 f'{where} is not an Orthrus latency profile (no "format": "{PROFILE_FORMAT}"); '
                 "make one with 'python -m orthrus profile'."
             )
-        if data.get("version") != PROFILE_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise UserInputError(
-                f"{where} has profile format version {data.get('version')!r}, this code reads version "
-                f"{PROFILE_VERSION}; re-measure it with 'python -m orthrus profile'."
+                f"{where} has profile format version {data.get('version')!r}, this code reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-measure it with 'python -m orthrus profile'."
             )
         try:
             timings = [PassTiming(**row) for row in data["timings"]]
@@ -134,8 +146,8 @@ class LatencyProfile:
         if not self.device.get("name"):
             out.append("device.name is missing")
         for row in self.timings:
-            if row.kind not in PASSES:
-                out.append(f"unknown pass {row.kind!r} (expected one of {', '.join(PASSES)})")
+            if row.kind not in KINDS:
+                out.append(f"unknown pass {row.kind!r} (expected one of {', '.join(KINDS)})")
             values = (row.median_ms, row.p10_ms, row.p90_ms)
             if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
                 out.append(f"{row.kind} at context {row.context}, block {row.block} has a non-positive time")
@@ -144,7 +156,14 @@ class LatencyProfile:
         for kind in PASSES:
             if not any(r.kind == kind for r in self.timings):
                 out.append(f"no {kind} timings")
+        steps = [kind for kind in ENGINE_STEPS if any(r.kind == kind for r in self.timings)]
+        if steps and len(steps) != len(ENGINE_STEPS):
+            out.append(f"engine steps {steps[0]} without {[k for k in ENGINE_STEPS if k not in steps][0]}")
         return out
+
+    @property
+    def has_engine_steps(self) -> bool:
+        return any(r.kind in ENGINE_STEPS for r in self.timings)
 
     # ------------------------------------------------------------------ lookup
     @property
@@ -162,7 +181,7 @@ class LatencyProfile:
         """
         table = {(r.context, r.block): r.median_ms for r in self.timings if r.kind == kind}
         contexts, blocks = self.grid(kind)
-        if kind == "decode":
+        if kind in ("decode", "ar_step"):
             blocks, block = [1], 1
         c_lo, c_hi, c_w = _bracket(contexts, context, f"context {context:g}", kind)
         b_lo, b_hi, b_w = _bracket(blocks, block, f"block {block}", kind)
@@ -291,6 +310,49 @@ class PassRunner:
             self.draft(block)
 
 
+class EngineLoops:
+    """The ``ar`` and ``orthrus`` engines' own decoding loops, started from a filled cache.
+
+    Each ``run`` fills the cache to the context (no prefill), books a stand-in first token, then runs
+    the engine's loop (``_decode``, what ``generate`` runs after its prefill) for ``steps`` steps and
+    returns each step's milliseconds: the gap between one committed token and the next, as the
+    runner's inter-token latency reads them (a commit follows the step's read-back to the host, so
+    on a GPU the device work is inside). Orthrus keeps only cycles over a full block of K.
+    """
+
+    def __init__(self, model: Any, context: int, blocks: Sequence[int], steps: int) -> None:
+        from orthrus.engines.ar import AREngine
+        from orthrus.engines.orthrus_engine import OrthrusEngine
+
+        self.model, self.context, self.steps = model, context, steps
+        self.ar = AREngine(model, cache="static")
+        self.orthrus = {k: OrthrusEngine(model, block_size=k, cache="static") for k in blocks if k >= 2}
+        self.settings, self.generator = self.ar._sampling(0.0, 0, 1.0, None)
+        # room for `steps` cycles that accept every draft, as an engine sizes its cache (prompt + budget)
+        self.cache = model.new_cache(context + 1 + steps * max(blocks))
+        self.first = torch.zeros((), dtype=torch.long, device=timer_device(model))
+
+    def run(self, kind: str, block: int) -> list[float]:
+        from orthrus.engines.base import GenerationResult
+
+        fill_cache(self.cache, self.model, self.context)
+        result = GenerationResult(tokens=[], prompt_tokens=self.context)
+        result.start()
+        result.record_step("prefill", [0])
+        args = (self.settings, self.generator, None)
+        if kind == "ar_step":
+            self.ar._decode(result, self.cache, self.context, self.first, 1 + self.steps, *args)
+            drafted = [None] * self.steps
+        else:
+            engine = self.orthrus[block]
+            budget = 1 + self.steps * block
+            engine._decode(result, self.cache, self.context, self.first, budget, *args, max_steps=self.steps)
+            drafted = result.drafted_per_cycle
+        times = [when for when, _ in result.commits]
+        gaps = np.diff(times) * 1e3
+        return [float(ms) for ms, d in zip(gaps, drafted) if kind == "ar_step" or d == block - 1]
+
+
 def _check_grid(model: Any, contexts: Sequence[int], blocks: Sequence[int], spec: str) -> None:
     if not contexts or not blocks:
         raise UserInputError("--contexts and --blocks each need at least one value.")
@@ -304,11 +366,11 @@ def _check_grid(model: Any, contexts: Sequence[int], blocks: Sequence[int], spec
         )
 
 
-@torch.inference_mode()
 def timer_device(model: Any) -> torch.device:
     return model.model.embed_tokens.weight.device
 
 
+@torch.inference_mode()  # as the engines run: without it every pass also records autograd state
 def measure_profile(
     model: Any,
     spec: str,
@@ -317,8 +379,10 @@ def measure_profile(
     repeats: int = 10,
     warmup: int = 2,
     progress: Callable[[str], None] | None = None,
+    engine_steps: bool = True,
 ) -> LatencyProfile:
-    """Time decode(1), verify(K) and draft(K) for every context and K on the model's device."""
+    """Time decode(1), verify(K) and draft(K), and (``engine_steps``) the ``ar`` step and the
+    ``orthrus`` cycle at each K >= 2, for every context and K on the model's device."""
     from orthrus.profile.shapes import model_shape, parameter_counts
 
     contexts, blocks = sorted(set(int(c) for c in contexts)), sorted(set(int(b) for b in blocks))
@@ -327,6 +391,8 @@ def measure_profile(
         raise UserInputError(f"--repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
     timer = Timer(timer_device(model))
     cells = [("decode", 1)] + [(kind, k) for k in blocks for kind in ("verify", "draft")]
+    if engine_steps:
+        cells += [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2]
     # Passes are timed in the pattern the engines run them: decode in runs of consecutive steps (an
     # AR loop), draft(K) and verify(K) alternating (Orthrus cycles). Timing single passes round-robin
     # over every shape put each pass after a different one and read t_AR(1) 10-15% slow on a CPU,
@@ -335,6 +401,8 @@ def measure_profile(
     burst = min(BURST, repeats)
     rounds = -(-repeats // burst)
     groups = [[("decode", 1)] * burst] + [[("draft", k), ("verify", k)] * burst for k in blocks]
+    # an engine group is one run of the engine's loop for `burst` steps (EngineLoops.run)
+    steps = [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2] if engine_steps else []
     timings: list[PassTiming] = []
     for context in contexts:
         # a cache sized for this context, as an engine sizes its own (prompt + budget): attention over
@@ -342,18 +410,25 @@ def measure_profile(
         # smaller context as slow as the largest (projections then fell 20-35% short of measurements)
         runner = PassRunner(model, context, max(blocks))
         runner.set_context(context)
+        loops = EngineLoops(model, context, blocks, burst) if engine_steps else None
         samples: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
         for group in groups:
             for _ in range(warmup):
                 for kind, block in group[:2]:
                     runner.run(kind, block)
+        for kind, block in steps if warmup else ():
+            loops.run(kind, block)
         for _ in range(rounds):
             for group in groups:
                 for kind, block in group:
                     samples[(kind, block)].append(
                         timer(lambda kind=kind, block=block, runner=runner: runner.run(kind, block))
                     )
+            for kind, block in steps:
+                samples[(kind, block)].extend(loops.run(kind, block))
         for (kind, block), values in samples.items():
+            if not values:  # every orthrus cycle ran short of a full block: cannot happen with budget 1 + steps*K
+                raise RuntimeError(f"no {kind} at block {block} was timed at context {context}")
             arr = np.asarray(values)
             timings.append(
                 PassTiming(
@@ -382,8 +457,13 @@ def measure_profile(
             "blocks": blocks,
             "repeats": rounds * burst,
             "warmup": warmup,
-            "pattern": f"decode in runs of {burst} steps, draft(K) and verify(K) alternating {burst} times; "
-            "groups round-robin",
+            "pattern": f"decode in runs of {burst} steps, draft(K) and verify(K) alternating {burst} times"
+            + (f", each engine's loop for {burst} steps" if engine_steps else "")
+            + "; groups round-robin",
+            "engine_steps": "greedy decoding loops of the ar and orthrus engines from the filled cache, "
+            "each step timed from one committed token to the next"
+            if engine_steps
+            else None,
             "timer": timer.name,
             "cache": "static, one per context sized context + the largest block, lengths set directly (no prefill)",
         },
