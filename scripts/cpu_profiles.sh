@@ -2,7 +2,7 @@
 # The shipped CPU latency profiles and the CPU honesty check (issue 11). Run on an otherwise idle
 # machine (timings of a busy one are noise), from the repository root:
 #   bash scripts/cpu_profiles.sh
-# About 5 minutes on 2 cores. One thread everywhere, as suites/ci.yaml measures with one thread.
+# About 7 minutes on 2 cores. One thread everywhere, as suites/ci.yaml measures with one thread.
 set -euo pipefail
 export PYTHONPATH=.
 DEVICE_SLUG=$(python -c "from orthrus.profile.timing import device_description as d; import torch, re; print(re.sub('[^a-z0-9.]+', '-', d(torch.device('cpu'))['name'].lower()).strip('-'))")
@@ -20,6 +20,6 @@ python -m orthrus profile --device cpu --model qwen3-shape:0.6b --dtype float32 
 #    machine's profile; the table compares the projected with the measured decode speedup. The run
 #    measures in rounds (suites/ci.yaml's measure.order), so AR and Orthrus share the machine's load.
 python run_bench.py suites/ci.yaml --set 'sweep.block_sizes=[4,8,16]' --set 'sweep.include=[]' --set 'gates=[]' --set 'prompts[0].count=8' \
-    --run-id honesty --quiet
+    --set measure.repetitions=5 --run-id honesty --quiet
 python run_bench.py project reports/ci/honesty --profile "reports/profiles/${DEVICE_SLUG}-tiny-orthrus-float32.json" \
     | tee reports/profiles/honesty-cpu.txt

@@ -343,8 +343,9 @@ def test_published_acceptance_yaml_projects(tmp_path):
 
 
 # ---------------------------------------------------------------------- run directories and the CLI
-def write_run(run_dir: Path, model_path: str = "tiny-orthrus", label: str = "orthrus") -> Path:
-    """A run directory as the harness writes it: AR and Orthrus cells, two prompts."""
+def write_run(run_dir: Path, model_path: str = "tiny-orthrus", label: str = "orthrus", rounds: int = 1) -> Path:
+    """A run directory as the harness writes it: AR and Orthrus cells, two prompts; in each
+    repetition after the first, Orthrus takes 1.25x as long as in the one before."""
     run_dir.mkdir(parents=True, exist_ok=True)
     common = {"model": "base", "model_path": model_path, "dtype": "float32", "device": "cpu", "prompt_source": "s"}
     common |= {"context_length": 1000, "temperature": 0.0, "max_new_tokens": 9, "batch_size": 1}
@@ -353,12 +354,14 @@ def write_run(run_dir: Path, model_path: str = "tiny-orthrus", label: str = "ort
         "or1": {**common, "engine": "orthrus", "label": label, "block_size": 4},
     }
     lines = []
-    for prompt, (ar_ms, or_ms) in {"p0": (90.0, 45.0), "p1": (80.0, 40.0)}.items():
-        lines.append({"cell_id": "ar1", "cell": cells["ar1"], "prompt_id": prompt, "repeat": 0, "run_id": "r"})
-        lines[-1] |= {"new_tokens": 9, "ttft_ms": 10.0, "e2e_ms": 10.0 + ar_ms}
-        lines.append({"cell_id": "or1", "cell": cells["or1"], "prompt_id": prompt, "repeat": 0, "run_id": "r"})
-        lines[-1] |= {"new_tokens": 9, "ttft_ms": 10.0, "e2e_ms": 10.0 + or_ms, "block_size": 4}
-        lines[-1] |= {"drafted_per_cycle": [3, 3, 3, 3, 3], "accepted_per_cycle": [3, 0, 1, 3, 2]}
+    for repeat in range(rounds):
+        for prompt, (ar_ms, or_ms) in {"p0": (90.0, 45.0), "p1": (80.0, 40.0)}.items():
+            or_ms *= 1.25**repeat
+            lines.append({"cell_id": "ar1", "cell": cells["ar1"], "prompt_id": prompt, "repeat": repeat, "run_id": "r"})
+            lines[-1] |= {"new_tokens": 9, "ttft_ms": 10.0, "e2e_ms": 10.0 + ar_ms}
+            lines.append({"cell_id": "or1", "cell": cells["or1"], "prompt_id": prompt, "repeat": repeat, "run_id": "r"})
+            lines[-1] |= {"new_tokens": 9, "ttft_ms": 10.0, "e2e_ms": 10.0 + or_ms, "block_size": 4}
+            lines[-1] |= {"drafted_per_cycle": [3, 3, 3, 3, 3], "accepted_per_cycle": [3, 0, 1, 3, 2]}
     (run_dir / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     env = {"devices": [{"device": "cpu", "name": "Test GPU"}], "threads": {"torch_intra_op": 1}}
     (run_dir / "environment.json").write_text(json.dumps(env))
@@ -387,6 +390,17 @@ def test_project_a_run_writes_projection_and_the_honesty_check(tmp_path, capsys)
     assert honesty and honesty[0]["error_pct"] == pytest.approx(100 * (row["speedup"] / 2.0 - 1))
     assert "honesty check" in text and "tau x t_AR(1)" in text
     assert document["sources"][0]["unconditional_acceptance"] == pytest.approx([0.8, 0.6, 0.4])
+
+
+def test_the_honesty_check_shows_each_rounds_own_speedup(tmp_path, capsys):
+    """Repetition r of Orthrus against repetition r of AR (in round order, measured in the same
+    round): the spread says how far the machine moved under the median the check compares with."""
+    run = write_run(tmp_path / "run", rounds=3)
+    assert main_project([str(run), "--profile", tiny_profile_file(tmp_path)]) == 0
+    [check] = honesty_rows(json.loads((run / "projection.json").read_text()))
+    assert check["measured_by_round"] == pytest.approx([2.0, 1.6, 1.28])
+    assert check["measured_decode"] == pytest.approx(1.6)  # per prompt the median over rounds
+    assert "2.00 1.60 1.28" in capsys.readouterr().out
 
 
 def test_the_honesty_check_warns_when_the_run_measured_cell_after_cell(tmp_path, capsys):

@@ -181,6 +181,20 @@ def _measured_speedup(own: list[dict[str, Any]], ar: list[dict[str, Any]], metri
     return float(math.exp(np.mean(np.log(ratios)))) if ratios else None
 
 
+def _measured_by_round(own: list[dict[str, Any]], ar: list[dict[str, Any]]) -> list[float]:
+    """The decode speedup of each repetition alone (geometric mean over prompts of AR's ms per token
+    over this cell's, repetition r against AR's repetition r): in round order, both measured in the
+    same round. Their spread shows how much the machine moved under the median figure."""
+    out = []
+    for repeat in sorted({r.get("repeat") for r in own} & {r.get("repeat") for r in ar} - {None}):
+        value = _measured_speedup(
+            [r for r in own if r.get("repeat") == repeat], [r for r in ar if r.get("repeat") == repeat], "decode"
+        )
+        if value is not None:
+            out.append(value)
+    return out
+
+
 def acceptance_from_run(run_dir: str | Path) -> list[AcceptanceSource]:
     """One source per Orthrus / assisted cell of a run, with the speedups that run measured."""
     run_dir = Path(run_dir)
@@ -235,6 +249,7 @@ def acceptance_from_run(run_dir: str | Path) -> list[AcceptanceSource]:
                 measured={
                     "speedup_decode": _measured_speedup(rs, ar_records, "decode") if ar_records else None,
                     "speedup_e2e": _measured_speedup(rs, ar_records, "e2e") if ar_records else None,
+                    "speedup_decode_by_round": _measured_by_round(rs, ar_records) if ar_records else [],
                     "tokens_per_cycle": 1.0 + float(np.mean(accepted)) if accepted else None,
                     "device": cell.get("device"),
                     "dtype": cell.get("dtype"),
@@ -330,6 +345,12 @@ class ProjectionRow:
     note: str | None = None
     measured_speedup_decode: float | None = None  # only at the measured block, from the same run
     measured_speedup_e2e: float | None = None
+    measured_by_round: list[float] = field(default_factory=list)  # the decode speedup of each repetition
+
+    def forget_measurement(self) -> None:
+        """A speedup measured with another model or machine is no check of this projection."""
+        self.measured_speedup_decode = self.measured_speedup_e2e = None
+        self.measured_by_round = []
 
     @property
     def arithmetic(self) -> str:
@@ -425,6 +446,7 @@ def project_source(
         if block == source.block_size or (source.engine == "assisted" and source.block_size is None):
             row.measured_speedup_decode = source.measured.get("speedup_decode")
             row.measured_speedup_e2e = source.measured.get("speedup_e2e")
+            row.measured_by_round = list(source.measured.get("speedup_decode_by_round") or [])
         row.note = "; ".join(notes) or None
         rows.append(row)
     done = [r for r in rows if r.speedup is not None]
@@ -479,8 +501,8 @@ def project(
             used_draft = used_draft or (draft[0] if draft else None)
             projected = project_source(source, target[1], draft[1] if draft else None)
             if not same_shape(target[1].model.get("shape"), source.shape):
-                for row in projected:  # a measurement of another model is no check of this projection
-                    row.measured_speedup_decode = row.measured_speedup_e2e = None
+                for row in projected:
+                    row.forget_measurement()
             rows.extend(projected)
         target_profile = dict(members)[used_target]
         if not target_profile.has_engine_steps and any(s.engine == "orthrus" for s in sources):
@@ -503,8 +525,8 @@ def project(
                 "measure.order: rounds"
             )
         if not same_machine:
-            for row in rows:  # a speedup measured elsewhere is no check of this device's projection
-                row.measured_speedup_decode = row.measured_speedup_e2e = None
+            for row in rows:
+                row.forget_measurement()
         out.append(
             DeviceProjection(
                 device=device,
@@ -618,6 +640,7 @@ def honesty_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                         "projected_passes": row.get("speedup_passes"),
                         "measured_decode": measured,
                         "measured_e2e": row.get("measured_speedup_e2e"),
+                        "measured_by_round": row.get("measured_by_round") or [],
                         "error_pct": 100.0 * (projected / measured - 1.0),
                         "error_passes_pct": 100.0 * (passes / measured - 1.0) if passes else None,
                     }

@@ -116,7 +116,7 @@ def format_projection_text(document: dict[str, Any]) -> str:
         lines += ["", "== honesty check: projection vs the decode speedup measured on the profile's own machine"]
         lines.append(
             f"   {'acceptance of':<36} {'K':>3} {'projected':>9} {'measured':>9} {'error':>8}"
-            f"   {'from passes':>11} {'error':>8}"
+            f"   {'from passes':>11} {'error':>8}   measured per round"
         )
         for h in honesty:
             passes, passes_error = h.get("projected_passes"), h.get("error_passes_pct")
@@ -124,5 +124,7 @@ def format_projection_text(document: dict[str, Any]) -> str:
                 f"   {h['source'][:36]:<36} {h['block']:>3} {h['projected']:>9.2f} {h['measured_decode']:>9.2f} "
                 f"{h['error_pct']:>+7.1f}%   {_num(passes, 2):>11} "
                 + (f"{passes_error:>+7.1f}%" if passes_error is not None else f"{'–':>8}")
+                + "   "
+                + " ".join(f"{x:.2f}" for x in h.get("measured_by_round") or [])
             )
     return "\n".join(lines)
