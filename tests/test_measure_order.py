@@ -1,7 +1,8 @@
 """measure.order: rounds measures repetition r of every cell before repetition r + 1 of any (so the
-cells of one run share the machine's load), with the same records, tokens and identity as cell
-order; a resumed round-order run measures each (cell, prompt, repeat) once; bad settings are one
-sentence and exit 2."""
+cells of one run share the machine's load), interleaved also prompt i of every cell before prompt
+i + 1 (so the engines compared on a prompt are measured seconds apart); both give the same records,
+tokens and identity as cell order; a resumed run in either order measures each (cell, prompt,
+repeat) once; bad settings are one sentence and exit 2."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def both(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("order")
     out = root / "reports"
     runs = {}
-    for order in ("cells", "rounds"):
+    for order in ("cells", "rounds", "interleaved"):
         (root / order).mkdir()
         suite = write_suite(root / order, order=order)
         assert main([str(suite), "--out", str(out), "--run-id", order, "--quiet"]) == 0
@@ -71,26 +72,41 @@ def test_rounds_measure_every_cell_once_per_round_in_suite_order(both):
     assert [c for i, c in enumerate(cell_major) if i == 0 or c != cell_major[i - 1]] == list(dict.fromkeys(cell_major))
 
 
-def test_rounds_give_the_same_records_tokens_and_identity_as_cells(both):
+def test_interleaved_measures_prompt_i_of_every_cell_before_prompt_i_plus_1(both):
+    records = in_time_order(both["interleaved"])
+    assert len(records) == MEASUREMENTS and all(r["status"] == "ok" for r in records)
+    repeats = [r["repeat"] for r in records]
+    assert repeats == sorted(repeats), "round r + 1 began before round r ended"
+    for k in range(3):
+        round_ = [r for r in records if r["repeat"] == k]
+        solo = [r for r in round_ if r["cell"]["batch_size"] == 1]
+        assert round_ == solo + [r for r in round_ if r["cell"]["batch_size"] > 1], "batches after batch 1"
+        cells = list(dict.fromkeys(r["cell_id"] for r in solo))
+        assert len(cells) == 4 and [r["cell_id"] for r in solo] == cells * 2  # prompt 0 of each cell, then 1
+
+
+@pytest.mark.parametrize("order", ["rounds", "interleaved"])
+def test_rounds_give_the_same_records_tokens_and_identity_as_cells(both, order):
     by_order = {
         order: {record_key(r): r for r in read_records(run / "results.jsonl")} for order, run in both.items()
     }
-    assert by_order["cells"].keys() == by_order["rounds"].keys()
-    for key, record in by_order["rounds"].items():
+    assert by_order["cells"].keys() == by_order[order].keys()
+    for key, record in by_order[order].items():
         other = by_order["cells"][key]
         assert record["tokens"] == other["tokens"], key
         assert record["forward_passes"] == other["forward_passes"], key
         assert record["identity_exact"] is True and other["identity_exact"] is True, key
         if record["cell"]["batch_size"] > 1:
             assert record["identity_vs_batch1_exact"] is True, key
-    summary = json.loads((both["rounds"] / "summary.json").read_text())
+    summary = json.loads((both[order] / "summary.json").read_text())
     assert summary, "a round-order run is summarised like any other"
 
 
-def test_a_round_order_run_killed_midway_resumes_each_measurement_once(both, tmp_path):
+@pytest.mark.parametrize("order", ["rounds", "interleaved"])
+def test_a_round_order_run_killed_midway_resumes_each_measurement_once(both, tmp_path, order):
     run_dir = tmp_path / "order" / "resumed"
     run_dir.parent.mkdir(parents=True)
-    shutil.copytree(both["rounds"], run_dir)
+    shutil.copytree(both[order], run_dir)
     for name in ("summary.json", "summary.csv", "report.html"):
         (run_dir / name).unlink(missing_ok=True)
     info = json.loads((run_dir / "run.json").read_text())
@@ -114,6 +130,7 @@ def test_a_round_order_run_killed_midway_resumes_each_measurement_once(both, tmp
     [
         ({"order": "random"}, "measure.order"),
         ({"order": "rounds", "min_duration_s": 1}, "min_duration_s"),
+        ({"order": "interleaved", "min_duration_s": 1}, "min_duration_s"),
     ],
 )
 def test_bad_order_settings_are_one_sentence_and_write_nothing(tmp_path, capsys, measure, words):

@@ -38,7 +38,7 @@ import yaml
 from orthrus.bench.environment import collect_environment, git_commit
 from orthrus.bench.matrix import shard
 from orthrus.bench.prompts import Prompt, PromptFactory
-from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
+from orthrus.bench.suite.spec import ROUND_ORDERS, Cell, ModelSpec, Suite
 from orthrus.bench.summary import format_table
 from orthrus.bench.trackers import MemoryTracker
 from orthrus.engines import DEFAULT_BLOCK_SIZE, engine_class
@@ -352,6 +352,11 @@ class PlannedCell:
         size = batch_size_of(self.cell)
         return [self.prompts[i : i + size] for i in range(0, len(self.prompts), size)]
 
+    @property
+    def unit_count(self) -> int:
+        """Units measured by one call each: prompts at batch size 1, batches above."""
+        return len(self.batches)
+
 
 def batch_size_of(cell: Cell) -> int:
     return int(cell.params.get("batch_size") or 1)
@@ -478,10 +483,21 @@ class LocalExecutor:
         pass
 
     def run(self, runner: Runner, planned: list[PlannedCell], writer: ResultsWriter, bar: Any) -> None:
-        if runner.suite.measure.order == "rounds":  # every model stays loaded: each round needs them all
+        order = runner.suite.measure.order
+        if order in ROUND_ORDERS:  # every model stays loaded: each round needs them all
             for round_ in range(runner.suite.measure.repetitions):
-                for item in planned:
-                    runner._run_cell(item, writer, bar, round_)
+                if order == "rounds":
+                    for item in planned:
+                        runner._run_cell(item, writer, bar, round_)
+                    continue
+                # batched cells after every batch-1 unit of the round: their rows are checked against
+                # the batch-1 tokens of repetition 0 (see plan)
+                solo = [item for item in planned if batch_size_of(item.cell) == 1]
+                for group in (solo, [item for item in planned if batch_size_of(item.cell) != 1]):
+                    for unit in range(max((max(item.unit_count, 1) for item in group), default=0)):
+                        for item in group:
+                            if unit < max(item.unit_count, 1):  # a cell without units still records why
+                                runner._run_cell(item, writer, bar, round_, unit)
             return
         for index, item in enumerate(planned):
             runner._run_cell(item, writer, bar)
@@ -737,9 +753,12 @@ class Runner:
             self.existing.get((cell_id, prompt.prompt_id, r), {}).get("status", "ok") != "ok" for r in range(repeat)
         )
 
-    def _run_cell(self, item: PlannedCell, writer: ResultsWriter, bar: Any, round_: int | None = None) -> None:
+    def _run_cell(
+        self, item: PlannedCell, writer: ResultsWriter, bar: Any, round_: int | None = None, unit: int | None = None
+    ) -> None:
         """Measure the cell: all its repetitions, or with ``round_`` (measure.order rounds) only that
-        repetition of each prompt, after its own warm-up."""
+        repetition of each prompt, after its own warm-up; with ``unit`` too (measure.order
+        interleaved) only that prompt (or batch), warmed up before unit 0 of each round."""
         cell = item.cell
         for prompt in item.prompts:  # measured tokens of the reference cell serve as the reference
             done = self.existing.get((cell.cell_id, prompt.prompt_id, 0))
@@ -765,12 +784,13 @@ class Runner:
         eos = tokenizer.eos_token_id if (measure.stop_at_eos and tokenizer is not None) else None
         tracker = MemoryTracker(engine.device, measure.sample_interval_ms)
         weight_bytes = self.pool.weight_bytes(engine.model)
+        warmup = measure.warmup if unit in (None, 0) else 0
         if batch_size_of(cell) > 1:
-            self._run_batches(item, engine, eos, tokenizer, tracker, weight_bytes, writer, bar, round_)
+            self._run_batches(item, engine, eos, tokenizer, tracker, weight_bytes, writer, bar, round_, unit, warmup)
             return
         p = cell.params
         try:
-            for _ in range(measure.warmup):
+            for _ in range(warmup):
                 engine.generate(
                     item.prompts[0].ids, p["max_new_tokens"], p["temperature"], p["top_k"], p["top_p"], p["seed"], eos
                 )
@@ -788,7 +808,7 @@ class Runner:
             return [record]
 
         units = [(prompt.prompt_id, [prompt]) for prompt in item.prompts]
-        self._repeat_units(item, units, measure_one, writer, bar, round_)
+        self._repeat_units(item, units, measure_one, writer, bar, round_, unit)
 
     def _run_batches(
         self,
@@ -801,14 +821,16 @@ class Runner:
         writer: ResultsWriter,
         bar: Any,
         round_: int | None = None,
+        unit: int | None = None,
+        warmup: int = 0,
     ) -> None:
         """A cell at batch size B > 1: each batch of prompts decoded by one generate_batch call per
         repetition."""
         from orthrus.engines import CannotBatchError
 
-        cell, measure, p = item.cell, self.suite.measure, item.cell.params
+        cell, p = item.cell, item.cell.params
         try:
-            for _ in range(measure.warmup):
+            for _ in range(warmup):
                 engine.generate_batch(
                     [x.ids for x in item.batches[0]],
                     p["max_new_tokens"],
@@ -830,7 +852,7 @@ class Runner:
             return self._measure_batch(cell, engine, batch_id, batch, repeat, eos, tokenizer, tracker, weight_bytes)
 
         units = [(f"batch {batch_id}", batch) for batch_id, batch in enumerate(item.batches)]
-        self._repeat_units(item, units, measure_batch, writer, bar, round_)
+        self._repeat_units(item, units, measure_batch, writer, bar, round_, unit)
 
     def _repeat_units(
         self,
@@ -840,15 +862,18 @@ class Runner:
         writer: ResultsWriter,
         bar: Any,
         round_: int | None,
+        only: int | None = None,
     ) -> None:
         """The repetitions of each unit (one prompt, or one batch decoded by one call): at least
         ``measure.repetitions`` and until their calls reach min_duration_s, or with ``round_`` just
-        that repetition. Records already in the run are kept (resume); a unit stops at its first
+        that repetition (and with ``only``, of that unit alone). Records already in the run are kept (resume); a unit stops at its first
         failed measurement, in later rounds too. ``measure_unit`` returning None (the engine refused
         to batch at run time) ends the cell, which it has recorded as skipped."""
         cell, measure = item.cell, self.suite.measure
         first, last = (0, None) if round_ is None else (round_, round_)
         for index, (name, prompts) in enumerate(units):
+            if only is not None and index != only:
+                continue
             rows = len(prompts)
             if round_ is not None and any(self._failed_before(cell.cell_id, x, round_) for x in prompts):
                 if (cell.cell_id, prompts[0].prompt_id, round_) not in self.existing:

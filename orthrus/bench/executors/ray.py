@@ -191,10 +191,10 @@ class RayExecutor:
             raise UserInputError(f"--workers {options.workers}: give at least 1 worker.")
         if options.max_retries < 0:
             raise UserInputError(f"--max-retries {options.max_retries}: give 0 or more retries.")
-        if suite.measure.order == "rounds":
+        if suite.measure.order != "cells":
             raise UserInputError(
-                "measure.order rounds interleaves the cells in one process, which Ray workers do not share; "
-                "run it without --executor ray, or set measure.order to cells."
+                f"measure.order {suite.measure.order} interleaves the cells in one process, which Ray workers "
+                "do not share; run it without --executor ray, or set measure.order to cells."
             )
         if not ray.is_initialized():
             address = options.address

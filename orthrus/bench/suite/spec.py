@@ -23,7 +23,8 @@ Shape of a suite (defaults in brackets; see suites/long_context.yaml for a full 
       - {source: synthetic, count: 2, corpus: heldout}
     measure: {repetitions: 3, warmup: 1, min_duration_s: 0, max_repetitions: 100, seed: 0,
               threads: 0, stop_at_eos: false, sample_interval_ms: 10,
-              order: cells}           # rounds: repetition r of every cell before r+1 of any
+              order: cells}           # rounds: repetition r of every cell before r+1 of any;
+                                      # interleaved: as rounds, and prompt i of every cell before i+1
     reference: {engine: ar, model: <the ar engine's model>}   # null: no identity check
     gates: []                     # list of mappings, evaluated by orthrus.report
     quick: {measure.repetitions: 1}   # overrides that --quick applies (dotted key paths)
@@ -98,7 +99,8 @@ MEASURE_KEYS = (
     "sample_interval_ms",
     "order",
 )
-MEASURE_ORDERS = ("cells", "rounds")
+MEASURE_ORDERS = ("cells", "rounds", "interleaved")
+ROUND_ORDERS = ("rounds", "interleaved")  # exactly measure.repetitions per prompt, every model loaded
 REFERENCE_KEYS = ("engine", "model")
 SELECT_KEYS = ("engines",)
 PROMPT_KEYS = {
@@ -182,7 +184,9 @@ class MeasureSpec:
     sample_interval_ms: float = 10.0
     # "cells": every repetition of a cell, then the next cell; "rounds": repetition r of every cell
     # (in suite order, each cell warmed up again) before repetition r + 1 of any, so that the cells
-    # of one run are measured under the same machine load (their ratios hold on a shared machine)
+    # of one run are measured under the same machine load (their ratios hold on a shared machine);
+    # "interleaved": as rounds, and within a round prompt i (batch i) of every cell before prompt
+    # i + 1 of any, so the engines compared on one prompt are measured seconds apart, not a cell apart
     order: str = "cells"
 
 

@@ -40,6 +40,7 @@ from orthrus.bench.suite.spec import (
     AXES,
     MEASURE_KEYS,
     MEASURE_ORDERS,
+    ROUND_ORDERS,
     SELECT_KEYS,
     SWEEP_AXES,
     SWEEP_DEFAULTS,
@@ -261,10 +262,10 @@ def _validate_measure(value: Any) -> MeasureSpec:
         measure.get("sample_interval_ms", 10.0), "measure.sample_interval_ms", 0.0, exclusive=True
     )
     spec.order = as_choice(measure.get("order", spec.order), "measure.order", MEASURE_ORDERS)
-    if spec.order == "rounds" and spec.min_duration_s > 0:
+    if spec.order in ROUND_ORDERS and spec.min_duration_s > 0:
         raise fail(
             "measure.order",
-            "rounds measures exactly measure.repetitions per prompt; set measure.min_duration_s to 0 "
+            f"{spec.order} measures exactly measure.repetitions per prompt; set measure.min_duration_s to 0 "
             "or measure.order to cells.",
         )
     return spec
