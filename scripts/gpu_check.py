@@ -109,11 +109,11 @@ def stages(out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
     batch_file.write_text(json.dumps(batch_suite(target), indent=1))
     write = "from orthrus.profile.shapes import write_shape_checkpoint as w; w({!r}, {!r}, 'cuda', 'bfloat16')"
 
-    def profile(name: str, blocks: str, contexts: str, repeats: int) -> list[str]:
+    def profile(name: str, blocks: str, contexts: str, repeats: int, *extra: str) -> list[str]:
         return [
             *(py, "-m", "orthrus", "profile", "--device", "cuda", "--dtype", "bfloat16", "--quiet"),
             *("--model", f"qwen3-shape:{name}", "--contexts", contexts, "--blocks", blocks),
-            *("--repeats", str(repeats), "--out", str(out / f"profile-qwen3-{name}-bf16.json")),
+            *("--repeats", str(repeats), "--out", str(out / f"profile-qwen3-{name}-bf16.json"), *extra),
         ]
 
     def zoo(dtype: str) -> list[str]:
@@ -126,9 +126,13 @@ def stages(out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
         ("cuda_tests", 60, [[py, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-p", "no:cacheprovider"]]),
         ("zoo_fp32", 40, [zoo("float32")]),
         ("zoo_bf16", 40, [zoo("bfloat16")]),
-        ("profile_1.7b", 55, [profile("1.7b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 10)]),
-        ("profile_8b", 60, [profile("8b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 10)]),
-        ("profile_0.6b", 30, [profile("0.6b", "1,2", PROFILE_CONTEXTS, 10)]),
+        (
+            "profile_1.7b",
+            55,
+            [profile("1.7b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 8)],
+        ),  # 2 rounds of 4: room for engine steps
+        ("profile_8b", 60, [profile("8b", PROFILE_BLOCKS, PROFILE_CONTEXTS, 8)]),
+        ("profile_0.6b", 30, [profile("0.6b", "1,2", PROFILE_CONTEXTS, 10, "--no-engine-steps")]),  # a draft model
         (
             "shapes_suite",
             110,

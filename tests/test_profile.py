@@ -153,18 +153,20 @@ def test_profile_times_the_engines_own_loops_in_inference_mode(test_shape, monke
         model, "forward_ar", lambda *a, **k: modes.append(torch.is_inference_mode_enabled()) or forward_ar(*a, **k)
     )
     monkeypatch.setattr(OrthrusEngine, "_cycle", lambda self, *a: cycles.append(a[1]) or cycle(self, *a))
-    profile = measure_profile(model, test_shape, contexts=[16], blocks=[1, 4], repeats=3, warmup=0)
+    profile = measure_profile(model, test_shape, contexts=[16], blocks=[1, 4], repeats=3, warmup=0, warm_in=1)
     assert modes and all(modes)
-    assert cycles == [4] * 3  # repeats 3, no warm-up: one round of one 3-step run of the loop
+    assert cycles == [4] * 4  # repeats 3, no warm-up: one round of one run of the loop, 1 untimed + 3 timed
+    assert profile.settings["warm_in"] == 1
     assert {(t.kind, t.block, t.repeats) for t in profile.timings if t.kind in ("ar_step", "orthrus_cycle")} == {
         ("ar_step", 1, 3),
         ("orthrus_cycle", 4, 3),
     }
     with torch.inference_mode():
-        loops = EngineLoops(model, 16, [4], steps=2)
+        loops = EngineLoops(model, 16, [4], steps=2, warm_in=3)
         assert len(loops.run("ar_step", 1)) == 2
+        cycles.clear()
         times = loops.run("orthrus_cycle", 4)
-    assert len(times) == 2 and all(ms > 0 for ms in times)
+    assert len(times) == 2 and all(ms > 0 for ms in times) and len(cycles) == 5  # the first 3 untimed
 
 
 def test_profile_refuses_contexts_beyond_the_model(test_shape):

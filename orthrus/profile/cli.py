@@ -41,6 +41,17 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks", default=",".join(map(str, DEFAULT_BLOCKS)), help="block sizes K (tokens per pass)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per (context, pass, K)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per (context, pass, K) first")
+    parser.add_argument(
+        "--warm-in",
+        type=int,
+        default=None,
+        help="untimed repetitions before each timed burst, every round (default: 4 on a CPU, 1 on a GPU)",
+    )
+    parser.add_argument(
+        "--no-engine-steps",
+        action="store_true",
+        help="time the bare passes only (enough for an assisted draft model's profile)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", help="profile file (default: reports/profiles/<device>-<model>-<dtype>.json)")
     parser.add_argument("--quiet", action="store_true")
@@ -69,8 +80,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     say(f"building {args.model} ({args.dtype}) on {args.device}")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.warm_in is not None and args.warm_in < 0:
+        raise UserInputError(f"--warm-in must be >= 0, got {args.warm_in}.")
     profile = measure_profile(
-        model, args.model, contexts, blocks, repeats=args.repeats, warmup=args.warmup, progress=say
+        model,
+        args.model,
+        contexts,
+        blocks,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        progress=say,
+        engine_steps=not args.no_engine_steps,
+        warm_in=args.warm_in,
     )
     path = profile.save(args.out or default_profile_path(profile))
     print(path)

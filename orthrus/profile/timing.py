@@ -57,6 +57,10 @@ KINDS = PASSES + ENGINE_STEPS
 DEFAULT_CONTEXTS = (1024, 8192, 32768)
 DEFAULT_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
 BURST = 4  # consecutive repetitions of a pass pattern before the next group (see measure_profile)
+# untimed repetitions of a group's pattern before its timed burst, each round: on a CPU the first
+# AR steps after a pass of another shape run slow (about 4.0 ms falling to 3.7 ms over the first
+# four with the zoo model), where an engine's decoding loop runs dozens of steps in a row
+WARM_IN = {"cpu": 4, "cuda": 1}
 
 
 @dataclass
@@ -314,22 +318,23 @@ class EngineLoops:
     """The ``ar`` and ``orthrus`` engines' own decoding loops, started from a filled cache.
 
     Each ``run`` fills the cache to the context (no prefill), books a stand-in first token, then runs
-    the engine's loop (``_decode``, what ``generate`` runs after its prefill) for ``steps`` steps and
-    returns each step's milliseconds: the gap between one committed token and the next, as the
-    runner's inter-token latency reads them (a commit follows the step's read-back to the host, so
-    on a GPU the device work is inside). Orthrus keeps only cycles over a full block of K.
+    the engine's loop (``_decode``, what ``generate`` runs after its prefill) for ``warm_in + steps``
+    steps and returns the milliseconds of the last ``steps``: the gap between one committed token
+    and the next, as the runner's inter-token latency reads them (a commit follows the step's
+    read-back to the host, so on a GPU the device work is inside). Orthrus keeps only cycles over a
+    full block of K.
     """
 
-    def __init__(self, model: Any, context: int, blocks: Sequence[int], steps: int) -> None:
+    def __init__(self, model: Any, context: int, blocks: Sequence[int], steps: int, warm_in: int = 0) -> None:
         from orthrus.engines.ar import AREngine
         from orthrus.engines.orthrus_engine import OrthrusEngine
 
-        self.model, self.context, self.steps = model, context, steps
+        self.model, self.context, self.steps, self.warm_in = model, context, steps, warm_in
         self.ar = AREngine(model, cache="static")
         self.orthrus = {k: OrthrusEngine(model, block_size=k, cache="static") for k in blocks if k >= 2}
         self.settings, self.generator = self.ar._sampling(0.0, 0, 1.0, None)
-        # room for `steps` cycles that accept every draft, as an engine sizes its cache (prompt + budget)
-        self.cache = model.new_cache(context + 1 + steps * max(blocks))
+        # room for every cycle to accept every draft, as an engine sizes its cache (prompt + budget)
+        self.cache = model.new_cache(context + 1 + (warm_in + steps) * max(blocks))
         self.first = torch.zeros((), dtype=torch.long, device=timer_device(model))
 
     def run(self, kind: str, block: int) -> list[float]:
@@ -340,17 +345,18 @@ class EngineLoops:
         result.start()
         result.record_step("prefill", [0])
         args = (self.settings, self.generator, None)
+        total = self.warm_in + self.steps
         if kind == "ar_step":
-            self.ar._decode(result, self.cache, self.context, self.first, 1 + self.steps, *args)
-            drafted = [None] * self.steps
+            self.ar._decode(result, self.cache, self.context, self.first, 1 + total, *args)
+            drafted = [None] * total
         else:
             engine = self.orthrus[block]
-            budget = 1 + self.steps * block
-            engine._decode(result, self.cache, self.context, self.first, budget, *args, max_steps=self.steps)
+            engine._decode(result, self.cache, self.context, self.first, 1 + total * block, *args, max_steps=total)
             drafted = result.drafted_per_cycle
         times = [when for when, _ in result.commits]
         gaps = np.diff(times) * 1e3
-        return [float(ms) for ms, d in zip(gaps, drafted) if kind == "ar_step" or d == block - 1]
+        kept = zip(gaps[self.warm_in :], drafted[self.warm_in :])
+        return [float(ms) for ms, d in kept if kind == "ar_step" or d == block - 1]
 
 
 def _check_grid(model: Any, contexts: Sequence[int], blocks: Sequence[int], spec: str) -> None:
@@ -380,9 +386,11 @@ def measure_profile(
     warmup: int = 2,
     progress: Callable[[str], None] | None = None,
     engine_steps: bool = True,
+    warm_in: int | None = None,
 ) -> LatencyProfile:
     """Time decode(1), verify(K) and draft(K), and (``engine_steps``) the ``ar`` step and the
-    ``orthrus`` cycle at each K >= 2, for every context and K on the model's device."""
+    ``orthrus`` cycle at each K >= 2, for every context and K on the model's device. ``warm_in``:
+    untimed repetitions before each timed burst (default WARM_IN for the device type)."""
     from orthrus.profile.shapes import model_shape, parameter_counts
 
     contexts, blocks = sorted(set(int(c) for c in contexts)), sorted(set(int(b) for b in blocks))
@@ -390,6 +398,8 @@ def measure_profile(
     if repeats < 1 or warmup < 0:
         raise UserInputError(f"--repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
     timer = Timer(timer_device(model))
+    if warm_in is None:
+        warm_in = WARM_IN.get(timer_device(model).type, 1)
     cells = [("decode", 1)] + [(kind, k) for k in blocks for kind in ("verify", "draft")]
     if engine_steps:
         cells += [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2]
@@ -401,7 +411,8 @@ def measure_profile(
     burst = min(BURST, repeats)
     rounds = -(-repeats // burst)
     groups = [[("decode", 1)] * burst] + [[("draft", k), ("verify", k)] * burst for k in blocks]
-    # an engine group is one run of the engine's loop for `burst` steps (EngineLoops.run)
+    patterns = [[("decode", 1)]] + [[("draft", k), ("verify", k)] for k in blocks]
+    # an engine group is one run of the engine's loop for warm_in + `burst` steps (EngineLoops.run)
     steps = [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2] if engine_steps else []
     timings: list[PassTiming] = []
     for context in contexts:
@@ -410,7 +421,7 @@ def measure_profile(
         # smaller context as slow as the largest (projections then fell 20-35% short of measurements)
         runner = PassRunner(model, context, max(blocks))
         runner.set_context(context)
-        loops = EngineLoops(model, context, blocks, burst) if engine_steps else None
+        loops = EngineLoops(model, context, blocks, burst, warm_in) if engine_steps else None
         samples: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
         for group in groups:
             for _ in range(warmup):
@@ -419,7 +430,9 @@ def measure_profile(
         for kind, block in steps if warmup else ():
             loops.run(kind, block)
         for _ in range(rounds):
-            for group in groups:
+            for group, pattern in zip(groups, patterns):
+                for kind, block in pattern * warm_in:
+                    runner.run(kind, block)
                 for kind, block in group:
                     samples[(kind, block)].append(
                         timer(lambda kind=kind, block=block, runner=runner: runner.run(kind, block))
@@ -457,15 +470,17 @@ def measure_profile(
             "blocks": blocks,
             "repeats": rounds * burst,
             "warmup": warmup,
+            "warm_in": warm_in,
             "pattern": f"decode in runs of {burst} steps, draft(K) and verify(K) alternating {burst} times"
             + (f", each engine's loop for {burst} steps" if engine_steps else "")
-            + "; groups round-robin",
+            + f", each after {warm_in} untimed repetitions of its pattern; groups round-robin",
             "engine_steps": "greedy decoding loops of the ar and orthrus engines from the filled cache, "
             "each step timed from one committed token to the next"
             if engine_steps
             else None,
             "timer": timer.name,
-            "cache": "static, one per context sized context + the largest block, lengths set directly (no prefill)",
+            "cache": "static, one per context sized context + the largest block (the engine loops': context + "
+            "room for every cycle to accept every draft), lengths set directly (no prefill)",
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
