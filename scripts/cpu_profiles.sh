@@ -16,10 +16,12 @@ python -m orthrus profile --device cpu --model qwen3-shape:0.6b --dtype float32 
     --contexts 256,1024 --blocks 1,4,8,16 --repeats 3 --warmup 1 \
     --out "reports/profiles/${DEVICE_SLUG}-qwen3-0.6b-float32.json"
 
+RUN_ID="honesty-$(date +%Y%m%d-%H%M%S)"
 # 2. honesty check: one run of the zoo at blocks 4, 8 and 16 on this machine, projected with this
 #    machine's profile; the table compares the projected with the measured decode speedup. The run
-#    measures in rounds (suites/ci.yaml's measure.order), so AR and Orthrus share the machine's load.
+#    measures interleaved (suites/ci.yaml's measure.order: prompt i of every cell before prompt i + 1), so AR
+#    and Orthrus on a prompt are measured seconds apart and share the machine's load.
 python run_bench.py suites/ci.yaml --set 'sweep.block_sizes=[4,8,16]' --set 'sweep.include=[]' --set 'gates=[]' --set 'prompts[0].count=8' \
-    --set measure.repetitions=5 --run-id honesty --quiet
-python run_bench.py project reports/ci/honesty --profile "reports/profiles/${DEVICE_SLUG}-tiny-orthrus-float32.json" \
+    --set measure.repetitions=5 --run-id "$RUN_ID" --quiet
+python run_bench.py project "reports/ci/$RUN_ID" --profile "reports/profiles/${DEVICE_SLUG}-tiny-orthrus-float32.json" \
     | tee reports/profiles/honesty-cpu.txt
