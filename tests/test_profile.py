@@ -173,6 +173,8 @@ def test_profile_refuses_contexts_beyond_the_model(test_shape):
     model = shapes.load_model(test_shape, "cpu", "float32")
     with pytest.raises(UserInputError, match="exceeds .*max_position_embeddings"):
         measure_profile(model, test_shape, contexts=[600], blocks=[4], repeats=1)
+    with pytest.raises(UserInputError, match="--warm-in must be >= 0, got -1"):
+        measure_profile(model, test_shape, contexts=[8], blocks=[4], repeats=1, warm_in=-1)
 
 
 def hand_profile(

@@ -352,11 +352,6 @@ class PlannedCell:
         size = batch_size_of(self.cell)
         return [self.prompts[i : i + size] for i in range(0, len(self.prompts), size)]
 
-    @property
-    def unit_count(self) -> int:
-        """Units measured by one call each: prompts at batch size 1, batches above."""
-        return len(self.batches)
-
 
 def batch_size_of(cell: Cell) -> int:
     return int(cell.params.get("batch_size") or 1)
@@ -492,11 +487,12 @@ class LocalExecutor:
                     continue
                 # batched cells after every batch-1 unit of the round: their rows are checked against
                 # the batch-1 tokens of repetition 0 (see plan)
-                solo = [item for item in planned if batch_size_of(item.cell) == 1]
-                for group in (solo, [item for item in planned if batch_size_of(item.cell) != 1]):
-                    for unit in range(max((max(item.unit_count, 1) for item in group), default=0)):
-                        for item in group:
-                            if unit < max(item.unit_count, 1):  # a cell without units still records why
+                for solo in (True, False):
+                    group = [item for item in planned if (batch_size_of(item.cell) == 1) == solo]
+                    units = [max(len(item.batches), 1) for item in group]  # a cell without units still records why
+                    for unit in range(max(units, default=0)):
+                        for item, count in zip(group, units):
+                            if unit < count:
                                 runner._run_cell(item, writer, bar, round_, unit)
             return
         for index, item in enumerate(planned):

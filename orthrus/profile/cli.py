@@ -80,8 +80,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     say(f"building {args.model} ({args.dtype}) on {args.device}")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    if args.warm_in is not None and args.warm_in < 0:
-        raise UserInputError(f"--warm-in must be >= 0, got {args.warm_in}.")
     profile = measure_profile(
         model,
         args.model,

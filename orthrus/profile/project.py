@@ -522,7 +522,7 @@ def project(
             warnings.append(
                 "the run measured its cells one after another (measure.order: cells), so its measured "
                 "speedups move with the machine's load between cells; for this check measure with "
-                "measure.order: rounds"
+                "measure.order: rounds or interleaved"
             )
         if not same_machine:
             for row in rows:
@@ -637,7 +637,7 @@ def honesty_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                         "block": row["block"],
                         "projected": projected,
                         "basis": row.get("basis"),
-                        "projected_passes": row.get("speedup_passes"),
+                        "projected_passes": passes,
                         "measured_decode": measured,
                         "measured_e2e": row.get("measured_speedup_e2e"),
                         "measured_by_round": row.get("measured_by_round") or [],

@@ -13,8 +13,9 @@ one committed token to the next, so they include all the host work between passe
 block, the consensus, cropping the cache, bookkeeping):
   ar_step        one step of the ``ar`` engine
   orthrus_cycle  one draft-verify cycle of the ``orthrus`` engine at block K (cycles of K only)
-An engine step costs more than its bare passes by that host work; on a 2-core CPU running the zoo
-model it is a large part of a pass, so projections use the engine steps where a profile has them.
+An engine step costs more than its bare passes by that host work (on a 2-core CPU with the zoo
+model it is below the timing noise; on a GPU, where a pass is short, it need not be); projections
+use the engine steps where a profile has them, as they are what a run measures.
 
 The cache is a preallocated (static) cache, one per context sized c + the largest block as an engine
 sizes its own, whose lengths are set directly to c instead of running
@@ -397,12 +398,14 @@ def measure_profile(
     _check_grid(model, contexts, blocks, spec)
     if repeats < 1 or warmup < 0:
         raise UserInputError(f"--repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    if warm_in is not None and warm_in < 0:
+        raise UserInputError(f"--warm-in must be >= 0, got {warm_in}.")
     timer = Timer(timer_device(model))
     if warm_in is None:
         warm_in = WARM_IN.get(timer_device(model).type, 1)
-    cells = [("decode", 1)] + [(kind, k) for k in blocks for kind in ("verify", "draft")]
-    if engine_steps:
-        cells += [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2]
+    # an engine group is one run of the engine's loop for warm_in + `burst` steps (EngineLoops.run)
+    steps = [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2] if engine_steps else []
+    cells = [("decode", 1)] + [(kind, k) for k in blocks for kind in ("verify", "draft")] + steps
     # Passes are timed in the pattern the engines run them: decode in runs of consecutive steps (an
     # AR loop), draft(K) and verify(K) alternating (Orthrus cycles). Timing single passes round-robin
     # over every shape put each pass after a different one and read t_AR(1) 10-15% slow on a CPU,
@@ -410,10 +413,8 @@ def measure_profile(
     # machine spreads over all of them alike.
     burst = min(BURST, repeats)
     rounds = -(-repeats // burst)
-    groups = [[("decode", 1)] * burst] + [[("draft", k), ("verify", k)] * burst for k in blocks]
     patterns = [[("decode", 1)]] + [[("draft", k), ("verify", k)] for k in blocks]
-    # an engine group is one run of the engine's loop for warm_in + `burst` steps (EngineLoops.run)
-    steps = [("ar_step", 1)] + [("orthrus_cycle", k) for k in blocks if k >= 2] if engine_steps else []
+    groups = [pattern * burst for pattern in patterns]
     timings: list[PassTiming] = []
     for context in contexts:
         # a cache sized for this context, as an engine sizes its own (prompt + budget): attention over
