@@ -45,7 +45,7 @@ def test_eager_and_sdpa_logits_agree_for_both_views(views, prompt):
     with torch.no_grad():
         outputs = {}
         for name, model in views.items():
-            cache = model.new_cache(200)
+            cache = model.new_cache(1, 200)
             ar = model.forward_ar(prompt[:, :100], cache, 0)  # causal prefill
             step = model.forward_ar(prompt[:, 100:108], cache, 100)  # a verify-shaped pass over a cached prefix
             diffusion = model.forward_diffusion(block, cache, 108)  # bidirectional block over the cache

@@ -177,18 +177,17 @@ def test_sampled_rows_have_the_ar_distribution_and_a_broken_rule_is_caught(small
 
 # ---------------------------------------------------------------------- the cache
 class RowCacheCheckingEngine(OrthrusEngine):
-    """Orthrus whose after_batch_cycle hook checks every row's cache against a fresh AR prefill of it."""
+    """Orthrus whose after_cycle hook checks every row's cache against a fresh AR prefill of it."""
 
     prompts: list[list[int]] = []
 
-    def after_batch_cycle(self, cache, committed_lengths, tokens):
+    def after_cycle(self, cache, committed_lengths, tokens):
         for r, (prompt, length, out) in enumerate(zip(self.prompts, committed_lengths, tokens)):
             assert length == len(prompt) + len(out) - 1, f"row {r}"
-            fresh = self.model.new_cache(None)
+            fresh = self.model.new_cache()
             self.model.forward_ar(torch.tensor([prompt + out[:-1]]), fresh, 0)
-            for held, exact in zip(cache.layers, fresh.layers):
-                assert torch.allclose(held.keys[r, :, :length], exact.keys[0], atol=1e-5), f"row {r}"
-                assert torch.allclose(held.values[r, :, :length], exact.values[0], atol=1e-5), f"row {r}"
+            for held, exact in zip((*cache.keys, *cache.values), (*fresh.keys, *fresh.values)):
+                assert torch.allclose(held[r, :, :length], exact[0], atol=1e-5), f"row {r}"
         self.checked += 1
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import types
+
 import pytest
 import torch
 
@@ -57,3 +61,47 @@ def test_environment_names_facts_and_never_copies_the_process_environment(monkey
     assert env["packages"]["torch"] == torch.__version__
     assert env["threads"]["torch_intra_op"] == torch.get_num_threads()
     assert env["devices"][0]["type"] == "cpu" and env["suite_sha256"] == "abc"
+
+
+class StrictNvml:
+    """A stand-in for pynvml that fails as the C library would on anything but a PCI bus id string:
+    the real pynvml hands a non-str on as a raw pointer, and NVML then reads memory at that address."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id):
+        if not isinstance(bus_id, str):
+            raise AssertionError(f"segmentation fault: NVML got {type(bus_id).__name__} {bus_id!r}, not a str")
+        self.looked_up.append(bus_id)
+        return ("handle", bus_id)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return ("handle", index)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(used=3 * 1024 * 1024)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=2 * 1024 * 1024)]
+
+
+def test_nvml_looks_the_gpu_up_by_its_pci_bus_id_string(monkeypatch):
+    """torch's device properties give the PCI bus number as an int; NVML needs "domain:bus:device.function"."""
+    nvml = StrictNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    properties = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x18, pci_device_id=0, name="stand-in")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    reader = NvmlReader(torch.device("cuda"))
+    assert reader.available and nvml.looked_up == ["00000000:18:00.0"]
+    assert reader.read() == (3.0, 2.0)
+    # properties without the ids (an older torch): looked up by index, never by a guessed id
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(pci_bus_id=0x18))
+    assert NvmlReader(torch.device("cuda:0")).handle == ("handle", 0)

@@ -39,9 +39,7 @@ def test_static_cache_lives_on_the_device(zoo_cuda):
 
     engine = build_engine("orthrus", zoo_cuda, cache="static")
     seen = []
-    engine.after_cycle = lambda cache, length, tokens: seen.append(
-        {layer.keys.device.type for layer in cache.layers if layer.is_initialized}
-    )
+    engine.after_cycle = lambda cache, lengths, tokens: seen.append({t.device.type for t in (*cache.keys, *cache.values)})
     engine.generate(PROMPT, 32)
     assert seen and all(devices == {"cuda"} for devices in seen)
 

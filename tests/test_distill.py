@@ -30,7 +30,7 @@ def test_training_pass_equals_the_inference_draft_pass(orthrus_model):
         full_ar = model(text)
         for b in range(2):
             for n, a in enumerate(anchors[b].tolist()):
-                cache = model.new_cache(None)
+                cache = model.new_cache()
                 model.forward_ar(text[b : b + 1, :a], cache, 0)
                 ids = torch.tensor([[int(text[b, a])] + [model.config.mask_token_id] * (block - 1)])
                 draft = model.forward_diffusion(ids, cache, a)[0, :-1]

@@ -16,7 +16,7 @@ def test_ar_view_equals_transformers_qwen3(qwen3_base, orthrus_model, prompts):
     with torch.no_grad():
         reference = qwen3_base(ids).logits
         plain = orthrus_model(ids)
-        cache = orthrus_model.new_cache(400)
+        cache = orthrus_model.new_cache(1, 400)
         first = orthrus_model.forward_ar(ids[:, :200], cache, 0)
         rest = [orthrus_model.forward_ar(ids[:, i : i + 1], cache, i) for i in range(200, 300)]
         cached = torch.cat([first, *rest], dim=1)

@@ -156,3 +156,16 @@ def test_an_orthrus_checkpoint_loads_its_tokenizer_without_a_compatibility_warni
     assert tokenizer.mask_token == "<|mask|>"
     assert not [r for r in caplog.records if "instantiate a model of type" in r.getMessage()]
     assert "instantiate a model of type" not in capfd.readouterr().err
+
+
+def test_rotary_frequencies_stay_fp32_when_the_weights_load_in_bf16():
+    """RoPE's inverse frequencies rounded to bf16 shift the angle of every position (by up to a few
+    radians at 4K); transformers keeps them in fp32, and so must our loaders, for both model kinds."""
+    from orthrus.models import load_causal_lm
+    from orthrus.models.dlm import load_diffusion_lm
+
+    reference = load_causal_lm("tiny-orthrus").model.rotary_emb.inv_freq
+    for model in (load_causal_lm("tiny-orthrus", dtype="bfloat16"), load_diffusion_lm("tiny-dlm", dtype="bfloat16")):
+        assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+        assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+        assert torch.equal(model.model.rotary_emb.inv_freq, reference)

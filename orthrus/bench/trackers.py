@@ -56,6 +56,21 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def pci_bus_id(properties: Any) -> str | None:
+    """NVML's PCI bus id string, ``"DDDDDDDD:BB:DD.0"`` (hex domain:bus:device.function), of a GPU
+    from its torch device properties; None where they lack the ids.
+
+    torch's ``pci_bus_id`` is the bus number alone, an int: handed to
+    ``nvmlDeviceGetHandleByPciBusId``, which takes a string, pynvml passes the int on as a raw pointer
+    and NVML reads memory at that address, a segmentation fault no ``except`` catches."""
+    domain = getattr(properties, "pci_domain_id", None)
+    bus = getattr(properties, "pci_bus_id", None)
+    device = getattr(properties, "pci_device_id", None)
+    if not all(isinstance(x, int) for x in (domain, bus, device)):
+        return None
+    return f"{domain:08X}:{bus:02X}:{device:02X}.0"
+
+
 class NvmlReader:
     """Device-used and this-process-used memory of one GPU; ``available`` is False without NVML."""
 
@@ -78,7 +93,7 @@ class NvmlReader:
     @staticmethod
     def _handle(pynvml: Any, device: torch.device) -> Any:
         index = device.index if device.index is not None else torch.cuda.current_device()
-        bus_id = getattr(torch.cuda.get_device_properties(index), "pci_bus_id", None)
+        bus_id = pci_bus_id(torch.cuda.get_device_properties(index))
         if bus_id is not None:  # robust to CUDA_VISIBLE_DEVICES reordering
             try:
                 return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)

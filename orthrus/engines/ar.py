@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
@@ -16,78 +20,32 @@ from orthrus.engines.base import (
     SamplingSettings,
     new_batch,
     pick_token,
-    prefill_rows,
     row_finished,
     sync,
 )
+from orthrus.engines.decoding import CachedEngine
 from orthrus.errors import UserInputError
-from orthrus.models.modeling_orthrus import build_from_state, cache_storage_bytes, is_diffusion_param
+from orthrus.models.modeling_orthrus import build_from_state, is_diffusion_param
 
 
-class AREngine(Engine):
-    """Prefill, then one token per forward pass over a preallocated KV cache (gpt-fast style).
+class AREngine(CachedEngine):
+    """Prefill, then one token per forward pass over the project's K/V cache (gpt-fast style).
 
-    ``generate_batch``: all rows in one pass per step over a preallocated RowCache (the ``cache``
-    option applies to ``generate``). Rows are left-aligned, not left-padded: row r's tokens sit at
-    positions and cache slots 0 .. len_r - 1 exactly as when it is decoded alone, and each step
-    writes row r's new K/V at its own slot len_r; the attention mask hides every slot past a row's
-    own length. A finished row keeps its length (its passes are counted as wasted) until the last
-    row finishes.
+    A single prompt is a batch of one. In a batch all rows take one pass per step; rows are
+    left-aligned, not left-padded: row r's tokens sit at positions and cache slots 0 .. len_r - 1
+    exactly as when it is decoded alone, and each step writes row r's new K/V at its own slot len_r;
+    the attention mask hides every slot past a row's own length. A finished row keeps its length (its
+    passes are counted as wasted) until the last row finishes.
     """
 
     name = "ar"
-    batchable = True
 
-    def __init__(self, model: Any, cache: str = "static", **options: Any) -> None:
-        super().__init__(model, **options)
-        if cache not in ("static", "dynamic"):
-            raise UserInputError(f"cache must be 'static' or 'dynamic', got {cache!r}.")
-        self.cache_kind = cache
-
-    @torch.inference_mode()
-    def _generate(self, prompt, max_new_tokens, settings, generator, seed, eos_token_id) -> GenerationResult:
-        model, device = self.model, self.device
-        result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
-        cache = model.new_cache(len(prompt) + max_new_tokens if self.cache_kind == "static" else None)
-        sync(device)
-        result.start()
-        logits = model.forward_ar(torch.tensor([prompt], device=device), cache, 0, last_only=True)
-        token = pick_token(logits[0, -1], settings, generator)
-        result.record_step("prefill", [int(token)], kv_bytes=cache_storage_bytes(cache))
-        return self._decode(result, cache, len(prompt), token, max_new_tokens, settings, generator, eos_token_id)
-
-    def _decode(
-        self, result, cache, past, token, max_new_tokens, settings, generator, eos_token_id
-    ) -> GenerationResult:
-        """The decoding loop after prefill: ``cache`` holds ``past`` entries, every committed token but
-        the last (``token``, already in ``result``). ``orthrus profile`` times its steps from a cache
-        filled without a prefill."""
-        model = self.model
-        grows = self.cache_kind == "dynamic"  # a static cache's storage is fixed at prefill
-        while result.tokens[-1] != eos_token_id and result.new_tokens < max_new_tokens:
-            logits = model.forward_ar(token.view(1, 1), cache, past)
-            past += 1
-            token = pick_token(logits[0, -1], settings, generator)
-            result.record_step("decode", [int(token)], kv_bytes=cache_storage_bytes(cache) if grows else None)
-        stop = "eos" if result.tokens[-1] == eos_token_id else "max_new_tokens"
-        return result.finish(stop, kv_bytes=cache_storage_bytes(cache))
-
-    @torch.inference_mode()
-    def _generate_batch(self, prompts, max_new_tokens, settings, generator, seed, eos_token_id) -> BatchResult:
-        model, device = self.model, self.device
-        batch = new_batch(prompts)
-        cache = model.new_row_cache(len(prompts), max(len(p) for p in prompts) + max_new_tokens)
-        sync(device)
-        batch.start()
-        token = pick_token(prefill_rows(model, prompts, cache), settings, generator)  # [B]
-        active = [True] * len(prompts)
-        batch.record_pass("prefill", active)
-        for r, (row, new) in enumerate(zip(batch.rows, token.tolist())):
-            row.record_step("prefill", [new])
-            active[r] = not row_finished(row, max_new_tokens, eos_token_id)
-        lengths = [len(p) for p in prompts]  # entries in row r's cache: every committed token before its last
-        while any(active):
-            logits = model.forward_ar_rows(token.view(-1, 1), cache, lengths)
+    def _decode(self, state, max_new_tokens, settings, generator, eos_token_id, max_steps=None) -> BatchResult:
+        model, batch, lengths, active = self.model, state.batch, state.lengths, state.active
+        token, steps = state.last, 0
+        while any(active) and (max_steps is None or steps < max_steps):
+            steps += 1
+            logits = model.forward_ar(token.view(-1, 1), state.cache, lengths)
             batch.record_pass("decode", active)
             token = pick_token(logits[:, -1], settings, generator)
             for r, (row, new) in enumerate(zip(batch.rows, token.tolist())):
@@ -95,7 +53,7 @@ class AREngine(Engine):
                     lengths[r] += 1
                     row.record_step("decode", [new])
                     active[r] = not row_finished(row, max_new_tokens, eos_token_id)
-        return batch.finish(kv_bytes=cache_storage_bytes(cache))
+        return batch.finish(kv_bytes=state.cache.storage_bytes())
 
 
 class _TimingStreamer(BaseStreamer):
@@ -181,15 +139,15 @@ class HFGenerateEngine(Engine):
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         kwargs = _generate_kwargs(settings, max_new_tokens, eos_token_id, seed)
         kwargs.update(attention_mask=attention_mask, streamer=_BatchTimingStreamer(batch, max_new_tokens, eos_token_id))
-        sync(device)
-        batch.start()
-        out = hf_model.generate(input_ids, **kwargs)
-        sync(device)
+        with watching_cache(hf_model) as watch:
+            sync(device)
+            batch.start()
+            hf_model.generate(input_ids, **kwargs)
+            sync(device)
         for row in batch.rows:
             if not row.end_time:  # (every row ends in the streamer; this is a guard)
                 row.finish("max_new_tokens")
-        cache = getattr(out, "cache", None)
-        return batch.finish(kv_bytes=cache_storage_bytes(cache) if cache is not None else None)
+        return batch.finish(kv_bytes=watch.peak_bytes)
 
 
 def run_hf_generate(
@@ -211,17 +169,62 @@ def run_hf_generate(
         streamer=_TimingStreamer(result),
         **extra_kwargs,
     )
-    sync(device)
-    result.start()
-    out = hf_model.generate(input_ids, **kwargs)
-    sync(device)
+    with watching_cache(hf_model) as watch:
+        sync(device)
+        result.start()
+        out = hf_model.generate(input_ids, **kwargs)
+        sync(device)
     result.end_time = time.perf_counter()
     result.tokens = out.sequences[0, len(prompt) :].tolist()
     if eos_token_id is not None and eos_token_id in result.tokens:
         result.stop_reason = "eos"
-    cache = getattr(out, "cache", None)  # transformers 5.x name (was past_key_values)
-    result.kv_cache_bytes_peak = cache_storage_bytes(cache) if cache is not None else None
+    result.kv_cache_bytes_peak = watch.peak_bytes
     return result
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of K and V one position of one row occupies in a Qwen3-layout model's cache, all layers."""
+    config = model.config
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    itemsize = next(model.parameters()).element_size()
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * itemsize
+
+
+@dataclass
+class CacheWatch:
+    """The largest K/V cache a transformers model held during generate() (see ``watching_cache``)."""
+
+    bytes_per_token: int
+    peak_bytes: int | None = None
+
+    def see(self, entries: int, rows: int) -> None:
+        self.peak_bytes = max(self.peak_bytes or 0, entries * rows * self.bytes_per_token)
+
+
+@contextmanager
+def watching_cache(model: nn.Module) -> Iterator[CacheWatch]:
+    """Watch the cache of every forward call of ``model`` (generate() hands it over as the
+    ``past_key_values`` argument): after each call, the entries it holds (``Cache.get_seq_length()``,
+    public in every supported transformers release) times the rows times the bytes per entry. A
+    transformers cache concatenates, so its storage is what it holds; the peak is kept. Nothing
+    here reads the cache classes' internals, which differ between releases."""
+    watch = CacheWatch(kv_bytes_per_token(model))
+
+    def after_forward(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            cache = getattr(output, "past_key_values", None)
+        logits = getattr(output, "logits", None)
+        if cache is not None and hasattr(cache, "get_seq_length") and logits is not None:
+            watch.see(int(cache.get_seq_length()), int(logits.shape[0]))
+
+    handle = model.register_forward_hook(after_forward, with_kwargs=True)
+    try:
+        yield watch
+    finally:
+        handle.remove()
 
 
 def _generate_kwargs(

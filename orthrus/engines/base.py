@@ -532,18 +532,12 @@ def truncate_at_eos(tokens: list[int], eos_token_id: int | None) -> tuple[list[i
     return tokens, False
 
 
-def new_batch(prompts: list[list[int]]) -> BatchResult:
-    """An empty BatchResult with one row per prompt."""
-    return BatchResult(rows=[GenerationResult(tokens=[], prompt_tokens=len(p)) for p in prompts])
-
-
-def prefill_rows(model: Any, prompts: list[list[int]], cache: Any) -> torch.Tensor:
-    """Logits [B, V] after each prompt, all prompts in one AR pass. Rows are left-aligned (row r at
-    positions 0 .. len_r - 1, as in the model's RowCache) and right-padded to the longest; a real
-    token attends causally to real tokens only, so the padding changes nothing it sees."""
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=next(model.parameters()).device)
-    return model.forward_ar_rows(ids, cache, [0] * len(prompts), last=[len(p) - 1 for p in prompts])
+def new_batch(prompts: list[list[int]], listener: Callable[[list[int]], None] | None = None) -> BatchResult:
+    """An empty BatchResult with one row per prompt; ``listener`` streams the row of a batch of one."""
+    rows = [GenerationResult(tokens=[], prompt_tokens=len(p)) for p in prompts]
+    if len(rows) == 1:
+        rows[0].listener = listener
+    return BatchResult(rows=rows)
 
 
 def row_finished(row: GenerationResult, max_new_tokens: int, eos_token_id: int | None) -> bool:

@@ -15,24 +15,24 @@ token (``drafted_per_cycle``, ``accepted_per_cycle``); a target pass with nothin
 n-gram match, or the length limit) is a plain ``decode``. The first target pass processes the
 prompt and is the ``prefill`` (it also verifies the first drafts, whose cycle is recorded).
 ``forward_passes["draft"]`` counts the draft model's forward calls. ``kv_cache_bytes_peak`` is the
-storage of the target's and the draft's K/V caches at the end of the call (both only grow; a
-crop keeps the storage).
+largest K/V cache the target held during the call plus the largest the draft model held (each
+watched after every forward call through the public ``Cache.get_seq_length()``; see
+``orthrus.engines.ar.watching_cache``).
 """
 
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from orthrus.engines.ar import as_qwen3, run_hf_generate
+from orthrus.engines.ar import as_qwen3, run_hf_generate, watching_cache
 from orthrus.engines.base import Engine, GenerationResult
 from orthrus.errors import UserInputError
-from orthrus.models.modeling_orthrus import cache_storage_bytes
 
 SCHEDULES = ("constant", "heuristic", "heuristic_transient")
 
@@ -108,7 +108,9 @@ class _SpeculativeEngine(Engine):
     @torch.inference_mode()
     def _generate(self, prompt, max_new_tokens, settings, generator, seed, eos_token_id) -> GenerationResult:
         result = GenerationResult(tokens=[], prompt_tokens=len(prompt), listener=self.listener)
-        with _recording(self.hf_model, self.draft, _CycleLog()) as log:
+        separate_draft = self.draft is not None and self.draft is not self.hf_model
+        with _recording(self.hf_model, self.draft, _CycleLog()) as log, ExitStack() as stack:
+            draft_watch = stack.enter_context(watching_cache(self.draft)) if separate_draft else None
             run_hf_generate(
                 self.hf_model, prompt, max_new_tokens, settings, seed, eos_token_id, result, self._generate_kwargs()
             )
@@ -120,9 +122,8 @@ class _SpeculativeEngine(Engine):
         if self.draft is self.hf_model:  # self-drafting: one module, one hook for both roles
             log.draft_calls = log.target_calls - len(log.accepted)
         result.record_pass("draft", log.draft_calls)
-        draft_cache = getattr(log.generator, "assistant_kwargs", {}).get("cache")
-        if draft_cache is not None:
-            result.kv_cache_bytes_peak = (result.kv_cache_bytes_peak or 0) + cache_storage_bytes(draft_cache)
+        if draft_watch is not None and draft_watch.peak_bytes is not None:  # the draft model's own cache beside it
+            result.kv_cache_bytes_peak = (result.kv_cache_bytes_peak or 0) + draft_watch.peak_bytes
         return result
 
 

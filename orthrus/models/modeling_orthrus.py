@@ -13,6 +13,7 @@ Parameter names match the released Orthrus-Qwen3 checkpoints (Qwen3 names plus `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel, Qwen3Config
-from transformers.cache_utils import Cache, DynamicCache, StaticCache, StaticLayer
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
     Qwen3RMSNorm,
@@ -31,6 +31,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from orthrus.errors import UserInputError
 from orthrus.models.checkpoint import check_remote_code, check_safetensors, read_json_object, read_tokenizer_file
+from orthrus.models.kv_cache import KVCache
 
 # the one default block size: a config without one, a fresh view, and an engine told "null" all use it
 DEFAULT_BLOCK_SIZE = 16
@@ -185,90 +186,6 @@ class OrthrusModel(nn.Module):
         self.rotary_emb = Qwen3RotaryEmbedding(config=config)
 
 
-def _layer_keys(cache: Cache, layer_idx: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The first ``length`` cached K/V of one layer, without copying (None when empty)."""
-    layer = cache.layers[layer_idx]
-    if length == 0 or not layer.is_initialized:
-        return None
-    return layer.keys[:, :, :length], layer.values[:, :, :length]
-
-
-def _with_prefix(
-    cache: Cache | None, layer_idx: int, past_len: int, k: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys/values of the cached prefix followed by the block's own (diffusion) K/V.
-
-    The committed cache is never modified. With a preallocated (static) cache the block's K/V go
-    into the free slots right after the committed length, which the next verify pass overwrites
-    anyway, so no copy of the prefix is made; with a dynamic cache the prefix is concatenated.
-    """
-    if cache is None or past_len == 0 or not cache.layers[layer_idx].is_initialized:
-        return k, v
-    layer = cache.layers[layer_idx]
-    end = past_len + k.shape[2]
-    if isinstance(layer, StaticLayer) and end <= layer.max_cache_len:
-        layer.keys[:, :, past_len:end] = k
-        layer.values[:, :, past_len:end] = v
-        return layer.keys[:, :, :end], layer.values[:, :, :end]
-    return torch.cat([layer.keys[:, :, :past_len], k], dim=2), torch.cat([layer.values[:, :, :past_len], v], dim=2)
-
-
-def crop_cache(cache: Cache, length: int, held: int) -> None:
-    """Keep the first ``length`` of the ``held`` entries of every layer (``0 < length <= held``).
-
-    transformers' ``Cache.crop`` takes the number of entries to remove, as a negative int; a count
-    of 0 is a no-op, whereas a target length of 0 would empty the cache. Taking the length to keep
-    (and the length held, known to the caller without a device sync) avoids both traps.
-    """
-    if not 0 < length <= held:
-        raise ValueError(f"crop_cache keeps 1..{held} entries, not {length}.")
-    if length < held:
-        cache.crop(length - held)
-
-
-class RowCacheLayer:
-    """One layer of a RowCache: keys and values [B, Hkv, max_len, D], preallocated."""
-
-    is_initialized = True
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.keys, self.values = keys, values
-
-
-class RowCache:
-    """A preallocated K/V cache for a batch of rows that advance at different speeds.
-
-    Rows are left-aligned: row r's committed prefix occupies slots [0, lengths[r]) of every layer,
-    where ``lengths`` is kept by the caller (as ``past_len`` is for the single-row cache) and
-    passed to ``forward_ar_rows`` / ``forward_diffusion_rows`` as ``starts``. A pass over a block
-    of T tokens writes row r's K/V at slots [starts[r], starts[r] + T) (one scatter per layer) and
-    every query of row r sees only slots it may: the prefix below starts[r] and its own block
-    (causally for the AR view, whole for the diffusion view). Slots at or past a row's committed
-    length hold stale K/V (rejected drafts, another pass's block) that the mask hides, so dropping
-    rejected drafts needs no crop: the caller just does not advance the row's length past them.
-    """
-
-    def __init__(self, layers: list[RowCacheLayer]) -> None:
-        self.layers = layers
-
-    @property
-    def batch_size(self) -> int:
-        return self.layers[0].keys.shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.layers[0].keys.shape[2]
-
-
-def cache_storage_bytes(cache: Cache | RowCache) -> int:
-    """Bytes of memory the cache's K/V tensors hold (their storage, not just the used length)."""
-    total = 0
-    for layer in cache.layers:
-        if layer.is_initialized:
-            total += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
-    return total
-
-
 def build_from_state(
     model_class: type[nn.Module], config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype | None, layout: str
 ) -> Any:
@@ -288,7 +205,9 @@ def build_from_state(
         )
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary_emb = Qwen3RotaryEmbedding(config=config).to(target)  # non-persistent buffers, off meta
+    # RoPE's inverse frequencies stay in fp32 whatever the weights' dtype, as in transformers: rounded
+    # to bf16 they shift every position's angle (non-persistent buffers, built off the meta device)
+    model.model.rotary_emb = Qwen3RotaryEmbedding(config=config)
     return model
 
 
@@ -424,128 +343,104 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         return cls._from_state(OrthrusConfig(**config_dict), state, dtype, attn_implementation)
 
     # ------------------------------------------------------------------ passes
-    def new_cache(self, max_len: int | None = None) -> Cache:
-        """A cache the passes below can share: static (preallocated) when max_len is given."""
-        if max_len is None:
-            return DynamicCache(config=self.config)
-        return StaticCache(config=self.config, max_cache_len=max_len)
-
-    def _rope(self, hidden: torch.Tensor, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(start, start + length, device=hidden.device).unsqueeze(0)
-        return self.model.rotary_emb(hidden, positions)
-
-    def forward_ar(
-        self, input_ids: torch.Tensor, cache: Cache | None, past_len: int, last_only: bool = False
-    ) -> torch.Tensor:
-        """AR view over ``input_ids`` [B, T] at positions past_len.., appending K/V to ``cache``.
-
-        Returns logits [B, T, V]; row j predicts the token after input j. ``last_only`` computes
-        the LM head for the last row alone ([B, 1, V]), as a prefill needs.
-        """
-        hidden = self.model.embed_tokens(input_ids)
-        steps = input_ids.shape[1]
-        cos, sin = self._rope(hidden, past_len, steps)
-        mask, causal = None, False
-        if steps > 1 and past_len == 0:
-            causal = True
-        elif steps > 1:
-            rows = torch.arange(steps, device=hidden.device).unsqueeze(1) + past_len
-            mask = torch.arange(past_len + steps, device=hidden.device).unsqueeze(0) <= rows
-        for layer in self.model.layers:
-            attn = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            q, k, v = attn.project(normed, cos, sin, "")
-            if cache is not None:
-                cache.update(k, v, attn.layer_idx)
-                k, v = _layer_keys(cache, attn.layer_idx, past_len + steps)
-            hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, causal, ""))
-        if last_only:
-            hidden = hidden[:, -1:]
-        return self.lm_head(self.model.norm(hidden))
-
-    def forward_diffusion(self, block_ids: torch.Tensor, cache: Cache | None, past_len: int) -> torch.Tensor:
-        """Diffusion view over a block [B, K] at positions past_len.. (anchor first, then masks).
-
-        Attends to the first ``past_len`` cached AR K/V and bidirectionally inside the block.
-        Reads the cache, writes nothing. Returns logits [B, K, V]; row j predicts block position j+1.
-        """
-        hidden = self.model.embed_tokens(block_ids)
-        cos, sin = self._rope(hidden, past_len, block_ids.shape[1])
-        for layer in self.model.layers:
-            attn = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            q, k, v = attn.project(normed, cos, sin, "_diff")
-            k, v = _with_prefix(cache, attn.layer_idx, past_len, k, v)
-            hidden = layer.feed_forward(hidden, attn.attend(q, k, v, None, False, "_diff"))
-        return self.lm_head(self.model.norm(hidden))
-
-    # ------------------------------------------------------------------ passes over a batch of rows
-    def new_row_cache(self, batch_size: int, max_len: int) -> RowCache:
-        """A preallocated cache of ``max_len`` slots per row for ``forward_*_rows`` (see RowCache)."""
+    def new_cache(self, batch_size: int = 1, capacity: int | None = None) -> KVCache:
+        """The K/V cache both views share (see KVCache): ``capacity`` slots per row preallocated, or
+        (None) growing to fit each write."""
         attn = self.model.layers[0].self_attn
         weight = self.model.embed_tokens.weight
-        shape = (batch_size, attn.num_kv_heads, max_len, attn.head_dim)
-        return RowCache([RowCacheLayer(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in self.model.layers])
+        return KVCache.empty(
+            len(self.model.layers), batch_size, attn.num_kv_heads, attn.head_dim, capacity, weight.dtype, weight.device
+        )
 
-    def forward_ar_rows(
-        self, input_ids: torch.Tensor, cache: RowCache, starts: list[int], last: list[int] | None = None
+    def forward_ar(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        starts: int | Sequence[int] = 0,
+        last: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """AR view over ``input_ids`` [B, T]; row r sits at positions starts[r] .. starts[r] + T - 1,
-        attends causally to its own cached prefix (slots < starts[r]) and writes its K/V to slots
-        starts[r] ... Returns logits [B, T, V], or [B, V] at block index ``last[r]`` of each row when
-        given (a ragged prefill: prompts right-padded to one length, each row's last real token)."""
-        return self._forward_rows(input_ids, cache, starts, "", last)
+        """AR view over ``input_ids`` [B, T]: row r sits at positions starts[r] .. starts[r] + T - 1,
+        attends causally to its cached prefix (slots < starts[r]) and writes its K/V to slots starts[r]..
+        (``starts`` as one int: every row at the same positions). Without a cache: plain causal
+        attention over the ids alone. Returns logits [B, T, V]; row j predicts the token after input
+        j. ``last`` (one block index per row) computes the LM head there alone: [B, V] (a prefill of
+        prompts right-padded to one length reads each row's last real token)."""
+        return self._forward(input_ids, cache, starts, "", last)
 
-    def forward_diffusion_rows(
-        self, block_ids: torch.Tensor, cache: RowCache, starts: list[int], widths: list[int] | None = None
+    def forward_diffusion(
+        self,
+        block_ids: torch.Tensor,
+        cache: KVCache | None,
+        starts: int | Sequence[int],
+        widths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Diffusion view over blocks [B, K] (anchor first, then masks), row r at positions starts[r]..;
         full attention over its cached prefix, bidirectional inside its block: its first widths[r]
         positions (default all K; a narrower row's block is what it would draft alone, the positions
         past it are padding no query of the row sees). The committed slots (< starts[r]) are only
         read; the block's own K/V go into the row's free slots from starts[r] on, which the verify
-        pass overwrites. Returns logits [B, K, V]."""
-        return self._forward_rows(block_ids, cache, starts, "_diff", None, widths)
+        pass overwrites. Returns logits [B, K, V]; row j predicts block position j + 1."""
+        return self._forward(block_ids, cache, starts, "_diff", None, widths)
 
-    def _forward_rows(
+    def _forward(
         self,
         ids: torch.Tensor,
-        cache: RowCache,
-        starts: list[int],
+        cache: KVCache | None,
+        starts: int | Sequence[int],
         suffix: str,
-        last: list[int] | None,
-        widths: list[int] | None = None,
+        last: Sequence[int] | None,
+        widths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         batch, steps = ids.shape
         device = ids.device
         hidden = self.model.embed_tokens(ids)
-        start = torch.tensor(starts, device=device).unsqueeze(1)  # [B, 1]
-        positions = start + torch.arange(steps, device=device)  # [B, T] absolute positions = slots
-        cos, sin = self.model.rotary_emb(hidden, positions)
+        starts = [int(starts)] * batch if isinstance(starts, int) else [int(s) for s in starts]
         span = max(starts) + steps  # slots any row may see in this pass
-        slots = torch.arange(span, device=device).view(1, 1, span)
-        if suffix:  # diffusion view: the committed prefix and the whole block (its first widths[r] positions)
-            end = start + (steps if widths is None else torch.tensor(widths, device=device).unsqueeze(1))
-            visible = slots < end.unsqueeze(-1)
-        else:  # AR view: every slot up to the query's own position (prefix, then the block causally)
-            visible = slots <= positions.unsqueeze(-1)
-        # [B, 1, T, span]; slots past a row's block (stale or another row's span) are never visible,
-        # so each row computes exactly what it would alone over its own prefix. A prefill (every
-        # row from slot 0) is plain causal attention: the fused causal kernel, no mask.
-        causal = not suffix and max(starts) == 0
-        mask = None if causal else visible.unsqueeze(1)
-        where = positions.view(batch, 1, steps, 1)
+        if cache is not None:
+            cache.reserve(span)
+        full = widths is None or all(w == steps for w in widths)
+        if len(set(starts)) == 1 and full:
+            # every row at the same positions (one row, a prefill, equal-length rows): slices and the
+            # simplest attention that sees exactly the allowed slots
+            start = starts[0]
+            positions = torch.arange(start, span, device=device).unsqueeze(0)
+            mask, causal, index = None, False, None
+            if not suffix and steps > 1:  # AR over a block: causal, offset by the cached prefix
+                if start == 0 or cache is None:
+                    causal = True
+                else:
+                    rows = torch.arange(steps, device=device).unsqueeze(1) + start
+                    mask = torch.arange(span, device=device).unsqueeze(0) <= rows
+            # (one AR token, or a diffusion block: every slot up to the block's end is visible)
+        else:
+            start = None
+            offsets = torch.tensor(starts, device=device).unsqueeze(1)  # [B, 1]
+            positions = offsets + torch.arange(steps, device=device)  # [B, T] absolute positions = slots
+            slots = torch.arange(span, device=device).view(1, 1, span)
+            if suffix:  # diffusion view: the committed prefix and the whole block (its first widths[r] positions)
+                end = offsets + (steps if widths is None else torch.tensor(widths, device=device).unsqueeze(1))
+                visible = slots < end.unsqueeze(-1)
+            else:  # AR view: every slot up to the query's own position (prefix, then the block causally)
+                visible = slots <= positions.unsqueeze(-1)
+            # [B, 1, T, span]; slots past a row's block (stale or another row's span) are never visible,
+            # so each row computes exactly what it would alone over its own prefix. A prefill (every
+            # row from slot 0) is plain causal attention: the fused causal kernel, no mask.
+            causal = not suffix and max(starts) == 0
+            mask = None if causal else visible.unsqueeze(1)
+            index = positions.view(batch, 1, steps, 1)
+        cos, sin = self.model.rotary_emb(hidden, positions)
         for layer in self.model.layers:
             attn = layer.self_attn
             q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, suffix)
-            held = cache.layers[attn.layer_idx]
-            index = where.expand(-1, k.shape[1], -1, k.shape[3])
-            held.keys.scatter_(2, index, k)  # row r's block into slots starts[r] .. starts[r] + T - 1
-            held.values.scatter_(2, index, v)
-            keys, values = held.keys[:, :, :span], held.values[:, :, :span]
-            hidden = layer.feed_forward(hidden, attn.attend(q, keys, values, mask, causal, suffix))
+            if cache is None:
+                pass
+            elif index is None:
+                k, v = cache.write(attn.layer_idx, start, k, v)
+            else:  # row r's block into slots starts[r] .. starts[r] + T - 1
+                k, v = cache.scatter(attn.layer_idx, index.expand(-1, k.shape[1], -1, k.shape[3]), k, v, span)
+            hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, causal, suffix))
         if last is not None:
-            hidden = hidden[torch.arange(batch, device=device), torch.tensor(last, device=device)]
+            hidden = hidden[torch.arange(batch, device=device), torch.tensor(list(last), device=device)]
         return self.lm_head(self.model.norm(hidden))
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -577,7 +472,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         ar_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         with torch.no_grad():
             hidden = self.model.embed_tokens(input_ids)
-            cos, sin = self._rope(hidden, 0, length)
+            cos, sin = self.model.rotary_emb(hidden, torch.arange(length, device=device).unsqueeze(0))
             for layer in self.model.layers:
                 attn = layer.self_attn
                 q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, "")

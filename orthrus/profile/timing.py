@@ -10,7 +10,7 @@ the greedy argmax and, for decode and verify, reading the chosen ids back to the
 
 and the engines' own steps, each one step of the engine's real decoding loop (greedy), timed from
 one committed token to the next, so they include all the host work between passes (building the
-block, the consensus, cropping the cache, bookkeeping):
+block, the consensus, advancing the committed length, bookkeeping):
   ar_step        one step of the ``ar`` engine
   orthrus_cycle  one draft-verify cycle of the ``orthrus`` engine at block K (cycles of K only)
 An engine step costs more than its bare passes by that host work (on a 2-core CPU with the zoo
@@ -18,9 +18,9 @@ model it is below the timing noise; on a GPU, where a pass is short, it need not
 use the engine steps where a profile has them, as they are what a run measures.
 
 The cache is a preallocated (static) cache, one per context sized c + the largest block as an engine
-sizes its own, whose lengths are set directly to c instead of running
-a prefill (values are zeros: latency depends on how many keys each query attends to, not on what
-they hold). After a decode or verify the cache is cropped back to c; a draft writes nothing.
+sizes its own, whose committed length is set directly to c instead of running a prefill (values are
+zeros: latency depends on how many keys each query attends to, not on what they hold). A pass
+writes its block's K/V past c, which the next pass overwrites; the length stays c.
 Timing: CUDA events around each pass on a GPU (then a synchronise), ``perf_counter`` on a CPU.
 Passes run in the engines' own pattern: decode in runs of consecutive steps, draft(K) and verify(K)
 alternating; each such group is warmed up, then the groups go round-robin until every cell has
@@ -263,42 +263,30 @@ class Timer:
         return (time.perf_counter() - begin) * 1e3
 
 
-def fill_cache(cache: Any, model: Any, length: int) -> None:
-    """Make every layer of a static cache hold ``length`` entries without running a prefill."""
-    attn = model.model.layers[0].self_attn
-    param = model.model.embed_tokens.weight
-    probe = torch.zeros(1, attn.num_kv_heads, 1, attn.head_dim, dtype=param.dtype, device=param.device)
-    for layer in cache.layers:
-        if not layer.is_initialized:
-            layer.lazy_initialization(probe, probe)
-        layer.cumulative_length.fill_(length)
-
-
 class PassRunner:
     """The three passes over one preallocated cache at a settable context length."""
 
     def __init__(self, model: Any, max_context: int, max_block: int) -> None:
         self.model = model
         self.device = model.model.embed_tokens.weight.device
-        self.cache = model.new_cache(max_context + max_block)
+        self.cache = model.new_cache(1, max_context + max_block)
         self.context = 0
         self.mask_id = int(model.config.mask_token_id)
 
     def set_context(self, length: int) -> None:
-        fill_cache(self.cache, self.model, length)
+        """The cache now holds ``length`` entries: the length is the caller's (see KVCache), so no
+        prefill is needed; a decode or verify writes past it and leaves it as it was."""
         self.context = length
 
     def decode(self) -> None:
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         logits = self.model.forward_ar(ids, self.cache, self.context)
         int(logits[0, -1].argmax())
-        self.cache.crop(-1)
 
     def verify(self, block: int) -> None:
         ids = torch.zeros(1, block, dtype=torch.long, device=self.device)
         logits = self.model.forward_ar(ids, self.cache, self.context)
         logits[0].argmax(-1).tolist()
-        self.cache.crop(-block)
 
     def draft(self, block: int) -> None:
         ids = torch.full((1, block), self.mask_id, dtype=torch.long, device=self.device)
@@ -318,12 +306,12 @@ class PassRunner:
 class EngineLoops:
     """The ``ar`` and ``orthrus`` engines' own decoding loops, started from a filled cache.
 
-    Each ``run`` fills the cache to the context (no prefill), books a stand-in first token, then runs
-    the engine's loop (``_decode``, what ``generate`` runs after its prefill) for ``warm_in + steps``
-    steps and returns the milliseconds of the last ``steps``: the gap between one committed token
-    and the next, as the runner's inter-token latency reads them (a commit follows the step's
-    read-back to the host, so on a GPU the device work is inside). Orthrus keeps only cycles over a
-    full block of K.
+    Each ``run`` starts from a cache holding the context (its length set, no prefill), books a
+    stand-in first token, then runs the engine's loop (``_decode``, what ``generate`` runs after its
+    prefill) for ``warm_in + steps`` steps and returns the milliseconds of the last ``steps``: the gap
+    between one committed token and the next, as the runner's inter-token latency reads them (a
+    commit follows the step's read-back to the host, so on a GPU the device work is inside).
+    Orthrus keeps only cycles over a full block of K.
     """
 
     def __init__(self, model: Any, context: int, blocks: Sequence[int], steps: int, warm_in: int = 0) -> None:
@@ -335,26 +323,26 @@ class EngineLoops:
         self.orthrus = {k: OrthrusEngine(model, block_size=k, cache="static") for k in blocks if k >= 2}
         self.settings, self.generator = self.ar._sampling(0.0, 0, 1.0, None)
         # room for every cycle to accept every draft, as an engine sizes its cache (prompt + budget)
-        self.cache = model.new_cache(context + 1 + (warm_in + steps) * max(blocks))
-        self.first = torch.zeros((), dtype=torch.long, device=timer_device(model))
+        self.cache = model.new_cache(1, context + 1 + (warm_in + steps) * max(blocks))
+        self.first = torch.zeros(1, dtype=torch.long, device=timer_device(model))
 
     def run(self, kind: str, block: int) -> list[float]:
-        from orthrus.engines.base import GenerationResult
+        from orthrus.engines.base import new_batch
+        from orthrus.engines.decoding import DecodeState
 
-        fill_cache(self.cache, self.model, self.context)
-        result = GenerationResult(tokens=[], prompt_tokens=self.context)
-        result.start()
-        result.record_step("prefill", [0])
+        batch = new_batch([[0] * self.context])
+        batch.start()
+        batch.rows[0].record_step("prefill", [0])
+        state = DecodeState(batch, self.cache, [self.context], self.first, [True])
         args = (self.settings, self.generator, None)
         total = self.warm_in + self.steps
         if kind == "ar_step":
-            self.ar._decode(result, self.cache, self.context, self.first, 1 + total, *args)
+            self.ar._decode(state, 1 + total, *args)
             drafted = [None] * total
         else:
-            engine = self.orthrus[block]
-            engine._decode(result, self.cache, self.context, self.first, 1 + total * block, *args, max_steps=total)
-            drafted = result.drafted_per_cycle
-        times = [when for when, _ in result.commits]
+            self.orthrus[block]._decode(state, 1 + total * block, *args, max_steps=total)
+            drafted = batch.rows[0].drafted_per_cycle
+        times = [when for when, _ in batch.rows[0].commits]
         gaps = np.diff(times) * 1e3
         kept = zip(gaps[self.warm_in :], drafted[self.warm_in :])
         return [float(ms) for ms, d in kept if kind == "ar_step" or d == block - 1]

@@ -78,7 +78,7 @@ class DistillConfig(LoopConfig):
 def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config: DistillConfig) -> torch.Tensor:
     """[N, prompt_len + continuation_len]: corpus prompts + the base model's greedy continuation.
 
-    Batched greedy decoding with the AR view over a shared dynamic cache (all prompts have equal
+    Batched greedy decoding with the AR view over a preallocated cache (all prompts have equal
     length, so no padding is involved).
     """
     generator = torch.Generator().manual_seed(config.seed)
@@ -98,7 +98,7 @@ def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config
     bar = tqdm(total=len(prompts), desc="self-distillation data", disable=config.quiet, unit="seq")
     for chunk in prompts.split(config.gen_batch):
         chunk = chunk.to(config.device)
-        cache = model.new_cache(None)
+        cache = model.new_cache(chunk.shape[0], chunk.shape[1] + config.continuation_len)
         logits = model.forward_ar(chunk, cache, 0)
         sequence = [chunk]
         past = chunk.shape[1]
