@@ -389,12 +389,12 @@ class Engine:
     def options(cls) -> dict[str, inspect.Parameter]:
         """The options the constructor takes (beyond the model), over the whole class hierarchy."""
         named: dict[str, inspect.Parameter] = {}
-        for klass in reversed(cls.__mro__):
+        for klass in cls.__mro__:  # the class's own order first; a base class adds what it alone takes
             init = klass.__dict__.get("__init__")
             if init is None or klass is object:
                 continue
             for i, (key, param) in enumerate(inspect.signature(init).parameters.items()):
-                if i == 0 or key == "model":
+                if i == 0 or key == "model" or key in named:
                     continue
                 if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
                     named[key] = param

@@ -1,0 +1,552 @@
+"""The two lists a benchmark is built on, written once: what is varied (axes) and what is measured
+(metrics). Everything that needs one of these names derives it from here: the suite's sweep keys and
+their defaults and checks, which settings an AR counterpart must share, the summary's columns, the
+report's table, ``compare``'s metric list, the gate names and which of them are wall-clock, the
+memory sources of the plots, and ``docs/metrics.md`` (tested against these tables).
+
+An axis is a cell parameter: a value of it is part of what a cell *is* (its ``cell_id`` hashes them).
+A metric is one summary column: the aggregation of a record field over a cell's measurements (or a
+figure derived from several cells, such as a speedup), with its kind:
+
+* ``deterministic``: the same code on the same inputs gives the same figure on any machine (tokens,
+  tokens per forward, acceptance, identity, exact KV bytes, failure counts); gated exactly;
+* ``wall_clock``: a time or a rate from the clock; meaningful on one machine, and across runs only as
+  a ratio measured within one run (``speedup_vs_ar``);
+* ``memory``: a figure read from the allocator, the driver or the kernel (NVML, torch, RSS): it moves
+  with the machine, less than a time does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("deterministic", "wall_clock", "memory")
+
+
+# ---------------------------------------------------------------------------------------- axes
+@dataclass(frozen=True)
+class ValueRule:
+    """How a suite value of an axis is checked: ``kind`` int | number | text, the lower bound (exclusive
+    when ``exclusive``), an upper bound, and whether null is allowed (it then means a default)."""
+
+    kind: str
+    minimum: float | None = None
+    exclusive: bool = False
+    maximum: float | None = None
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One cell parameter. ``sweep_key``: its key under ``sweep`` (None: not swept there; set by the
+    engine list, the prompt sources, a model or ``measure``); ``default``: the sweep's default list;
+    ``ar_match``: the AR cell a speedup divides by must have the same value (a parameter neither cell
+    has is not compared)."""
+
+    name: str
+    label: str
+    sweep_key: str | None = None
+    default: tuple[Any, ...] = ()
+    rule: ValueRule | None = None
+    ar_match: bool = False
+    description: str = ""
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("engine", "engine", description="the engine's registry name (its label names the cell in reports)"),
+    Axis("prompt_source", "prompts", ar_match=True, description="the name of the prompt source"),
+    Axis(
+        "context_length",
+        "context",
+        "context_lengths",
+        (512,),
+        ValueRule("int", 1),
+        ar_match=True,
+        description="prompt tokens of synthetic prompts (null for datasets, whose prompts have their own length)",
+    ),
+    Axis(
+        "block_size",
+        "block",
+        "block_sizes",
+        (None,),
+        ValueRule("int", 1, nullable=True),
+        description="K, the block an engine drafts and verifies (null: the model's own; engines without one: null)",
+    ),
+    Axis(
+        "temperature",
+        "T",
+        "temperatures",
+        (0.0,),
+        ValueRule("number", 0.0),
+        ar_match=True,
+        description="sampling temperature (0: greedy)",
+    ),
+    Axis("top_k", "top-k", "top_k", (0,), ValueRule("int", 0), ar_match=True, description="top-k filter (0: off)"),
+    Axis(
+        "top_p",
+        "top-p",
+        "top_p",
+        (1.0,),
+        ValueRule("number", 0.0, exclusive=True, maximum=1.0),
+        ar_match=True,
+        description="nucleus filter (1: off)",
+    ),
+    Axis(
+        "max_new_tokens",
+        "new tokens",
+        "max_new_tokens",
+        (64,),
+        ValueRule("int", 1),
+        ar_match=True,
+        description="the generation budget per prompt",
+    ),
+    Axis(
+        "batch_size",
+        "batch",
+        "batch_sizes",
+        (1,),
+        ValueRule("int", 1),
+        ar_match=True,
+        description="prompts decoded together by one generate_batch call",
+    ),
+    Axis("device", "device", ar_match=True, description="where the model runs (a model setting)"),
+    Axis("dtype", "dtype", ar_match=True, description="the weights' dtype (a model setting)"),
+    Axis("seed", "seed", ar_match=True, description="the sampling seed (measure.seed)"),
+    Axis("stop_at_eos", "stop at EOS", ar_match=True, description="whether generation stops at EOS (measure)"),
+    Axis("category", "category", ar_match=True, description="a dataset prompt's category (per-category summaries)"),
+)
+AXIS = {axis.name: axis for axis in AXES}
+SWEPT_AXES = tuple(axis for axis in AXES if axis.sweep_key is not None)
+# the axes an include/exclude entry of the sweep may name: the swept ones plus the engine and prompt source
+MATRIX_AXES = ("engine", "prompt_source", *(axis.name for axis in SWEPT_AXES))
+AR_MATCH = tuple(axis.name for axis in AXES if axis.ar_match)
+AR_ENGINE = "ar"
+
+
+# ------------------------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class Metric:
+    """One summary column.
+
+    ``field``: the record field it aggregates (None: derived from several cells or records);
+    ``how``: median | mean | max | p50 | p90 | p99 | rate (of true values) | count | other (computed by
+    the summary itself); ``kind``: deterministic | wall_clock | memory; ``better``: higher | lower |
+    None; ``gate``: other names a gate rule may use for it (the column name always works);
+    ``table``: its header in the report's summary table (None: not shown there); ``compared``: in
+    ``compare``'s side-by-side, with ``spread`` the column compare reads its noise from;
+    ``plot``: a memory panel's title in the report's memory figure (memory sources).
+    """
+
+    column: str
+    label: str
+    kind: str
+    unit: str = ""
+    field: str | None = None
+    how: str = "other"
+    better: str | None = None
+    gate: tuple[str, ...] = ()
+    table: str | None = None
+    compared: bool = False
+    spread: str | None = None
+    plot: str | None = None
+    scale: float = 1.0  # to the unit shown (bytes are shown in MiB)
+    description: str = ""
+
+
+def _latency(name: str, label: str, unit: str = "ms", table_median: str | None = None, compared: bool = True):
+    """median / p90 / p99 of a per-request latency, the median gated and compared (p90 as its spread)."""
+    return (
+        Metric(
+            f"{name}_median",
+            f"{label} (median)",
+            "wall_clock",
+            unit,
+            name,
+            "median",
+            "lower",
+            (name,),
+            table_median,
+            compared,
+            f"{name}_p90" if compared else None,
+            description=f"median over prompts x repetitions of {name}",
+        ),
+        Metric(f"{name}_p90", f"{label} p90", "wall_clock", unit, name, "p90", "lower"),
+        Metric(f"{name}_p99", f"{label} p99", "wall_clock", unit, name, "p99", "lower"),
+    )
+
+
+MIB = 2.0**20
+METRICS: tuple[Metric, ...] = (
+    Metric("n_ok", "measurements ok", "deterministic", "", how="count", better="higher", table="ok"),
+    Metric(
+        "n_failed",
+        "measurements failed",
+        "deterministic",
+        "",
+        how="count",
+        better="lower",
+        table="failed",
+        compared=True,
+    ),
+    Metric(
+        "n_skipped",
+        "cells skipped on purpose",
+        "deterministic",
+        "",
+        how="count",
+        description="records of a cell not measured on purpose (e.g. an engine that cannot batch): not failures",
+    ),
+    Metric(
+        "new_tokens_median",
+        "new tokens",
+        "deterministic",
+        "tokens",
+        "new_tokens",
+        "median",
+        "higher",
+        ("new_tokens",),
+        compared=True,
+    ),
+    *_latency("ttft_ms", "TTFT", table_median="TTFT ms"),
+    *_latency("tpot_ms", "TPOT"),
+    Metric("itl_ms_p50", "ITL p50", "wall_clock", "ms", "itl_ms", "p50", "lower", description="pooled inter-token gaps"),
+    Metric("itl_ms_p90", "ITL p90", "wall_clock", "ms", "itl_ms", "p90", "lower", table="ITL p90 ms"),
+    Metric("itl_ms_p99", "ITL p99", "wall_clock", "ms", "itl_ms", "p99", "lower"),
+    *_latency("e2e_ms", "end to end", table_median="e2e ms"),
+    Metric(
+        "decode_tokens_per_s_median",
+        "decode tokens/s",
+        "wall_clock",
+        "tokens/s",
+        "decode_tokens_per_s",
+        "median",
+        "higher",
+        ("decode_tokens_per_s",),
+        "decode tok/s",
+        compared=True,
+    ),
+    Metric(
+        "tokens_per_forward_median",
+        "tokens per forward",
+        "deterministic",
+        "tokens",
+        "tokens_per_forward",
+        "median",
+        "higher",
+        ("tokens_per_forward",),
+        "TPF",
+        compared=True,
+        description="new tokens / forward passes incl. the prefill (per cycle of Orthrus: (accepted + 1) / 2)",
+    ),
+    Metric(
+        "acceptance_length_mean",
+        "accepted drafts per cycle (per request)",
+        "deterministic",
+        "tokens",
+        "acceptance_length",
+        "mean",
+        "higher",
+        ("acceptance_length",),
+        "accepted/cycle",
+        compared=True,
+        description="mean over requests of each request's mean accepted drafts per cycle",
+    ),
+    Metric(
+        "acceptance_length_token_weighted",
+        "accepted drafts per cycle (pooled)",
+        "deterministic",
+        "tokens",
+        better="higher",
+        gate=("acceptance_length.token_weighted",),
+        compared=True,
+        description="accepted drafts over all cycles of all requests, pooled",
+    ),
+    Metric(
+        "acceptance_by_position",
+        "acceptance by position",
+        "deterministic",
+        "fraction",
+        description="list: fraction of cycles drafting position j in which draft j was accepted, pooled",
+    ),
+    Metric(
+        "speedup_vs_ar",
+        "speedup vs AR",
+        "wall_clock",
+        "x",
+        better="higher",
+        table="speedup vs AR",
+        compared=True,
+        description="geometric mean over prompts of AR e2e / engine e2e, measured in the same run",
+    ),
+    Metric("speedup_vs_ar_ci_low", "speedup vs AR, 95% low", "wall_clock", "x", gate=("speedup_vs_ar.ci_low",)),
+    Metric("speedup_vs_ar_ci_high", "speedup vs AR, 95% high", "wall_clock", "x", gate=("speedup_vs_ar.ci_high",)),
+    Metric(
+        "identity_exact_rate",
+        "identical to the reference",
+        "deterministic",
+        "fraction",
+        "identity_exact",
+        "rate",
+        "higher",
+        ("identity.exact_rate", "identity_exact"),
+        "identical",
+        compared=True,
+    ),
+    Metric(
+        "match_fraction_mean",
+        "matching tokens",
+        "deterministic",
+        "fraction",
+        "match_fraction",
+        "mean",
+        "higher",
+        ("identity.match_fraction", "match_fraction"),
+        "match",
+        compared=True,
+    ),
+    Metric(
+        "divergence_margin_median",
+        "top-1 minus top-2 logit at a divergence",
+        "deterministic",
+        "logit",
+        "divergence_margin",
+        "median",
+        None,
+        ("identity.divergence_margin", "divergence_margin"),
+    ),
+    Metric(
+        "ar_nll_mean",
+        "AR NLL of the output",
+        "deterministic",
+        "nats/token",
+        "ar_nll",
+        "mean",
+        "lower",
+        ("ar_nll",),
+        "AR NLL",
+        compared=True,
+    ),
+    Metric(
+        "kv_cache_bytes_peak_max",
+        "KV cache held (exact)",
+        "deterministic",
+        "MiB",
+        "kv_cache_bytes_peak",
+        "max",
+        "lower",
+        ("kv_cache_bytes_peak",),
+        "KV peak MiB",
+        compared=True,
+        plot="KV cache held (exact, from tensors)",
+        scale=1 / MIB,
+        description="the largest total size of K/V tensors the engine held at once (bytes)",
+    ),
+    Metric(
+        "kv_bytes_per_token",
+        "KV bytes per token",
+        "deterministic",
+        "bytes",
+        "kv_bytes_per_token",
+        "max",
+        description="bytes of K and V one position occupies in the engine's model cache (a fact, for KV gates)",
+    ),
+    Metric(
+        "nvml_device_used_mib_max",
+        "NVML device used",
+        "memory",
+        "MiB",
+        "nvml_device_used_mib",
+        "max",
+        "lower",
+        plot="NVML device used",
+    ),
+    Metric(
+        "nvml_process_used_mib_max",
+        "NVML this process",
+        "memory",
+        "MiB",
+        "nvml_process_used_mib",
+        "max",
+        "lower",
+        table="NVML proc MiB",
+        compared=True,
+        plot="NVML this process",
+    ),
+    Metric(
+        "torch_max_allocated_mib_max",
+        "torch max allocated",
+        "memory",
+        "MiB",
+        "torch_max_allocated_mib",
+        "max",
+        "lower",
+        compared=True,
+        plot="torch max allocated",
+    ),
+    Metric(
+        "torch_max_reserved_mib_max",
+        "torch max reserved",
+        "memory",
+        "MiB",
+        "torch_max_reserved_mib",
+        "max",
+        "lower",
+        plot="torch max reserved",
+    ),
+    Metric(
+        "rss_peak_mib_max",
+        "process peak RSS",
+        "memory",
+        "MiB",
+        "rss_peak_mib",
+        "max",
+        "lower",
+        table="RSS MiB",
+        compared=True,
+        plot="process peak RSS",
+    ),
+    Metric(
+        "memory_bandwidth_gb_s_median",
+        "weight bandwidth",
+        "wall_clock",
+        "GB/s",
+        "memory_bandwidth_gb_s",
+        "median",
+        "higher",
+        ("memory_bandwidth_gb_s",),
+        description="weight bytes per forward x forwards per second",
+    ),
+    Metric(
+        "tokens_per_step_median",
+        "tokens per denoising step",
+        "deterministic",
+        "tokens",
+        "tokens_per_step",
+        "median",
+        "higher",
+        ("tokens_per_step",),
+    ),
+    Metric(
+        "harness_overhead_ms_median",
+        "harness overhead",
+        "wall_clock",
+        "ms",
+        "harness_overhead_ms",
+        "median",
+        "lower",
+        description="time per measurement spent outside generate()",
+    ),
+    # batching: one record per row; batch figures counted once per decoded batch
+    Metric(
+        "batch_rows_median",
+        "rows per batch",
+        "deterministic",
+        "rows",
+        "batch_rows",
+        "median",
+        description="rows per decoded batch (the last batch of a cell may be smaller)",
+    ),
+    Metric(
+        "batch_tokens_per_s_median",
+        "batch throughput",
+        "wall_clock",
+        "tokens/s",
+        "batch_tokens_per_s",
+        "median",
+        "higher",
+        ("batch_tokens_per_s",),
+        description="new tokens of all rows / the batch's e2e",
+    ),
+    Metric(
+        "batch_tokens_per_forward_median",
+        "batch tokens per forward",
+        "deterministic",
+        "tokens",
+        "batch_tokens_per_forward",
+        "median",
+        "higher",
+    ),
+    Metric(
+        "batch_acceptance_length_median",
+        "batch accepted drafts per cycle",
+        "deterministic",
+        "tokens",
+        "batch_acceptance_length",
+        "median",
+        "higher",
+    ),
+    Metric(
+        "wasted_row_pass_fraction_mean",
+        "wasted row-passes",
+        "deterministic",
+        "fraction",
+        "batch_wasted_row_pass_fraction",
+        "mean",
+        "lower",
+        description="row-passes spent on rows that had already finished",
+    ),
+    Metric(
+        "batch_kv_cache_bytes_peak_max",
+        "KV cache of a batch",
+        "deterministic",
+        "MiB",
+        "batch_kv_cache_bytes_peak",
+        "max",
+        "lower",
+        scale=1 / MIB,
+    ),
+    Metric(
+        "identity_vs_batch1_rate",
+        "identical to batch 1",
+        "deterministic",
+        "fraction",
+        "identity_vs_batch1_exact",
+        "rate",
+        "higher",
+        ("identity.vs_batch1_rate",),
+    ),
+    Metric(
+        "divergence_margin_vs_batch1_median",
+        "margin at a divergence from batch 1",
+        "deterministic",
+        "logit",
+        "divergence_margin_vs_batch1",
+        "median",
+    ),
+    Metric(
+        "tokens_per_forward_vs_batch1",
+        "tokens per forward vs batch 1",
+        "deterministic",
+        "x",
+        better="higher",
+        gate=("tokens_per_forward.vs_batch1",),
+    ),
+    Metric("batch_tokens_per_s_vs_batch1", "batch throughput vs batch 1", "wall_clock", "x", better="higher"),
+    Metric(
+        "throughput_speedup_vs_ar",
+        "throughput speedup vs AR",
+        "wall_clock",
+        "x",
+        better="higher",
+        description="per batch: AR batch e2e / this batch's e2e (same prompts, same batch size); geometric mean",
+    ),
+    Metric("throughput_speedup_vs_ar_ci_low", "throughput speedup, 95% low", "wall_clock", "x"),
+    Metric("throughput_speedup_vs_ar_ci_high", "throughput speedup, 95% high", "wall_clock", "x"),
+)
+METRIC = {metric.column: metric for metric in METRICS}
+SUMMARY_COLUMNS = tuple(metric.column for metric in METRICS)
+# a gate or compare name -> the summary column it reads
+GATE_NAMES = {name: metric.column for metric in METRICS for name in metric.gate}
+WALL_CLOCK_COLUMNS = frozenset(metric.column for metric in METRICS if metric.kind == "wall_clock")
+MEMORY_COLUMNS = tuple(metric.column for metric in METRICS if metric.plot)
+
+
+def metric_kind(column: str) -> str | None:
+    """deterministic | wall_clock | memory for a summary column (None: not a metric)."""
+    metric = METRIC.get(column)
+    return metric.kind if metric is not None else None
+
+
+def is_wall_clock(column: str) -> bool:
+    return column in WALL_CLOCK_COLUMNS
