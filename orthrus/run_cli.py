@@ -148,11 +148,13 @@ def make_run_executor(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(argv: list[str]) -> int:
-    from orthrus.bench.matrix import parse_shard
+    from orthrus.bench.planning import describe_plan, plan
     from orthrus.bench.prompts import PromptFactory
     from orthrus.bench.resume import resumed_suite
-    from orthrus.bench.runner import RunOptions, describe_plan, plan, print_summary, run_suite
+    from orthrus.bench.runner import RunOptions, run_suite
+    from orthrus.bench.schedule import parse_shard
     from orthrus.bench.suite.validate import load_suite
+    from orthrus.bench.summary import print_summary
 
     args = build_run_parser().parse_args(argv)
     executor = make_run_executor(args)
@@ -204,7 +206,7 @@ def cmd_run(argv: list[str]) -> int:
 
 def cmd_merge(argv: list[str]) -> int:
     from orthrus.bench.merge import merge_runs
-    from orthrus.bench.runner import print_summary
+    from orthrus.bench.summary import print_summary
     from orthrus.results.rundir import RUN_INFO_FILE, read_json
     from orthrus.results.summary import summarize
 
@@ -242,7 +244,7 @@ def cmd_merge(argv: list[str]) -> int:
 
 def _render(run_dir: Path) -> Path | None:
     """report.html for the run, once; a failure to render leaves the results (re-render with 'report')."""
-    from orthrus.bench.runner import one_line
+    from orthrus.bench.loading import one_line
 
     try:
         path = Path(orthrus.report.render_run(run_dir))

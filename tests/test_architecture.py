@@ -158,3 +158,29 @@ def test_the_checker_sees_circles_and_deferred_imports(tmp_path):
     file.write_text("def f():\n    from orthrus.report import render_run\n    import orthrus.bench.runner\n")
     known = {"orthrus.report", "orthrus.bench", "orthrus.bench.runner"}
     assert imports_of("orthrus.results.m", file, known) == {"orthrus.report", "orthrus.bench.runner"}
+
+
+def private_reaches(file: Path, base: Path = ROOT) -> list[str]:
+    """``obj._name`` where ``obj`` is not ``self`` or ``cls``: a reach into another object's private parts."""
+    found = []
+    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            continue
+        found.append(f"{file.relative_to(base)}:{node.lineno}: .{node.attr}")
+    return found
+
+
+def test_the_harness_never_reaches_into_another_objects_private_parts():
+    """Executors take the schedule's units, a measurer and the job's writer; none of them (nor any
+    other module of the harness) calls a private method or reads a private attribute of another
+    object, so each can change on its own."""
+    wrong = [hit for file in sorted((PACKAGE / "bench").rglob("*.py")) for hit in private_reaches(file)]
+    assert not wrong, "private parts of another object used:\n" + "\n".join(wrong)
+
+
+def test_the_private_reach_checker_sees_a_reach(tmp_path):
+    file = tmp_path / "probe.py"
+    file.write_text("def f(runner):\n    self.x._ok = 1\n    self._ok()\n    runner._run_cell(1)\n")
+    assert private_reaches(file, tmp_path) == ["probe.py:2: ._ok", "probe.py:4: ._run_cell"]

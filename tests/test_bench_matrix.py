@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from orthrus.bench.matrix import expand, parse_shard, shard
+from orthrus.bench.matrix import expand
+from orthrus.bench.schedule import parse_shard, shard
 from orthrus.bench.suite.overrides import apply_quick, apply_sets, split_key_path
 from orthrus.bench.suite.validate import load_suite
 from orthrus.errors import UserInputError

@@ -82,7 +82,7 @@ def small_suite(tmp_path: Path, contexts=(64, 128), new_tokens: int = 12, repeti
 def expected_keys(run_dir: Path) -> set[tuple[str, str, int]]:
     from orthrus.bench.prompts import PromptFactory
     from orthrus.bench.resume import resumed_suite
-    from orthrus.bench.runner import plan
+    from orthrus.bench.planning import plan
 
     suite, shard = resumed_suite(run_dir)
     reps = suite.measure.repetitions
@@ -102,11 +102,16 @@ def assert_each_once(run_dir: Path) -> list[dict]:
     return records
 
 
-def test_ray_run_matches_the_local_run(tmp_path, ray_address, capsys):
-    suite = str(small_suite(tmp_path))
+@pytest.mark.parametrize("order", ["cells", "interleaved"])
+def test_ray_run_matches_the_local_run(tmp_path, ray_address, capsys, order):
+    """Every order runs under Ray (a worker applies the schedule to its model group, where the cells
+    a ratio compares live) with the local run's deterministic figures."""
+    suite = str(small_suite(tmp_path, repetitions=2 if order == "interleaved" else 1))
     out = tmp_path / "out"
-    assert main([suite, "--out", str(out), "--run-id", "local", "--quiet"]) == 0
-    assert main([suite, "--out", str(out), "--run-id", "ray", "--quiet", "--executor", "ray", "--workers", "2"]) == 0
+    order_flag = ["--set", f"measure.order={order}"]
+    assert main([suite, "--out", str(out), "--run-id", "local", "--quiet", *order_flag]) == 0
+    argv = [suite, "--out", str(out), "--run-id", "ray", "--quiet", "--executor", "ray", "--workers", "2", *order_flag]
+    assert main(argv) == 0
     local = {record_key(r): r for r in assert_each_once(out / "ray-small" / "local")}
     remote = {record_key(r): r for r in assert_each_once(out / "ray-small" / "ray")}
     assert set(local) == set(remote)
@@ -130,6 +135,10 @@ def test_ray_run_matches_the_local_run(tmp_path, ray_address, capsys):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["executor"]["kind"] == "ray" and info["executor"]["workers"] == 2 and info["status"] == "finished"
     assert (run_dir / "report.html").is_file()
+    if order == "interleaved":  # within the base model's worker: prompt i of every cell before prompt i + 1
+        rows = [r for r in read_records(run_dir / "results.jsonl") if r["cell"]["model"] == "base"]
+        keys = [(r["repeat"], r["batch_id"]) for r in rows]
+        assert keys == sorted(keys) and len({r["cell_id"] for r in rows[:4]}) == 4
 
 
 def test_a_killed_worker_has_its_cells_retried(tmp_path, ray_address):
@@ -194,7 +203,6 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, ray_address, cap
         (["--workers", "0"], "--workers 0"),
         (["--gpus-per-worker", "1"], "asks for GPUs"),
         (["--workers", "2"], "--executor ray"),  # a Ray flag without --executor ray
-        (["--set", "measure.order=rounds"], "measure.order rounds"),  # interleaving needs one process
     ):
         executor = ["--executor", "ray"] if "--executor ray" not in words else []
         assert main([suite, "--out", str(out), "--quiet", *executor, *flags]) == 2

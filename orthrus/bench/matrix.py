@@ -13,28 +13,27 @@ engine's reason, so a sweep never silently measures batch 1 under another batch 
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields
 from typing import Any
 
-from orthrus.bench.suite.spec import Cell, EngineSpec, PromptSourceSpec, Suite, cell_id_of
+from orthrus.bench.suite.spec import Cell, EngineSpec, PromptSourceSpec, Sampling, Suite
 from orthrus.engines import engine_class
 from orthrus.errors import UserInputError
+
+CONTEXT, BLOCK = "context_length", "block_size"  # the two axes that apply only where they make sense
 
 
 def _takes_block_size(engine: EngineSpec) -> bool:
     """The block-size axis applies to engines that take one, unless the suite fixed it in the options."""
-    return engine_class(engine.engine).takes_block_size and "block_size" not in engine.options
+    return engine_class(engine.engine).takes_block_size and BLOCK not in engine.options
 
 
 def _axis_values(suite: Suite, engine: EngineSpec, source: PromptSourceSpec) -> dict[str, list[Any]]:
-    axes = suite.sweep.axes
+    """Every swept axis's values for this engine and source: the context length applies to synthetic
+    prompts only, the block size to engines that take one; elsewhere they collapse to [None]."""
+    applies = {CONTEXT: source.uses_context_length, BLOCK: _takes_block_size(engine)}
     return {
-        "context_length": axes["context_length"] if source.uses_context_length else [None],
-        "block_size": axes["block_size"] if _takes_block_size(engine) else [None],
-        "temperature": axes["temperature"],
-        "top_k": axes["top_k"],
-        "top_p": axes["top_p"],
-        "max_new_tokens": axes["max_new_tokens"],
-        "batch_size": axes["batch_size"],
+        name: values if applies.get(name, True) else [None] for name, values in suite.sweep.axes.items()
     }
 
 
@@ -102,60 +101,31 @@ def expand(suite: Suite) -> list[Cell]:
 
 
 def _make_cell(suite: Suite, engine: EngineSpec, source: PromptSourceSpec, values: dict[str, Any]) -> Cell:
-    model = suite.models[engine.model]
-    draft = suite.models[engine.draft_model] if engine.draft_model else None
-    measure = suite.measure
-    params: dict[str, Any] = {
-        "engine": engine.engine,
-        "label": engine.label,
-        "engine_options": dict(engine.options),
-        "model": engine.model,
-        "model_path": model.path,
-        "dtype": model.dtype,
-        "device": model.device,
-        "attn_implementation": model.attn_implementation,
-        "draft_model": engine.draft_model,
-        "draft_model_path": draft.path if draft else None,
-        "prompt_source": source.name,
-        "context_length": values["context_length"],
-        "block_size": values["block_size"],
-        "temperature": values["temperature"],
-        "top_k": values["top_k"],
-        "top_p": values["top_p"],
-        "max_new_tokens": values["max_new_tokens"],
-        "batch_size": values["batch_size"],
-        "seed": measure.seed,
-        "stop_at_eos": measure.stop_at_eos,
-    }
-    if "block_size" in engine.options:
-        params["block_size"] = engine.options["block_size"]
-    return Cell(cell_id=cell_id_of(params), params=params, engine=engine, model=model, draft_model=draft, source=source)
+    sampling = Sampling(**{f.name: values[f.name] for f in fields(Sampling)})
+    return Cell(
+        engine=engine,
+        model=suite.models[engine.model],
+        draft_model=suite.models[engine.draft_model] if engine.draft_model else None,
+        source=source,
+        context_length=values[CONTEXT],
+        block_size=engine.options.get(BLOCK, values[BLOCK]),  # fixed in the options: that one
+        sampling=sampling,
+        max_new_tokens=values["max_new_tokens"],
+        batch_size=values["batch_size"],
+        seed=suite.measure.seed,
+        stop_at_eos=suite.measure.stop_at_eos,
+    )
 
 
 def _check_context_fits(cells: list[Cell]) -> None:
     for cell in cells:
         limit = cell.model.max_positions
-        context = cell.params["context_length"]
+        context = cell.context_length
         if limit is None or context is None:
             continue
-        new = cell.params["max_new_tokens"]
+        new = cell.max_new_tokens
         if context + new > limit:
             raise UserInputError(
                 f"sweep.context_lengths: {context} + max_new_tokens {new} exceeds the {limit} positions of model "
-                f"{cell.model.key!r} (engine {cell.params['label']!r}); lower it or exclude it for that engine."
+                f"{cell.model.key!r} (engine {cell.label!r}); lower it or exclude it for that engine."
             )
-
-
-def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
-    """Deterministic slice ``index`` of ``count`` (0-based): every count-th cell, so heavy cells spread out."""
-    return [cell for i, cell in enumerate(cells) if i % count == index]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError as err:
-        raise UserInputError(f"--shard {text!r}: write it as I/N, e.g. --shard 0/4 for the first of 4 shards.") from err
-    if count < 1 or not 0 <= index < count:
-        raise UserInputError(f"--shard {text!r}: I must be in 0..N-1 (0-based) and N >= 1.")
-    return index, count

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orthrus.bench.matrix import shard
 from orthrus.bench.resume import run_shard
+from orthrus.bench.schedule import shard
 from orthrus.bench.suite.load import parse_yaml
 from orthrus.bench.suite.spec import Cell, suite_hash
 from orthrus.bench.suite.validate import validate_suite

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from orthrus.results.summary import frame_rows
 
-__all__ = ["format_table"]
+__all__ = ["format_table", "print_summary"]
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
@@ -47,3 +48,29 @@ def format_table(frame: pd.DataFrame) -> str:
             f"{_fmt(kv / 2**20 if kv is not None else None, '.2f'):>7} {_fmt(row.get('rss_peak_mib_max'), '.0f'):>8}"
         )
     return "\n".join(lines)
+
+
+def print_summary(run_dir: Path, frame: Any, records: list[dict[str, Any]], info: dict[str, Any], quiet: bool) -> None:
+    """The summary table, harness overhead and failures (unless quiet), then where the files are."""
+    failed = [r for r in records if r.get("status") not in ("ok", "skipped")]
+    skipped = [r for r in records if r.get("status") == "skipped"]
+    overhead = info.get("harness_overhead") or {}
+    if not quiet:
+        print(format_table(frame))
+        pct = overhead.get("overhead_pct_with_writes", overhead.get("overhead_pct"))
+        if overhead.get("measurements"):
+            print(
+                f"harness overhead: median {overhead['overhead_ms_median']:.2f} ms per measurement, "
+                f"{pct:.2f}% of the measured time ({overhead['measurements']} measurements)"
+            )
+        for record in failed[:10]:
+            print(f"failed: {record['cell'].get('label')} {record['prompt_id']}: {record.get('error')}")
+        if len(failed) > 10:
+            print(f"... and {len(failed) - 10} more failed records (see results.jsonl)")
+        for record in skipped[:10]:
+            print(
+                f"skipped: {record['cell'].get('label')} batch {record['cell'].get('batch_size')}: {record.get('skip_reason')}"
+            )
+    skipped_text = f", {info['skipped']} skipped" if info.get("skipped") else ""
+    print(f"results: {run_dir} ({info.get('ok', 0)} ok, {info.get('failed', 0)} failed{skipped_text})")
+    print(f"summary: {run_dir / 'summary.csv'}")

@@ -63,12 +63,16 @@ def load_causal_lm(
     device: str = "cpu",
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    tokenizer: str | Path | None = None,
 ) -> OrthrusForCausalLM:
     """An Orthrus checkpoint as is, or a plain Qwen3 checkpoint with a fresh (copied) diffusion view.
+    The one causal loader: the command line and the harness both load through it.
 
     ``attn_implementation`` (one of SUPPORTED_ATTN_IMPLEMENTATIONS) applies to both views. A
     checkpoint that declares its own code (``auto_map``) is refused unless ``trust_remote_code``;
-    its code is never run here either way (the model is built as Qwen3)."""
+    its code is never run here either way (the model is built as Qwen3). ``tokenizer``: the
+    directory of the model's tokenizer files when they live apart from it (a fresh view's mask token
+    is the one they name, see ``OrthrusForCausalLM.from_base``)."""
     torch_dtype, torch_device = parse_dtype(dtype), check_device(device)
     resolved = resolve_model_path(path)
     check_remote_code(resolved, trust_remote_code)
@@ -78,6 +82,6 @@ def load_causal_lm(
     if has_view:
         model = OrthrusForCausalLM.from_pretrained(resolved, **options)
     else:
-        model = OrthrusForCausalLM.from_base(resolved, block_size=DEFAULT_BLOCK_SIZE, **options)
+        model = OrthrusForCausalLM.from_base(resolved, block_size=DEFAULT_BLOCK_SIZE, tokenizer=tokenizer, **options)
     model.name_or_path = str(path)
     return model.to(torch_device)

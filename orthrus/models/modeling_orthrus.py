@@ -304,11 +304,15 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        tokenizer: str | Path | None = None,
     ) -> OrthrusForCausalLM:
         """Attach a fresh diffusion view (copies of the AR attention weights) to a Qwen3 model.
 
         ``attn_implementation`` (None: the base module's own, else sdpa) applies to both views. A
-        checkpoint directory that declares its own code is refused unless ``trust_remote_code``."""
+        checkpoint directory that declares its own code is refused unless ``trust_remote_code``.
+        The mask token, unless given: the config's, else the one the tokenizer files name (those in
+        ``tokenizer``, a directory, when the model's tokenizer lives apart from it), else the first
+        embedding row past the tokenizer's vocabulary, else a new row."""
         if block_size < 1:
             raise UserInputError(f"block_size must be >= 1, got {block_size}.")
         if isinstance(base, nn.Module):
@@ -326,7 +330,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             mask_token_id = config_dict.get("mask_token_id")
         embed = state["model.embed_tokens.weight"]
         if mask_token_id is None and not isinstance(base, nn.Module):
-            mask_token_id = _first_unused_row(Path(resolve_model_path(base)), embed.shape[0])
+            mask_token_id = _first_unused_row(Path(tokenizer or resolve_model_path(base)), embed.shape[0])
         if mask_token_id is None:
             # The vocabulary has no spare row: add one for the mask token. The LM head keeps the
             # original rows (untied), so the AR view still computes exactly the base model's logits.

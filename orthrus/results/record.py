@@ -16,7 +16,6 @@ from orthrus.engines.base import BatchResult, EngineDescription, GenerationResul
 
 RECORD_VERSION = 2  # 2: block_size / kv_bytes_per_token / lossless are fields (1 kept two of them in extra)
 # (batch_* and *_vs_batch1 fields and status "skipped" came later as optional fields: older records read as None)
-RECORD_STATUSES = ("ok", "failed", "skipped")
 # what a record says about the engine that ran (from EngineDescription), copied into the summary row
 ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless")
 
@@ -117,11 +116,23 @@ class MeasurementRecord:
         category: str | None = None,
         memory: dict[str, float | None] | None = None,
         weight_bytes: int | None = None,
+        batch: BatchResult | None = None,
+        batch_id: int = 0,
+        batch_index: int = 0,
+        batch_prompt_ids: list[str] | None = None,
+        quality: dict[str, Any] | None = None,
+        notes: dict[str, Any] | None = None,
+        harness_overhead_ms: float | None = None,
+        timestamp: float | None = None,
     ) -> MeasurementRecord:
-        """The record of one successful ``generate`` call; ``memory`` holds the trackers' figures by
-        record field name; ``weight_bytes`` (bytes one forward pass reads) gives the bandwidth."""
+        """The whole record of one row of a successful ``generate_batch`` call (a single prompt is a
+        batch of one), built once: ``memory`` holds the trackers' figures and ``quality`` the checks'
+        findings, by record field name; ``weight_bytes`` (bytes one forward pass reads) gives the
+        bandwidth; ``batch`` the batch's own figures (BatchResult's definitions; default: the row's
+        own); ``notes`` go to ``extra``."""
+        batch = batch if batch is not None else BatchResult.of_single(result)
         passes = result.total_forward_passes
-        record = cls(
+        fields_: dict[str, Any] = dict(
             run_id=run_id,
             cell_id=cell_id,
             cell=cell,
@@ -144,33 +155,42 @@ class MeasurementRecord:
             acceptance_length=result.acceptance_length,
             acceptance_by_position=result.acceptance_by_position,
             kv_cache_bytes_peak=result.kv_cache_bytes_peak,
+            harness_overhead_ms=harness_overhead_ms,
+            timestamp=timestamp,
+            **_batch_fields(batch, batch_id, batch_index, batch_prompt_ids or [prompt_id]),
         )
+        extra: dict[str, Any] = {}
         if passes:
-            record.forward_passes = passes
-            record.forward_passes_by_kind = dict(result.forward_passes)
-            record.tokens_per_forward = result.tokens_per_forward
+            fields_.update(
+                forward_passes=passes,
+                forward_passes_by_kind=dict(result.forward_passes),
+                tokens_per_forward=result.tokens_per_forward,
+            )
         else:  # the engine does not count its passes: unknown, not zero
-            record.extra["forward_passes_counted"] = False
-        extra = dict(result.extra)
-        per_step = extra.pop("tokens_per_step", None)
-        record.denoise_steps = extra.pop("denoise_steps", None)
-        if record.denoise_steps is None and result.forward_passes.get("denoise"):
-            record.denoise_steps = int(result.forward_passes["denoise"])
+            extra["forward_passes_counted"] = False
+        engine_extra = dict(result.extra)
+        per_step = engine_extra.pop("tokens_per_step", None)
+        denoise_steps = engine_extra.pop("denoise_steps", None)
+        if denoise_steps is None and result.forward_passes.get("denoise"):
+            denoise_steps = int(result.forward_passes["denoise"])
+        fields_["denoise_steps"] = denoise_steps
         if isinstance(per_step, list):
-            record.extra["tokens_committed_per_step"] = per_step
-            record.tokens_per_step = sum(per_step) / len(per_step) if per_step else None
+            extra["tokens_committed_per_step"] = per_step
+            fields_["tokens_per_step"] = sum(per_step) / len(per_step) if per_step else None
         elif per_step is not None:
-            record.tokens_per_step = float(per_step)
-        elif record.denoise_steps:
-            record.tokens_per_step = result.new_tokens / record.denoise_steps
-        record.extra.update(extra)
-        if weight_bytes and record.forward_passes and record.e2e_ms:
-            record.memory_bandwidth_gb_s = weight_bytes * record.forward_passes / (record.e2e_ms / 1e3) / 1e9
-        for name, value in (memory or {}).items():
-            if name not in _FIELDS or name in _IDENTITY:
-                raise ValueError(f"memory figure {name!r} is not a field of MeasurementRecord")
-            setattr(record, name, value)
-        return record
+            fields_["tokens_per_step"] = float(per_step)
+        elif denoise_steps:
+            fields_["tokens_per_step"] = result.new_tokens / denoise_steps
+        extra.update(engine_extra)
+        extra.update(notes or {})
+        if weight_bytes and passes and result.e2e_ms:
+            fields_["memory_bandwidth_gb_s"] = weight_bytes * passes / (result.e2e_ms / 1e3) / 1e9
+        for group in (memory or {}, quality or {}):
+            for name, value in group.items():
+                if name not in _FIELDS or name in _IDENTITY:
+                    raise ValueError(f"figure {name!r} is not a field of MeasurementRecord")
+                fields_[name] = value
+        return cls(**fields_, extra=extra)
 
     @classmethod
     def failed(
@@ -186,8 +206,13 @@ class MeasurementRecord:
         category: str | None = None,
         prompt_tokens: int | None = None,
         timestamp: float | None = None,
+        batch_id: int | None = None,
+        batch_index: int | None = None,
+        batch_prompt_ids: list[str] | None = None,
+        notes: dict[str, Any] | None = None,
     ) -> MeasurementRecord:
-        """The record of a measurement (or, with no engine built, a whole cell) that failed."""
+        """The record of a measurement (or, with no engine built, a whole cell) that failed; a row of
+        a failed batch names its batch."""
         return cls(
             run_id=run_id,
             cell_id=cell_id,
@@ -199,6 +224,11 @@ class MeasurementRecord:
             category=category,
             prompt_tokens=prompt_tokens,
             timestamp=timestamp,
+            batch_id=batch_id,
+            batch_index=batch_index,
+            batch_rows=len(batch_prompt_ids) if batch_prompt_ids is not None else None,
+            batch_prompt_ids=batch_prompt_ids,
+            extra=dict(notes or {}),
             **(_facts(description) if description is not None else {}),
         )
 
@@ -227,20 +257,6 @@ class MeasurementRecord:
             timestamp=timestamp,
         )
 
-    def set_batch(self, batch: BatchResult, batch_id: int, batch_index: int, prompt_ids: list[str]) -> None:
-        """The batch this row was decoded in and the batch's own figures (BatchResult's definitions)."""
-        self.batch_id, self.batch_index, self.batch_rows = batch_id, batch_index, batch.batch_size
-        self.batch_prompt_ids = [str(p) for p in prompt_ids]
-        self.batch_new_tokens = batch.new_tokens
-        self.batch_e2e_ms = batch.e2e_ms
-        self.batch_tokens_per_s = batch.tokens_per_s
-        self.batch_forward_passes = batch.total_forward_passes or None
-        self.batch_tokens_per_forward = batch.tokens_per_forward if batch.total_forward_passes else None
-        accepted = [a for row in batch.rows for a in row.accepted_per_cycle]
-        self.batch_acceptance_length = sum(accepted) / len(accepted) if accepted else None
-        self.batch_wasted_row_pass_fraction = batch.wasted_row_pass_fraction if batch.total_forward_passes else None
-        self.batch_kv_cache_bytes_peak = batch.kv_cache_bytes_peak
-
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         """One line of results.jsonl: every field, in field order."""
@@ -263,6 +279,26 @@ class MeasurementRecord:
         if missing:
             raise ValueError(f"a measurement record needs {', '.join(missing)}")
         return cls(**known, extra=extra)
+
+
+def _batch_fields(batch: BatchResult, batch_id: int, batch_index: int, prompt_ids: list[str]) -> dict[str, Any]:
+    """The batch a row was decoded in and the batch's own figures (BatchResult's definitions)."""
+    accepted = [a for row in batch.rows for a in row.accepted_per_cycle]
+    counted = bool(batch.total_forward_passes)
+    return dict(
+        batch_id=batch_id,
+        batch_index=batch_index,
+        batch_rows=batch.batch_size,
+        batch_prompt_ids=[str(p) for p in prompt_ids],
+        batch_new_tokens=batch.new_tokens,
+        batch_e2e_ms=batch.e2e_ms,
+        batch_tokens_per_s=batch.tokens_per_s,
+        batch_forward_passes=batch.total_forward_passes or None,
+        batch_tokens_per_forward=batch.tokens_per_forward if counted else None,
+        batch_acceptance_length=sum(accepted) / len(accepted) if accepted else None,
+        batch_wasted_row_pass_fraction=batch.wasted_row_pass_fraction if counted else None,
+        batch_kv_cache_bytes_peak=batch.kv_cache_bytes_peak,
+    )
 
 
 def _facts(description: EngineDescription) -> dict[str, Any]:

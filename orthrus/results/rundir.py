@@ -26,8 +26,12 @@ import contextlib
 import fcntl
 import json
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from orthrus.errors import UserInputError
 from orthrus.results.record import MeasurementRecord
@@ -215,3 +219,73 @@ def read_summary_rows(run_dir: Path) -> list[dict[str, Any]] | None:
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise UserInputError(f"{path} must hold a list of summary rows (one object per cell).")
     return rows
+
+
+# ------------------------------------------------------------------------------ run metadata
+def write_suite_copy(run_dir: Path, run_id: str, raw: dict[str, Any]) -> None:
+    """suite.yaml: the effective suite of the run (after command-line overrides)."""
+    (run_dir / SUITE_FILE).write_text(
+        f"# effective suite of run {run_id} (after command-line overrides)\n"
+        + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    )
+
+
+def write_environment(run_dir: Path, environment: dict[str, Any]) -> None:
+    """environment.json (written once per run: a resumed run keeps the environment it started with)."""
+    write_json(run_dir / ENVIRONMENT_FILE, environment)
+
+
+def add_node_environment(run_dir: Path, node: str, environment: dict[str, Any]) -> None:
+    """environment.json's ``nodes``: the environment of each node that measured (distributed runs)."""
+    path = run_dir / ENVIRONMENT_FILE
+    data = read_json(path) or {}
+    nodes = data.setdefault("nodes", {})
+    if nodes.get(node) != environment:
+        nodes[node] = environment
+        write_json(path, data)
+
+
+PROMPT_FIELDS = ("prompt_id", "source", "category", "context_length", "prompt_tokens", "text", "ids", "meta")
+
+
+def write_prompts(run_dir: Path, prompts: Iterable[dict[str, Any]]) -> None:
+    """prompts.jsonl: one line per prompt used (the fields of PROMPT_FIELDS)."""
+    with (run_dir / PROMPTS_FILE).open("w", encoding="utf-8") as handle:
+        for prompt in prompts:
+            handle.write(json.dumps({name: prompt.get(name) for name in PROMPT_FIELDS}) + "\n")
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json's content ({} when absent or damaged: the directory's name and files still tell)."""
+    try:
+        info = json.loads((run_dir / RUN_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def write_run_info(
+    run_dir: Path,
+    status: str,
+    started: float,
+    session: dict[str, Any],
+    head: dict[str, Any],
+    counts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """run.json: ``head`` (run id, suite, shard), the status, the sessions that measured into the
+    directory (this process's, ``session`` plus when it started and finished, added or updated), and
+    ``counts`` (records by status, harness overhead, executor)."""
+    sessions = read_run_info(run_dir).get("sessions", [])
+    session = {
+        "started": started,
+        "finished": time.time() if status != "running" else None,
+        "status": status,
+        **session,
+    }
+    if sessions and sessions[-1].get("started") == started:
+        sessions[-1] = session
+    else:
+        sessions.append(session)
+    data = {**head, "status": status, "sessions": sessions, **(counts or {})}
+    write_json(run_dir / RUN_INFO_FILE, data)
+    return data

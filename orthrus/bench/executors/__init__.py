@@ -1,22 +1,24 @@
 """Where the cells of a run are measured: the executor seam between the runner and the machines.
 
 The runner plans the run, owns the run directory and its one ``ResultsWriter``, and hands the
-planned cells to an executor, which measures them and appends every record through that writer:
+planned cells to an executor as a ``Job`` (``base.py``), which measures their units in the
+schedule's order and hands every record back through ``Job.record``:
 
-- ``local`` (``orthrus.bench.runner.LocalExecutor``): today's loop, in this process, one cell after another;
+- ``local`` (``orthrus.bench.executors.local.LocalExecutor``): every unit in this process, in the schedule's order;
 - ``ray`` (``orthrus.bench.executors.ray.RayExecutor``): cells grouped by model, each group run by a
-  worker on a Ray cluster, every record streamed back to this process and written here.
+  worker on a Ray cluster in the schedule's order, every record streamed back to this process and
+  written here.
 
-``--shard I/N`` + ``merge`` (``orthrus.bench.matrix``/``orthrus.bench.merge``) is the third way: any
+``--shard I/N`` + ``merge`` (``orthrus.bench.schedule.shard``/``orthrus.bench.merge``) is the third way: any
 scheduler runs one process per slice. This module imports no Ray: ``import orthrus`` never does.
 """
 
 from __future__ import annotations
 
-from orthrus.bench.executors.base import EXECUTORS, RAY_INSTALL_HINT, Executor, RayOptions
+from orthrus.bench.executors.base import EXECUTORS, RAY_INSTALL_HINT, Executor, Job, RayOptions
 from orthrus.errors import UserInputError
 
-__all__ = ["EXECUTORS", "RAY_INSTALL_HINT", "Executor", "RayOptions", "make_executor", "ray_available"]
+__all__ = ["EXECUTORS", "RAY_INSTALL_HINT", "Executor", "Job", "RayOptions", "make_executor", "ray_available"]
 
 
 def ray_available() -> bool:
@@ -31,7 +33,7 @@ def ray_available() -> bool:
 def make_executor(name: str, ray_options: RayOptions | None = None) -> Executor:
     """The executor called ``name``; ``ray`` without Ray installed is one sentence (UserInputError)."""
     if name == "local":
-        from orthrus.bench.runner import LocalExecutor
+        from orthrus.bench.executors.local import LocalExecutor
 
         return LocalExecutor()
     if name == "ray":

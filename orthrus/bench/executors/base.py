@@ -1,17 +1,41 @@
-"""What every executor offers the runner, and the Ray executor's options (no Ray imported here)."""
+"""What every executor is given and offers the runner, and the Ray executor's options (no Ray here).
+
+The runner hands an executor a ``Job``: the run's planned cells, the records measured so far (a live
+mapping the job's ``record`` keeps up to date) and ``record``, the one way a record reaches the run
+directory. The executor decides *where* units are measured; *when* a unit runs is the schedule's
+(``orthrus.bench.schedule.schedule``, which every executor applies to the cells it measures) and
+*how* is the measurer's (``orthrus.bench.measurer.Measurer``). No executor reaches into another class.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from orthrus.bench.runner import PlannedCell, Runner
+    from orthrus.bench.schedule import Key, PlannedCell, Unit
     from orthrus.bench.suite.spec import Suite
-    from orthrus.results.rundir import ResultsWriter
+    from orthrus.results.record import MeasurementRecord
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = 'pip install -e ".[ray]"'
+
+
+@dataclass
+class Job:
+    """A run as an executor sees it. ``record(record, unit)`` appends one record to results.jsonl
+    (fsynced), adds it to ``existing`` and moves the progress bar; it ignores a record whose
+    measurement is already there (each measurement is written once)."""
+
+    suite: Suite
+    run_id: str
+    planned: list[PlannedCell]
+    existing: dict[Key, dict[str, Any]]
+    record: Callable[[MeasurementRecord, Unit | None], None]
+    describe: Callable[[str], None]  # what is being measured now, for the progress bar
+    say: Callable[[str], None]  # a line for the user (silent when quiet)
+    add_node: Callable[[str, dict[str, Any]], None]  # a node's environment, kept in environment.json
 
 
 class Executor(Protocol):
@@ -21,9 +45,9 @@ class Executor(Protocol):
         """Check that the cells can run here (cluster reachable, resources there); raise
         UserInputError before the run directory exists otherwise."""
 
-    def run(self, runner: Runner, planned: list[PlannedCell], writer: ResultsWriter, bar: Any) -> None:
-        """Measure every pending (cell, prompt, repeat) of ``planned``, appending each record through
-        ``runner``'s writer path; Ctrl-C (KeyboardInterrupt) stops the work and propagates."""
+    def run(self, job: Job) -> None:
+        """Measure every pending unit of ``job.planned`` and hand each record to ``job.record``;
+        Ctrl-C (KeyboardInterrupt) stops the work and propagates."""
 
     def info(self) -> dict[str, Any]:
         """What run.json says about the executor (kind, workers, nodes, scheduling overhead)."""

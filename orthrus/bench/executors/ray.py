@@ -3,20 +3,21 @@
 Design (``python run_bench.py SUITE --executor ray``):
 
 - **Groups.** Cells are grouped by model (``cell.model.key``, in plan order): one worker loads a
-  checkpoint once and measures every cell of its group, as the local loop would (its ModelPool keeps
-  the model while later cells of the group need it). A worker is a Ray actor asking for
+  checkpoint once and measures every unit of its group in the order the suite asks for (the
+  schedule applied to the group: cells, rounds or interleaved, so the AR and Orthrus cells a ratio
+  compares, which share a model, are interleaved on one worker). A worker is a Ray actor asking for
   ``num_cpus=1`` and ``num_gpus=--gpus-per-worker`` (1 on a cluster with GPUs when a model asks for
   cuda); ``--workers`` actors at most, each taking the next group when it finishes one.
-- **Identity.** A worker keeps its own ``Reference``: the reference cell's measured tokens when the
-  group holds that cell (a group of the reference model does: it comes first, as in the plan),
-  else the reference model's greedy tokens, computed on the worker itself (the reference is a small
-  AR model; greedy decoding is deterministic), so identity figures equal a local run's.
-- **Streaming.** A worker's ``run_cells`` is a Ray streaming generator: the worker runs the runner's
-  own ``_run_cell`` (warm-up, repetitions, trackers, identity) in a thread whose writer yields each
-  record as soon as it is measured; the driver takes each one off the stream (``ray.wait`` over all
-  workers' streams) and appends it to results.jsonl through the run's one ``ResultsWriter``
-  (fsynced per record), so a finished measurement that reached the driver is never lost, and each
-  (cell, prompt, repeat) is written once.
+- **Identity.** A worker keeps its own ``Measurer`` and with it its own ``Reference``: the reference
+  cell's measured tokens when the group holds that cell (a group of the reference model does: it
+  comes first, as in the plan), else the reference model's greedy tokens, computed on the worker
+  itself (the reference is a small AR model; greedy decoding is deterministic), so identity figures
+  equal a local run's.
+- **Streaming.** A worker's ``run_cells`` is a Ray streaming generator: the worker measures its
+  group's units (``Measurer.measure``) in a thread that yields each record as soon as it is measured;
+  the driver takes each one off the stream (``ray.wait`` over all workers' streams) and hands it to
+  ``Job.record``, which appends it to results.jsonl (fsynced per record), so a finished measurement
+  that reached the driver is never lost, and each (cell, prompt, repeat) is written once.
 - **Nodes.** A worker first sends its node's environment (``node.node_environment``); the driver
   keeps it in environment.json under ``nodes``, and every record names its ``node``.
 - **Scheduling overhead.** Per record, ``scheduling_overhead_ms``: the driver's time between two
@@ -43,45 +44,37 @@ import ray
 
 from orthrus.bench.executors.base import RayOptions
 from orthrus.bench.executors.node import node_environment, node_name
+from orthrus.bench.loading import one_line
+from orthrus.bench.measurer import closing_record
+from orthrus.bench.schedule import CELL_PROMPT, schedule
 from orthrus.errors import UserInputError
-from orthrus.results.record import MeasurementRecord, record_key
-from orthrus.results.rundir import ENVIRONMENT_FILE, read_json, write_json
+from orthrus.results.record import MeasurementRecord
 
 if TYPE_CHECKING:
-    from orthrus.bench.runner import PlannedCell, Runner
+    from orthrus.bench.executors.base import Job
+    from orthrus.bench.schedule import PlannedCell
     from orthrus.bench.suite.spec import Suite
-    from orthrus.results.rundir import ResultsWriter
 
 WAIT_S = 1.0  # the driver wakes at least this often (Ctrl-C stays prompt)
 CONNECT_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------- the worker
-class _StreamWriter:
-    """The worker's stand-in for ResultsWriter: each appended record goes onto the stream."""
-
-    def __init__(self, emit: Any, node: str) -> None:
-        self.emit = emit
-        self.node = node
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.emit("record", {**record, "node": self.node})
-
-
 class Worker:
-    """One Ray actor: a runner of its own (models, reference, trackers) that measures groups of cells."""
+    """One Ray actor: a measurer of its own (models, reference, trackers) that measures groups of cells."""
 
     def __init__(self, suite: Suite, run_id: str) -> None:
         import os
 
         import torch
 
-        from orthrus.bench.runner import Runner, RunOptions
+        from orthrus.bench.measurer import Measurer
 
         if suite.measure.threads:
             torch.set_num_threads(suite.measure.threads)
-        self.runner = Runner(suite, RunOptions(quiet=True))
-        self.runner.run_id = run_id
+        self.suite = suite
+        self.existing: dict[tuple, dict[str, Any]] = {}
+        self.measurer = Measurer(suite, run_id, self.existing)
         self.pid = os.getpid()
         self.node = node_name()
         self.devices = sorted({m.device for m in suite.models.values()})
@@ -90,7 +83,8 @@ class Worker:
     def run_cells(self, items: list[PlannedCell], existing: dict[tuple, dict[str, Any]]) -> Any:
         """A stream of events, each (kind, payload, worker_ms since the previous event):
         ('node', {node, environment}) once per worker, ('start', cell_id), ('record', record dict)."""
-        from orthrus.bench.runner import NoBar, one_line
+        from orthrus.bench.loading import models_needed, one_line
+        from orthrus.bench.schedule import schedule
 
         events: queue.Queue = queue.Queue()
         last = [time.perf_counter()]
@@ -100,23 +94,28 @@ class Worker:
             events.put((kind, payload, (now - last[0]) * 1e3))
             last[0] = now
 
-        runner = self.runner
-        runner.existing = dict(existing)
-        writer = _StreamWriter(emit, self.node)
-        bar = NoBar(echo=False)  # the driver reports progress
+        self.existing.clear()  # what the driver knows of this group (a retried group resumes)
+        self.existing.update(existing)
 
         def work() -> None:
             try:
                 if not self.sent_environment:
                     emit("node", {"node": self.node, "pid": self.pid, "environment": node_environment(self.devices)})
                     self.sent_environment = True
-                for index, item in enumerate(items):
-                    emit("start", item.cell.cell_id)
+                current = None
+                for unit in schedule(items, self.suite.measure, self.existing):
+                    if unit.item is not current:
+                        current = unit.item
+                        emit("start", unit.cell.cell_id)
                     try:
-                        runner._run_cell(item, writer, bar)
+                        records = self.measurer.measure(unit)
                     except Exception as err:  # noqa: BLE001 - the cell fails, the worker goes on
-                        runner._fail_cell(item, f"worker error: {one_line(err)}", writer, bar)
-                    runner.pool.release(runner._models_needed(items[index + 1 :]))
+                        records = [closing_record(self.measurer.run_id, unit.cell, "failed", f"worker error: {one_line(err)}")]
+                    for record in records:
+                        data = {**record.to_dict(), "node": self.node}
+                        self.existing[(record.cell_id, record.prompt_id, record.repeat)] = data
+                        emit("record", data)
+                self.measurer.release(models_needed([]), done=[item.cell for item in items])
             except BaseException as err:  # noqa: BLE001 - said to the driver, which retries the cells
                 emit("crash", one_line(err))
             finally:
@@ -183,19 +182,12 @@ class RayExecutor:
     # ---------------------------------------------------------------- before the run directory exists
     def prepare(self, suite: Suite) -> None:
         """Join (or start) the cluster and check its resources; every problem is one sentence."""
-        from orthrus.bench.runner import one_line
-
         options = self.options
         where = f"the Ray cluster at {options.address}" if options.address else "the local Ray instance"
         if options.workers is not None and options.workers < 1:
             raise UserInputError(f"--workers {options.workers}: give at least 1 worker.")
         if options.max_retries < 0:
             raise UserInputError(f"--max-retries {options.max_retries}: give 0 or more retries.")
-        if suite.measure.order != "cells":
-            raise UserInputError(
-                f"measure.order {suite.measure.order} interleaves the cells in one process, which Ray workers "
-                "do not share; run it without --executor ray, or set measure.order to cells."
-            )
         if not ray.is_initialized():
             address = options.address
             target = _host_port(address) if address and address != "auto" else None
@@ -250,13 +242,15 @@ class RayExecutor:
         self.slots = int(gpus // per_worker) if per_worker else int(cpus)
 
     # ---------------------------------------------------------------- the run
-    def run(self, runner: Runner, planned: list[PlannedCell], writer: ResultsWriter, bar: Any) -> None:
+    def run(self, job: Job) -> None:
+        self.job = job
         todo: deque[list[PlannedCell]] = deque()
-        for group in group_by_model(planned):
+        for group in group_by_model(job.planned):
             for item in group:
-                if item.failure:  # a cell that cannot run is recorded here, without a worker
-                    runner._run_cell(item, writer, bar)
-            pending = [item for item in group if not item.failure and runner._pending(item)]
+                if item.failure or item.skip:  # a cell that cannot run is recorded here, without a worker
+                    for unit in schedule([item], job.suite.measure, job.existing):
+                        job.record(closing_record(job.run_id, item.cell, unit.close or "failed", unit.reason or ""), unit)
+            pending = [item for item in group if not (item.failure or item.skip) and self._pending(item)]
             if pending:
                 todo.append(pending)
         limit = max(1, min(self.options.workers or self.slots, len(todo) or 1))
@@ -271,12 +265,12 @@ class RayExecutor:
                     if idle:
                         actor = idle.pop()
                     else:
-                        actor = self._actor_class.remote(runner.suite, runner.run_id)
+                        actor = self._actor_class.remote(job.suite, job.run_id)
                         alive += 1
                         self.stats.workers_started += 1
                     items = todo.popleft()
                     ids = {item.cell.cell_id for item in items}
-                    existing = {k: v for k, v in runner.existing.items() if k[0] in ids}
+                    existing = {k: v for k, v in job.existing.items() if k[0] in ids}
                     stream = actor.run_cells.options(num_returns="streaming").remote(items, existing)
                     active[stream] = _Slot(actor, items, last=time.perf_counter())
                 ready, _ = ray.wait(list(active), num_returns=1, timeout=WAIT_S)
@@ -291,7 +285,7 @@ class RayExecutor:
                     except ray.exceptions.RayError as err:
                         del active[stream]
                         alive -= 1
-                        self._lost(runner, slot, _reason(err), attempts, todo, writer, bar)
+                        self._lost(slot, one_line(err), attempts, todo)
                         continue
                     now = time.perf_counter()
                     slot.overhead_ms += max(0.0, (now - slot.last) * 1e3 - worker_ms)
@@ -299,85 +293,65 @@ class RayExecutor:
                     if kind == "crash":
                         del active[stream]
                         alive -= 1
-                        self._lost(runner, slot, str(payload), attempts, todo, writer, bar)
+                        self._lost(slot, str(payload), attempts, todo)
                     else:
-                        self._event(runner, slot, kind, payload, writer, bar)
+                        self._event(slot, kind, payload)
         finally:
             for actor in [*idle, *(slot.actor for slot in active.values())]:
                 _kill(actor)
 
-    def _event(self, runner: Runner, slot: _Slot, kind: str, payload: Any, writer: ResultsWriter, bar: Any) -> None:
-        from orthrus.bench.runner import CELL_PROMPT, _s
+    def _pending(self, item: PlannedCell) -> bool:
+        """Whether the schedule still has a unit of this cell to measure (what the driver knows)."""
+        return next(schedule([item], self.job.suite.measure, self.job.existing), None) is not None
 
+    def _event(self, slot: _Slot, kind: str, payload: Any) -> None:
+        job = self.job
         if kind == "node":
             slot.node = payload["node"]
-            self._record_node(runner, payload["node"], payload["environment"])
+            self._record_node(payload["node"], payload["environment"])
         elif kind == "start":
             slot.current = next(item for item in slot.items if item.cell.cell_id == payload)
-            p = slot.current.cell.params
-            bar.set_description(f"{p['label']} ctx={_s(p['context_length'])}")
+            context = slot.current.cell.context_length
+            job.describe(f"{slot.current.cell.label} ctx={'-' if context is None else context}")
         elif kind == "record":
-            record = MeasurementRecord.from_dict(payload)
-            if record_key(payload) in runner.existing:
+            key = (str(payload["cell_id"]), str(payload["prompt_id"]), int(payload["repeat"]))
+            if key in job.existing:
                 return  # measured before (a retried cell's stream): each measurement is written once
-            record.scheduling_overhead_ms = slot.overhead_ms
+            # the driver's own figure, known only here, goes into the record as it is built
+            record = MeasurementRecord.from_dict({**payload, "scheduling_overhead_ms": slot.overhead_ms})
             self.stats.scheduling_overhead_ms += slot.overhead_ms
             slot.overhead_ms = 0.0
-            runner._write(writer, record)
-            item = slot.current
-            if record.prompt_id == CELL_PROMPT and item is not None:
-                bar.update(max(1, len(item.prompts) * runner.suite.measure.repetitions))
-            else:
-                bar.update(1)
+            job.record(record, _record_unit(slot.current, record) if slot.current is not None else None)
             if record.status == "failed":
                 self.stats.failed_cells.add(record.cell_id)
-                if not runner.options.quiet:
-                    bar.write(f"failed: {record.cell.get('label')} {record.prompt_id}: {record.error}")
 
-    def _lost(
-        self,
-        runner: Runner,
-        slot: _Slot,
-        reason: str,
-        attempts: dict[str, int],
-        todo: deque[list[PlannedCell]],
-        writer: ResultsWriter,
-        bar: Any,
-    ) -> None:
+    def _lost(self, slot: _Slot, reason: str, attempts: dict[str, int], todo: deque[list[PlannedCell]]) -> None:
         """A worker died: its unfinished cells go back to the queue; the one it was measuring counts an attempt."""
+        job = self.job
         _kill(slot.actor)
         self.stats.workers_lost += 1
-        unfinished = [item for item in slot.items if runner._pending(item)]
+        unfinished = [item for item in slot.items if self._pending(item)]
         current = slot.current if slot.current in unfinished else (unfinished[0] if unfinished else None)
         if current is not None:
             cell_id = current.cell.cell_id
             attempts[cell_id] = attempts.get(cell_id, 0) + 1
             if attempts[cell_id] > self.options.max_retries:
-                runner._fail_cell(
-                    current,
+                message = (
                     f"its worker died {attempts[cell_id]} times while measuring it "
-                    f"(--max-retries {self.options.max_retries}): {reason}",
-                    writer,
-                    bar,
+                    f"(--max-retries {self.options.max_retries}): {reason}"
                 )
+                job.record(closing_record(job.run_id, current.cell, "failed", message), _record_unit(current, None))
                 unfinished.remove(current)
             else:
                 self.stats.retried_cells.add(cell_id)
-        if not runner.options.quiet:
-            where = f" on {slot.node}" if slot.node else ""
-            bar.write(f"a worker{where} died ({reason}); {len(unfinished)} unfinished cell(s) go to another worker")
+        where = f" on {slot.node}" if slot.node else ""
+        job.say(f"a worker{where} died ({reason}); {len(unfinished)} unfinished cell(s) go to another worker")
         if unfinished:
             todo.appendleft(unfinished)
 
-    def _record_node(self, runner: Runner, node: str, environment: dict[str, Any]) -> None:
+    def _record_node(self, node: str, environment: dict[str, Any]) -> None:
         self.stats.nodes[node] = str(environment.get("device_kind"))
-        assert runner.run_dir is not None
-        path = runner.run_dir / ENVIRONMENT_FILE
-        data = read_json(path) or {}
-        nodes = data.setdefault("nodes", {})
-        if nodes.get(node) != environment:
-            nodes[node] = environment
-            write_json(path, data)
+        self.job.add_node(node, environment)
 
     # ---------------------------------------------------------------- after the run
     def info(self) -> dict[str, Any]:
@@ -400,10 +374,14 @@ class RayExecutor:
         self._owned = False
 
 
-def _reason(err: BaseException) -> str:
-    from orthrus.bench.runner import one_line
+def _record_unit(item: PlannedCell, record: MeasurementRecord | None) -> Any:
+    """The unit a streamed record belongs to (for the progress bar's accounting)."""
+    from orthrus.bench.schedule import Unit
 
-    return one_line(err)
+    if record is None or record.prompt_id == CELL_PROMPT:
+        return Unit(item, close="failed")
+    batch_id = record.batch_id if record.batch_id is not None else 0
+    return Unit(item, batch_id=batch_id, repeat=record.repeat)
 
 
 def _kill(actor: Any) -> None:

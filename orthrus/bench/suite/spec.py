@@ -35,24 +35,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from orthrus.results.vocabulary import MATRIX_AXES, SWEPT_AXES
 
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 PROMPT_SOURCES = ("synthetic", "jsonl", "inline")
 CORPUS_SPLITS = ("heldout", "train")
-AXES = (
-    "engine",
-    "prompt_source",
-    "context_length",
-    "block_size",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_new_tokens",
-    "batch_size",
-)
+# the axes of the matrix and the sweep's keys, defaults and checks: orthrus.results.vocabulary
+AXES = MATRIX_AXES
+SWEEP_AXES = {axis.sweep_key: axis.name for axis in SWEPT_AXES}
+SWEEP_DEFAULTS: dict[str, list[Any]] = {axis.sweep_key: list(axis.default) for axis in SWEPT_AXES}
 TOP_KEYS = (
     "name",
     "description",
@@ -68,25 +64,6 @@ TOP_KEYS = (
 )
 MODEL_KEYS = ("path", "dtype", "device", "attn_implementation", "trust_remote_code", "tokenizer")
 ENGINE_KEYS = ("engine", "label", "model", "draft_model", "options")
-# sweep key -> cell axis it feeds, and the default list
-SWEEP_AXES = {
-    "context_lengths": "context_length",
-    "block_sizes": "block_size",
-    "temperatures": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "max_new_tokens": "max_new_tokens",
-    "batch_sizes": "batch_size",
-}
-SWEEP_DEFAULTS: dict[str, list[Any]] = {
-    "context_lengths": [512],
-    "block_sizes": [None],
-    "temperatures": [0.0],
-    "top_k": [0],
-    "top_p": [1.0],
-    "max_new_tokens": [64],
-    "batch_sizes": [1],
-}
 SWEEP_KEYS = (*SWEEP_AXES, "exclude", "include")
 MEASURE_KEYS = (
     "repetitions",
@@ -203,30 +180,67 @@ class Sweep:
     include: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class Cell:
-    """One combination of settings; ``params`` is what records carry as ``cell`` and what ``cell_id`` hashes."""
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen: greedy at temperature 0, else sampled after top-k and top-p."""
 
-    cell_id: str
-    params: dict[str, Any]
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One combination of settings: an engine (with its model) on a prompt source at one value of every
+    axis. ``params`` is what records carry as ``cell`` and what ``cell_id`` hashes."""
+
     engine: EngineSpec
     model: ModelSpec
     draft_model: ModelSpec | None
     source: PromptSourceSpec
+    context_length: int | None  # synthetic prompts only
+    block_size: int | None  # as the suite asked (None: the engine's default; engines without one: None)
+    sampling: Sampling
+    max_new_tokens: int
+    batch_size: int
+    seed: int
+    stop_at_eos: bool
 
     @property
-    def axes(self) -> dict[str, Any]:
+    def label(self) -> str:
+        return self.engine.label
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        draft = self.draft_model
         return {
-            "engine": self.params["label"],
-            "prompt_source": self.params["prompt_source"],
-            "context_length": self.params["context_length"],
-            "block_size": self.params["block_size"],
-            "temperature": self.params["temperature"],
-            "top_k": self.params["top_k"],
-            "top_p": self.params["top_p"],
-            "max_new_tokens": self.params["max_new_tokens"],
-            "batch_size": self.params["batch_size"],
+            "engine": self.engine.engine,
+            "label": self.engine.label,
+            "engine_options": dict(self.engine.options),
+            "model": self.engine.model,
+            "model_path": self.model.path,
+            "dtype": self.model.dtype,
+            "device": self.model.device,
+            "attn_implementation": self.model.attn_implementation,
+            "draft_model": self.engine.draft_model,
+            "draft_model_path": draft.path if draft else None,
+            "prompt_source": self.source.name,
+            "context_length": self.context_length,
+            "block_size": self.block_size,
+            **asdict(self.sampling),
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "stop_at_eos": self.stop_at_eos,
         }
+
+    @cached_property
+    def cell_id(self) -> str:
+        return cell_id_of(self.params)
 
 
 def cell_id_of(params: dict[str, Any]) -> str:

@@ -50,6 +50,7 @@ from orthrus.bench.suite.spec import (
     Suite,
     Sweep,
 )
+from orthrus.results.vocabulary import AXIS
 
 
 def load_suite(
@@ -224,20 +225,18 @@ def _validate_sweep(value: Any, labels: list[str], sources: list[str]) -> Sweep:
 
 
 def _axis_value(axis: str, value: Any, path: str) -> Any:
-    if axis == "block_size":
-        return None if value is None else as_int(value, path, 1)
-    if axis == "temperature":
-        return as_number(value, path, 0.0)
-    if axis == "top_k":
-        return as_int(value, path, 0)
-    if axis == "top_p":
-        top_p = as_number(value, path, 0.0, exclusive=True)
-        if top_p > 1.0:
-            raise fail(path, f"must be in (0, 1], got {top_p:g}.")
-        return top_p
-    if axis in ("context_length", "max_new_tokens", "batch_size"):
-        return as_int(value, path, 1)
-    raise AssertionError(axis)
+    """A sweep value of ``axis`` checked by the vocabulary's rule for it."""
+    rule = AXIS[axis].rule
+    assert rule is not None, axis
+    if value is None and rule.nullable:
+        return None
+    if rule.kind == "int":
+        return as_int(value, path, None if rule.minimum is None else int(rule.minimum))
+    number = as_number(value, path, rule.minimum, exclusive=rule.exclusive)
+    if rule.maximum is not None and number > rule.maximum:
+        low = "(" if rule.exclusive else "["
+        raise fail(path, f"must be in {low}{rule.minimum:g}, {rule.maximum:g}], got {number:g}.")
+    return number
 
 
 def _validate_measure(value: Any) -> MeasureSpec:

@@ -1,0 +1,121 @@
+"""What a run will measure, worked out before anything is written: every cell of this shard with its
+prompts (data problems stop the run here, with one sentence), and the matrix as text for --dry-run."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from orthrus.bench.prompts import Prompt, PromptFactory
+from orthrus.bench.schedule import PlannedCell, shard
+from orthrus.bench.suite.spec import Cell, Suite
+from orthrus.engines import engine_class
+from orthrus.errors import UserInputError
+
+
+def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactory) -> list[PlannedCell]:
+    """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet).
+
+    Cells at batch size 1 come before batched ones (otherwise in suite order), so that every batched
+    row finds the same engine's batch-1 tokens (batch invariance). A cell whose engine cannot batch
+    is planned as skipped above batch size 1 (its reason recorded), never run at batch 1 instead.
+    """
+    cells = sorted(suite.cells, key=lambda c: c.batch_size != 1)  # expanded once, at validation
+    if shard_spec is not None:
+        cells = shard(cells, *shard_spec)
+    planned = []
+    ragged: set[tuple[int, int]] = set()
+    for cell in cells:
+        size = cell.batch_size
+        engine = engine_class(cell.engine.engine)
+        if size > 1 and not engine.batchable:
+            reason = f"engine {cell.engine.engine!r} cannot batch ({engine.cannot_batch_reason}); batch size {size}"
+            planned.append(PlannedCell(cell, skip=reason))
+            continue
+        try:
+            prompts = factory.prompts(cell.source, cell.model, cell.context_length)
+        except UserInputError as err:
+            if cell.model.resolved is None:  # an unbuilt zoo model fails its cells, not the suite
+                planned.append(PlannedCell(cell, failure=cell.model.missing_reason or str(err)))
+                continue
+            raise
+        if not prompts:
+            raise UserInputError(
+                f"prompt source {cell.source.name!r} gives no prompts for engine {cell.label!r}, so its batches "
+                "would be empty; give the source at least one prompt."
+            )
+        _check_prompts_fit(cell, prompts)
+        if len(prompts) % size and (len(prompts), size) not in ragged:
+            ragged.add((len(prompts), size))
+            print(
+                f"note: {len(prompts)} prompts at batch size {size}: the last batch of each such cell holds "
+                f"{len(prompts) % size} row(s) (recorded as batch_rows); use a multiple of {size} for full batches.",
+                file=sys.stderr,
+            )
+        planned.append(PlannedCell(cell, tuple(prompts)))
+    return planned
+
+
+def _check_prompts_fit(cell: Cell, prompts: list[Prompt]) -> None:
+    """Every prompt id is in the vocabulary, and prompt plus budget fit the positions of each model
+    the cell runs (config.json's vocab_size and max_position_embeddings), so a cell cannot fail on
+    them at run time."""
+    where = f"prompt source {cell.source.name!r} on engine {cell.label!r}"
+    if cell.batch_size > 1:
+        where += f" at batch size {cell.batch_size}"
+    new = cell.max_new_tokens
+    for model in (cell.model, cell.draft_model):
+        if model is None:
+            continue
+        for prompt in prompts:
+            if model.vocab_size is not None:
+                bad = next((t for t in prompt.ids if not 0 <= t < model.vocab_size), None)
+                if bad is not None:
+                    raise UserInputError(
+                        f"{where}: prompt {prompt.prompt_id!r} holds token id {bad}, outside the {model.vocab_size} "
+                        f"ids of model {model.key!r}; use ids from 0 to {model.vocab_size - 1}."
+                    )
+            if model.max_positions is not None and len(prompt.ids) + new > model.max_positions:
+                raise UserInputError(
+                    f"{where}: prompt {prompt.prompt_id!r} ({len(prompt.ids):,} tokens) + max_new_tokens {new:,} "
+                    f"exceeds the {model.max_positions:,} positions of model {model.key!r}; shorten the prompt "
+                    "or lower max_new_tokens."
+                )
+
+
+def describe_plan(suite: Suite, planned: list[PlannedCell]) -> str:
+    """The expanded matrix and the work it implies (for --dry-run)."""
+    measure = suite.measure
+    lines = [
+        f"suite {suite.name!r}: {len(planned)} cells, repetitions {measure.repetitions} "
+        f"(min duration {measure.min_duration_s:g} s, at most {measure.max_repetitions}), warm-up {measure.warmup} per cell",
+        f"{'#':>3} {'cell_id':<16} {'engine':<16} {'model':<10} {'source':<14} {'ctx':>5} {'blk':>4} {'T':>4} "
+        f"{'new':>4} {'prompts':>7} {'calls':>5}",
+    ]
+    calls = new_tokens = prompt_tokens = 0
+    for i, item in enumerate(planned):
+        cell = item.cell
+        n_calls = len(item.batches) * measure.repetitions + (measure.warmup if item.prompts else 0)
+        calls += n_calls
+        new_tokens += n_calls * cell.max_new_tokens
+        new_tokens += (len(item.prompts) - len(item.batches)) * measure.repetitions * cell.max_new_tokens
+        prompt_tokens += sum(len(x.ids) for x in item.prompts) * measure.repetitions
+        if item.prompts and measure.warmup:
+            prompt_tokens += sum(len(x.ids) for x in item.batches[0]) * measure.warmup
+        note = f"  (fails: {item.failure})" if item.failure else f"  (skipped: {item.skip})" if item.skip else ""
+        if cell.batch_size > 1 and item.prompts:
+            note = f"  batch {cell.batch_size}{note}"
+        lines.append(
+            f"{i:>3} {cell.cell_id:<16} {cell.label[:16]:<16} {cell.engine.model[:10]:<10} {cell.source.name[:14]:<14} "
+            f"{_s(cell.context_length):>5} {_s(cell.block_size):>4} {cell.sampling.temperature:>4g} "
+            f"{cell.max_new_tokens:>4} {len(item.prompts):>7} {n_calls:>5}{note}"
+        )
+    lines.append(
+        f"estimated work: {calls} generate calls (at least), {new_tokens:,} new tokens, "
+        f"{prompt_tokens:,} prompt tokens to prefill"
+    )
+    return "\n".join(lines)
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else str(value)
