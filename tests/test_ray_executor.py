@@ -80,9 +80,9 @@ def small_suite(tmp_path: Path, contexts=(64, 128), new_tokens: int = 12, repeti
 
 
 def expected_keys(run_dir: Path) -> set[tuple[str, str, int]]:
+    from orthrus.bench.planning import plan
     from orthrus.bench.prompts import PromptFactory
     from orthrus.bench.resume import resumed_suite
-    from orthrus.bench.planning import plan
 
     suite, shard = resumed_suite(run_dir)
     reps = suite.measure.repetitions
