@@ -91,6 +91,33 @@ def test_shape_model_is_built_on_device_in_dtype(test_shape):
     assert logits.shape == (1, 3, 256) and torch.isfinite(logits).all()
 
 
+def test_shape_model_tensors_are_not_copies_of_one_another(monkeypatch):
+    """Random weights tiled from one pool, but each tensor reads it in its own order: the diffusion
+    twins differ from the AR projections, layers differ, an untied head differs from the embedding
+    (and the tied one is the embedding); the same seed gives the same weights in a new build."""
+    untied = shapes.Qwen3Shape(3, 64, 4, 2, 128, False, head_dim=16, vocab=256, max_positions=512)
+    monkeypatch.setitem(shapes.QWEN3_SHAPES, "untied", untied)
+    model = shapes.build_shape_model("qwen3-shape:untied", "cpu", torch.float32)
+    attn = model.model.layers[0].self_attn
+    for twin in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert not torch.equal(getattr(attn, twin).weight, getattr(attn, f"{twin}_diff").weight), twin
+    matrices = [p for name, p in model.named_parameters() if p.dim() == 2]
+    layers = [model.model.layers[i].mlp.up_proj.weight for i in range(3)]
+    assert not torch.equal(layers[0], layers[1]) and not torch.equal(layers[1], layers[2])
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    # not even a shifted copy: no row of one matrix of a layer is a row of its twin or of the next layer
+    first = {tuple(row.tolist()) for row in attn.q_proj.weight}
+    assert not first & {tuple(row.tolist()) for row in attn.q_proj_diff.weight}
+    assert not first & {tuple(row.tolist()) for row in model.model.layers[1].self_attn.q_proj.weight}
+    for p in matrices:  # still the pool's distribution, every value finite
+        assert torch.isfinite(p).all() and 0.01 < float(p.std()) < 0.03
+    again = shapes.build_shape_model("qwen3-shape:untied", "cpu", torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    counts = shapes.parameter_counts(model)
+    assert counts == shapes.parameter_counts(shapes.meta_model("qwen3-shape:untied"))
+
+
 def test_shape_names_for_zoo_and_published():
     assert shapes.spec_shape("qwen3-shape:8b")["name"] == "qwen3-shape:8b"
     zoo = shapes.spec_shape("tiny-orthrus")

@@ -25,6 +25,7 @@ no attention bias. The diffusion view adds Q/K/V/O twins per layer (the released
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ SHAPE_PREFIX = "qwen3-shape:"
 QWEN3_VOCAB = 151936
 QWEN3_MASK_TOKEN = 151669  # len(tokenizer) of Qwen3, the released Orthrus checkpoints' mask row
 RELEASED_BLOCK_SIZE = 32
-RANDOM_POOL = 1_000_003  # a prime: tiled random values do not line up with rows
+RANDOM_POOL = 1_000_003  # a prime: tiled random values do not line up with rows, and every stride walks all of it
+RANDOM_SEED = 0  # the pool's seed: a shape's random weights are the same in every process on a device type
 
 
 @dataclass(frozen=True)
@@ -119,19 +121,25 @@ def build_shape_model(spec: str, device: str | torch.device = "cpu", dtype: torc
     """A random-weight dual-view model of a published Qwen3 shape, materialised on ``device``.
 
     Built on the meta device, cast there, then allocated once on the device with ``to_empty`` and
-    filled in place (matrices tiled from a pool of normal(0, 0.02) values, unit norms), so an 8B model in bf16 takes seconds on
-    a GPU and never passes through the host.
+    filled in place, so an 8B model in bf16 takes seconds on a GPU and never passes through the
+    host. Every matrix is tiled from one seeded pool of normal(0, 0.02) values (a copy, memory
+    bound: no random draw per element), but each walks the pool in its own order (``_pool_walk``:
+    an offset and a stride from the tensor's name), so no two tensors hold the same values: the
+    diffusion view's Q/K/V/O differ from the AR ones, every layer differs from the others and an
+    untied ``lm_head`` differs from ``embed_tokens``. Norms are 1.
     """
     config = shape_config(spec)
     model = meta_model(spec).to(dtype)
     model = model.to_empty(device=device)
     with torch.no_grad():
-        pool = torch.randn(RANDOM_POOL, device=device, dtype=dtype) * config.initializer_range
-        for module in model.modules():
+        generator = torch.Generator(device=device).manual_seed(RANDOM_SEED)
+        pool = torch.randn(RANDOM_POOL, generator=generator, device=device, dtype=dtype) * config.initializer_range
+        doubled = torch.cat([pool, pool])
+        for name, module in model.named_modules():
             if isinstance(module, Qwen3RMSNorm):
                 module.weight.fill_(1.0)
             elif isinstance(module, (nn.Linear, nn.Embedding)):
-                _fill_from_pool(module.weight, pool)
+                _fill_from_pool(module.weight, _pool_walk(doubled, f"{name}.weight"))
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
     if config.tie_word_embeddings:
@@ -142,12 +150,34 @@ def build_shape_model(spec: str, device: str | torch.device = "cpu", dtype: torc
     return model.eval()
 
 
-def _fill_from_pool(weight: torch.Tensor, pool: torch.Tensor) -> None:
-    """Tile a pool of normal values over a weight: a copy (memory bound), not a random draw per element."""
+def _pool_walk(doubled: torch.Tensor, name: str) -> torch.Tensor:
+    """The pool in the order one tensor reads it: from an offset, every stride-th value (mod the pool's
+    prime size, so every stride visits every value once). Offset and stride come from the tensor's
+    name (crc32, the same in every process), so two tensors never share a sequence, nor are they
+    shifted copies of one another. ``doubled`` is the pool twice over, so that the index, built from
+    two short progressions (i = q x 1024 + r, each term reduced mod the size), needs no reduction
+    over the pool's length: one add and one gather of the pool's size per tensor."""
+    size = doubled.numel() // 2
+    offset = zlib.crc32(name.encode()) % size
+    stride = 1 + zlib.crc32(f"{name}/stride".encode()) % (size - 1)
+    width = 1024  # every product below stays under 2^31: int32 throughout
+    device = doubled.device
+    r = torch.arange(width, device=device, dtype=torch.int32) * stride % size
+    q = (torch.arange(-(-size // width), device=device, dtype=torch.int32) * (width * stride % size) + offset) % size
+    index = (q[:, None] + r[None, :]).view(-1)[:size]  # < 2 x size
+    return doubled.index_select(0, index)
+
+
+def _fill_from_pool(weight: torch.Tensor, walk: torch.Tensor) -> None:
+    """Tile a walk of the pool over a weight: one broadcast copy (memory bound)."""
     flat = weight.view(-1)
-    for start in range(0, flat.numel(), pool.numel()):
-        chunk = flat[start : start + pool.numel()]
-        chunk.copy_(pool[: chunk.numel()])
+    size = walk.numel()
+    full = flat.numel() // size
+    if full:
+        flat[: full * size].view(full, size).copy_(walk.expand(full, size))
+    rest = flat.numel() - full * size
+    if rest:
+        flat[full * size :].copy_(walk[:rest])
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
