@@ -118,6 +118,18 @@ def test_shape_model_tensors_are_not_copies_of_one_another(monkeypatch):
     assert counts == shapes.parameter_counts(shapes.meta_model("qwen3-shape:untied"))
 
 
+def test_miniature_shapes_are_known_but_not_offered_as_published():
+    """The CPU rehearsal's stand-ins for 1.7B (tied), 8B (untied) and 0.6B (the draft): built and
+    named like the published shapes, never listed among them."""
+    for name in ("tiny", "tiny-untied", "tiny-draft"):
+        shape = shapes.spec_shape(f"qwen3-shape:{name}")
+        assert shape["name"] == f"qwen3-shape:{name}" and shape["vocab"] > 4096  # the zoo tokenizer's ids fit
+    assert not shapes.spec_shape("qwen3-shape:tiny-untied")["tied_embeddings"]
+    with pytest.raises(UserInputError) as err:
+        shapes.qwen3_shape("qwen3-shape:huge")
+    assert "tiny" not in str(err.value)
+
+
 def test_shape_names_for_zoo_and_published():
     assert shapes.spec_shape("qwen3-shape:8b")["name"] == "qwen3-shape:8b"
     zoo = shapes.spec_shape("tiny-orthrus")
@@ -588,3 +600,19 @@ def test_profile_command_writes_a_profile(test_shape, tmp_path):
     args = ["profile", "--model", test_shape, "--contexts", "8,16", "--blocks", "1,2", "--repeats", "1", "--quiet"]
     assert main([*args, "--out", str(out)]) == 0
     assert LatencyProfile.load(out).model["spec"] == test_shape
+
+
+def test_profile_command_saves_the_profiled_weights_as_a_checkpoint(test_shape, tmp_path, capsys):
+    from orthrus.cli import main
+    from orthrus.models import load_causal_lm
+
+    args = ["profile", "--model", test_shape, "--contexts", "8", "--blocks", "1,2", "--repeats", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "p.json"), "--save-checkpoint", str(tmp_path / "ckpt")]) == 0
+    saved = load_causal_lm(str(tmp_path / "ckpt"), dtype="float32")
+    built = shapes.build_shape_model(test_shape, "cpu", torch.float32)  # seeded: the very weights profiled
+    assert saved.state_dict().keys() == built.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), built.state_dict().values()))
+    capsys.readouterr()
+    assert main([*args, "--model", "tiny-orthrus", "--save-checkpoint", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--save-checkpoint is for qwen3-shape models" in err

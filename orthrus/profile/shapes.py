@@ -66,6 +66,14 @@ QWEN3_SHAPES: dict[str, Qwen3Shape] = {
     "14b": Qwen3Shape(40, 5120, 40, 8, 17408, False),
     "32b": Qwen3Shape(64, 5120, 64, 8, 25600, False),
 }
+# Not published: miniatures of the same layout (tied and untied head, a smaller draft), small enough for
+# a CPU, for rehearsing on a CPU what runs the published shapes on a GPU (scripts/gpu_check.py
+# --rehearse-on-cpu). Their vocabulary holds the zoo tokenizer's 4096 ids plus the mask row beyond them.
+MINIATURE_SHAPES: dict[str, Qwen3Shape] = {
+    "tiny": Qwen3Shape(2, 64, 4, 2, 128, True, head_dim=16, vocab=4224, max_positions=4096),
+    "tiny-untied": Qwen3Shape(2, 64, 4, 2, 128, False, head_dim=16, vocab=4224, max_positions=4096),
+    "tiny-draft": Qwen3Shape(1, 32, 2, 1, 64, True, head_dim=16, vocab=4224, max_positions=4096),
+}
 # what the shape of a model means for latency: compared between a profile and a run
 SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "tied_embeddings")
 
@@ -75,12 +83,13 @@ def is_shape_spec(spec: str) -> bool:
 
 
 def qwen3_shape(spec: str) -> Qwen3Shape:
-    """The published shape for ``qwen3-shape:NAME`` (or plain NAME)."""
+    """The published (or miniature) shape for ``qwen3-shape:NAME`` (or plain NAME)."""
     name = str(spec).removeprefix(SHAPE_PREFIX).lower()
-    if name not in QWEN3_SHAPES:
+    known_shapes = {**QWEN3_SHAPES, **MINIATURE_SHAPES}
+    if name not in known_shapes:
         known = ", ".join(SHAPE_PREFIX + n for n in QWEN3_SHAPES)
         raise UserInputError(f"unknown model shape {spec!r}; use one of {known}.")
-    return QWEN3_SHAPES[name]
+    return known_shapes[name]
 
 
 def shape_config(spec: str) -> OrthrusConfig:
@@ -211,8 +220,8 @@ def model_shape(config: Any) -> dict[str, Any]:
 
 
 def shape_name(shape: dict[str, Any]) -> str:
-    """``qwen3-shape:NAME`` when the shape is a published one, else a compact description."""
-    for name, known in QWEN3_SHAPES.items():
+    """``qwen3-shape:NAME`` when the shape is a published one (or a miniature), else a compact description."""
+    for name, known in {**QWEN3_SHAPES, **MINIATURE_SHAPES}.items():
         if all(shape.get(key) == getattr(known, key) for key in SHAPE_KEYS):
             return SHAPE_PREFIX + name
     return (
@@ -252,15 +261,20 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
 def write_shape_checkpoint(spec: str, directory: str | Path, device: str = "cpu", dtype: str = "bfloat16") -> Path:
     """Save a random-weight model of a published shape as an Orthrus checkpoint directory (config.json
     + model.safetensors), so that suites, which load checkpoints, can run that shape."""
+    from orthrus.models import parse_dtype as to_dtype
+
+    return save_shape_checkpoint(build_shape_model(spec, device, to_dtype(dtype)), directory)
+
+
+def save_shape_checkpoint(model: Any, directory: str | Path) -> Path:
+    """Save a model built by ``build_shape_model`` as an Orthrus checkpoint directory (a tied LM head
+    stored once, as published)."""
     import json
 
     from safetensors.torch import save_file
 
-    from orthrus.models import parse_dtype as to_dtype
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model = build_shape_model(spec, device, to_dtype(dtype))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
