@@ -372,6 +372,42 @@ def test_assisted_uses_the_draft_models_decode_time():
     assert rows[4].speedup == pytest.approx((1 + 0.5 + 0.25 + 0.125) * 10 / (6 + 12))
 
 
+def test_assisted_projection_is_labelled_not_comparable_everywhere():
+    """The assisted projection leaves out transformers' own per-step overhead in generate() (on the
+    CPU its honesty rows read +200% and +292%): its rows say so in projection.json, the text and the
+    report, and the honesty check's count leaves them out."""
+    target = hand_profile(engine_steps=True)
+    draft = hand_profile("qwen3-shape:0.6b", params=1, draft_ms=2.0)
+    measured = {"speedup_decode": 0.5, "speedup_e2e": 0.5, "speedup_decode_by_round": [0.5]}
+    assisted = AcceptanceSource("assisted", "assisted", [0.5] * 7, None, 1000.0, shape=target.model["shape"])
+    assisted.draft_shape, assisted.measured = draft.model["shape"], measured
+    orthrus = AcceptanceSource("orthrus", "orthrus", [0.8, 0.5, 0.5], 4, 1000.0, shape=target.model["shape"])
+    orthrus.measured = {"speedup_decode": 0.98, "speedup_decode_by_round": [0.98]}
+    sources = [assisted, orthrus]
+    device = project(sources, {"t.json": target, "d.json": draft}, run_device={"name": "Test GPU"})
+    document = json.loads(json.dumps(projection_document(device, sources, None)))
+    rows = document["devices"][0]["rows"]
+    assert {r["engine"]: r["comparable"] for r in rows} == {"assisted": False, "orthrus": True}
+    assert all("not comparable" in r["note"] and "generate()" in r["note"] for r in rows if r["engine"] == "assisted")
+    assert "generate()" in document["not_comparable"]["assisted"]
+    checks = honesty_rows(document)
+    assert {h["engine"]: h["comparable"] for h in checks} == {"assisted": False, "orthrus": True}
+    count = document["honesty"]
+    assert count["comparable"] == 1 and count["within"] == 1 and count["not_comparable"] == len(
+        [h for h in checks if h["engine"] == "assisted"]
+    )
+    assert count["not_comparable_engines"] == ["assisted"]
+    text = format_projection_text(document)
+    assert "(not comparable)" in text
+    assert "1 of 1 comparable rows within 15%" in text and "not comparable, left out of the count" in text
+    html = render_projection_section(document)
+    assert "<small>not comparable</small>" in html and "<code>assisted</code> rows are not comparable" in html
+    # a projection.json from before the flag: an assisted row is still not comparable, by its engine
+    for row in rows:
+        row.pop("comparable")
+    assert [h["comparable"] for h in honesty_rows(document)] == [h["comparable"] for h in checks]
+
+
 def test_outside_the_profile_is_said_not_guessed():
     rows = project_source(AcceptanceSource("far", "orthrus", [0.9] * 3, 4, 9000.0), hand_profile())
     assert all(r.speedup is None and "outside the profile" in r.note for r in rows)
