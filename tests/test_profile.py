@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -393,8 +391,10 @@ def test_assisted_projection_is_labelled_not_comparable_everywhere():
     checks = honesty_rows(document)
     assert {h["engine"]: h["comparable"] for h in checks} == {"assisted": False, "orthrus": True}
     count = document["honesty"]
-    assert count["comparable"] == 1 and count["within"] == 1 and count["not_comparable"] == len(
-        [h for h in checks if h["engine"] == "assisted"]
+    assert (
+        count["comparable"] == 1
+        and count["within"] == 1
+        and count["not_comparable"] == len([h for h in checks if h["engine"] == "assisted"])
     )
     assert count["not_comparable_engines"] == ["assisted"]
     text = format_projection_text(document)
@@ -559,57 +559,6 @@ def test_projection_document_names_every_device():
 
 def test_every_pass_kind_is_profiled():
     assert PASSES == ("decode", "verify", "draft")
-
-
-# ---------------------------------------------------------------------- the GPU check on a CPU machine
-def test_gpu_check_fails_cleanly_without_cuda(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/gpu_check.py"), str(tmp_path / "out")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CUDA" in lines[0]
-
-
-def _gpu_check_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts/gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_gpu_check_stages_are_time_boxed_and_go_on_after_a_failure():
-    gpu_check = _gpu_check_module()
-    py = sys.executable
-    plan = [
-        ("ok", 20, [[py, "-c", "pass"]]),
-        ("fails", 20, [[py, "-c", "import sys; print('boom'); sys.exit(3)"]]),
-        ("slow", 2, [[py, "-c", "import time; time.sleep(30)"]]),
-        ("after", 20, [[py, "-c", "print('still ran')"]]),
-    ]
-    results = gpu_check.run_stages(plan, 60, {"PATH": "/usr/bin:/bin"})
-    assert [r["status"] for r in results] == ["ok", "failed (exit 3)", "timeout after 2 s", "ok"]
-    assert gpu_check.run_stages(plan[:1], 0, {})[0]["status"] == "skipped (time budget spent)"
-    assert "boom" in results[1]["tail"] and results[2]["seconds"] < 10
-
-
-def test_gpu_check_plan_fits_in_eight_minutes(tmp_path):
-    gpu_check = _gpu_check_module()
-    plan = gpu_check.stages(tmp_path / "out", tmp_path)
-    assert sum(cap for _, cap, _ in plan) <= gpu_check.BUDGET_S <= 480
-    outputs = {arg for _, _, commands in plan for command in commands for arg in command if "/out/" in arg}
-    assert len(outputs) + 2 <= 8  # + summary.md and summary.json
-    gpu_check.write_summary(tmp_path, [{"stage": "x", "status": "failed (exit 1)", "seconds": 1, "tail": "t"}], {})
-    assert "failed (exit 1)" in (tmp_path / "summary.md").read_text()
 
 
 def test_shape_checkpoint_loads_as_a_checkpoint(test_shape, tmp_path):
