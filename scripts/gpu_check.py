@@ -7,7 +7,7 @@
 Stages, in order, each in its own process with a time cap (a failing or timed-out stage is recorded and
 the next one runs; only a failed preflight stops the check):
 
-  preflight      (35 s) the device's own stack: versions (python, torch and its CUDA, transformers,
+  preflight      (40 s) the device's own stack: versions (python, torch and its CUDA, transformers,
                  tokenizers, safetensors, numpy, pynvml), one `orthrus` and one `assisted` generation
                  of the zoo in fp32 on the device, each identical to `ar`, and one NVML reading. If it
                  fails, the check stops with one sentence saying what failed (exit 1).
@@ -19,7 +19,7 @@ the next one runs; only a failed preflight stops the check):
                  saves the model's random weights as the checkpoint the suites below run
   profile_8b     (60 s) the same for qwen3-shape:8b (no checkpoint)
   profile_0.6b   (25 s) qwen3-shape:0.6b, decode only: the draft model of `assisted`; saves its checkpoint
-  shapes_suite   (75 s) ar, orthrus and assisted on the random-weight 1.7B (0.6B draft) in bf16 at 2K and
+  shapes_suite   (70 s) ar, orthrus and assisted on the random-weight 1.7B (0.6B draft) in bf16 at 2K and
                  16K context (writes the checkpoints first if a profile stage did not)
   project        (10 s, in this process) the shapes run projected with this GPU's 1.7B and 0.6B profiles:
                  projection vs measurement, a check of the cost model
@@ -186,14 +186,14 @@ REHEARSAL = Settings(
 
 # (stage, cap in seconds): each includes 10-15 s of process start-up and imports on the GPU machine
 CAPS: dict[str, int] = {
-    "preflight": 35,  # start-up 15, zoo load + 3 generations of 32 tokens + NVML ~5, room 15
+    "preflight": 40,  # start-up 15, CUDA init + zoo and draft loads + 3 generations of 32 tokens + NVML ~7, room
     "cuda_tests": 40,  # pytest start-up 15, 11 tests on the zoo ~10, room 15
     "zoo_fp32": 30,  # start-up 15, ci.yaml at 2 repetitions ~8, report ~3
     "zoo_bf16": 30,
     "profile_1.7b": 55,  # start-up 15, build + save 4 GB ~8, 3 contexts x 22 cells ~25
     "profile_8b": 60,  # start-up 15, build 16 GB ~5, 3 contexts x 22 cells ~35
     "profile_0.6b": 25,  # start-up 15, build + save ~3, decode only ~3
-    "shapes_suite": 75,  # start-up 15, load 5 GB ~8, 3 engines x 2 contexts x 3 calls ~35, report ~5
+    "shapes_suite": 70,  # start-up 15, load 5 GB ~5, 3 engines x 2 contexts x 3 calls ~25, report ~5
     "project": 10,  # in this process: arithmetic on files
     "batch_sweep": 90,  # start-up 15, load ~5, 16+4+1 batches x 2 engines x (1 + warm-up) ~45, report ~5
 }
