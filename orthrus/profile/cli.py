@@ -52,6 +52,12 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="time the bare passes only (enough for an assisted draft model's profile)",
     )
+    parser.add_argument(
+        "--save-checkpoint",
+        metavar="DIR",
+        help="with a qwen3-shape model: also save its random weights as a checkpoint there, before timing "
+        "(so a suite can run the very model profiled, without building it again)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", help="profile file (default: reports/profiles/<device>-<model>-<dtype>.json)")
     parser.add_argument("--quiet", action="store_true")
@@ -71,15 +77,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
     """Measure and write one latency profile."""
     import torch
 
-    from orthrus.profile.shapes import load_model
+    from orthrus.profile.shapes import is_shape_spec, load_model, save_shape_checkpoint
     from orthrus.profile.timing import measure_profile
 
+    if args.save_checkpoint and not is_shape_spec(args.model):
+        raise UserInputError(
+            f"--save-checkpoint is for qwen3-shape models (random weights); {args.model} already is a checkpoint."
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     contexts, blocks = _int_list(args.contexts, "--contexts"), _int_list(args.blocks, "--blocks")
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     say(f"building {args.model} ({args.dtype}) on {args.device}")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.save_checkpoint:
+        say(f"saving its weights to {args.save_checkpoint}")
+        save_shape_checkpoint(model, args.save_checkpoint)
     profile = measure_profile(
         model,
         args.model,

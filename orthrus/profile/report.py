@@ -12,7 +12,14 @@ from typing import Any
 
 import jinja2
 
-from orthrus.profile.project import PROJECTION_FILE, PROJECTION_FORMAT, honesty_rows
+from orthrus.profile.project import (
+    NOT_COMPARABLE,
+    PROJECTION_FILE,
+    PROJECTION_FORMAT,
+    honesty_count,
+    honesty_rows,
+    row_comparable,
+)
 
 SECTION_TEMPLATE = """\
 {% for d in devices %}
@@ -38,11 +45,12 @@ an engine without that work would reach.</p>
 <td>{{ num(r.t_ar1_ms, 3) }}</td><td>{{ num(r.t_draft_ms, 3) }}</td>
 <td>{{ num(r.t_verify_ms, 3) }}</td><td>{{ num(r.tokens_per_s, 1) }}</td><td>{{ num(r.ar_tokens_per_s, 1) }}</td>
 <td>{{ num(r.speedup, 2) }}{% if r.speedup is not none %}x{% endif %}</td><td>{{ num(r.speedup_passes, 2) }}</td>
-{% if d.same_machine %}<td>{{ num(r.measured_speedup_decode, 2) }}</td>{% endif %}
+{% if d.same_machine %}<td>{{ num(r.measured_speedup_decode, 2) }}{% if not r.comparable %}<br><small>not comparable</small>{% endif %}</td>{% endif %}
 <td>{{ r.arithmetic }}{% if r.note %}<br><small>{{ r.note }}</small>{% endif %}</td></tr>
 {% endfor %}
 </tbody></table>
-<p>&#9733; best block size on this device for that acceptance.</p>
+<p>&#9733; best block size on this device for that acceptance.{% for engine, why in not_comparable %}
+{% if d.rows | selectattr("engine", "equalto", engine) | list %} <code>{{ engine }}</code> rows are {{ why }}.{% endif %}{% endfor %}</p>
 </section>
 {% endfor %}
 """
@@ -60,9 +68,13 @@ def render_projection_section(document: dict[str, Any]) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(SECTION_TEMPLATE)
     devices = [  # a projection.json written before engine steps has rows without their columns
-        {**d, "rows": [{**ROW_DEFAULTS, **r} for r in d.get("rows", [])]} for d in document.get("devices", [])
+        {**d, "rows": [{**ROW_DEFAULTS, **r, "comparable": row_comparable(r)} for r in d.get("rows", [])]}
+        for d in document.get("devices", [])
     ]
-    return template.render(devices=devices, formula=document.get("formula", ""), num=_num)
+    not_comparable = sorted({**NOT_COMPARABLE, **(document.get("not_comparable") or {})}.items())
+    return template.render(
+        devices=devices, formula=document.get("formula", ""), num=_num, not_comparable=not_comparable
+    )
 
 
 def projection_section(run_dir: str | Path) -> tuple[str, dict[str, Any]] | None:
@@ -126,5 +138,22 @@ def format_projection_text(document: dict[str, Any]) -> str:
                 + (f"{passes_error:>+7.1f}%" if passes_error is not None else f"{'–':>8}")
                 + "   "
                 + " ".join(f"{x:.2f}" for x in h.get("measured_by_round") or [])
+                + ("" if h["comparable"] else "   (not comparable)")
             )
+        lines.append(honesty_count_text(document))
     return "\n".join(lines)
+
+
+def honesty_count_text(document: dict[str, Any]) -> str:
+    """The honesty check's count in one line: comparable rows within the tolerance, and the rows
+    that are not comparable (with why) apart."""
+    count = honesty_count(document)
+    text = (
+        f"   {count['within']} of {count['comparable']} comparable rows within {count['tolerance_pct']:g}% "
+        f"({count['within_from_passes']} from the bare passes)"
+    )
+    if count["not_comparable"]:
+        reasons = {**NOT_COMPARABLE, **(document.get("not_comparable") or {})}
+        why = "; ".join(f"{e}: {reasons.get(e, 'not comparable')}" for e in count["not_comparable_engines"])
+        text += f"; {count['not_comparable']} not comparable, left out of the count ({why})"
+    return text

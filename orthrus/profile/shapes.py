@@ -25,6 +25,7 @@ no attention bias. The diffusion view adds Q/K/V/O twins per layer (the released
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ SHAPE_PREFIX = "qwen3-shape:"
 QWEN3_VOCAB = 151936
 QWEN3_MASK_TOKEN = 151669  # len(tokenizer) of Qwen3, the released Orthrus checkpoints' mask row
 RELEASED_BLOCK_SIZE = 32
-RANDOM_POOL = 1_000_003  # a prime: tiled random values do not line up with rows
+RANDOM_POOL = 1_000_003  # a prime: tiled random values do not line up with rows, and every stride walks all of it
+RANDOM_SEED = 0  # the pool's seed: a shape's random weights are the same in every process on a device type
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ QWEN3_SHAPES: dict[str, Qwen3Shape] = {
     "14b": Qwen3Shape(40, 5120, 40, 8, 17408, False),
     "32b": Qwen3Shape(64, 5120, 64, 8, 25600, False),
 }
+# Not published: miniatures of the same layout (tied and untied head, a smaller draft), small enough for
+# a CPU, for rehearsing on a CPU what runs the published shapes on a GPU (scripts/gpu_check.py
+# --rehearse-on-cpu). Their vocabulary holds the zoo tokenizer's 4096 ids plus the mask row beyond them.
+MINIATURE_SHAPES: dict[str, Qwen3Shape] = {
+    "tiny": Qwen3Shape(2, 64, 4, 2, 128, True, head_dim=16, vocab=4224, max_positions=4096),
+    "tiny-untied": Qwen3Shape(2, 64, 4, 2, 128, False, head_dim=16, vocab=4224, max_positions=4096),
+    "tiny-draft": Qwen3Shape(1, 32, 2, 1, 64, True, head_dim=16, vocab=4224, max_positions=4096),
+}
 # what the shape of a model means for latency: compared between a profile and a run
 SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "tied_embeddings")
 
@@ -73,12 +83,13 @@ def is_shape_spec(spec: str) -> bool:
 
 
 def qwen3_shape(spec: str) -> Qwen3Shape:
-    """The published shape for ``qwen3-shape:NAME`` (or plain NAME)."""
+    """The published (or miniature) shape for ``qwen3-shape:NAME`` (or plain NAME)."""
     name = str(spec).removeprefix(SHAPE_PREFIX).lower()
-    if name not in QWEN3_SHAPES:
+    known_shapes = {**QWEN3_SHAPES, **MINIATURE_SHAPES}
+    if name not in known_shapes:
         known = ", ".join(SHAPE_PREFIX + n for n in QWEN3_SHAPES)
         raise UserInputError(f"unknown model shape {spec!r}; use one of {known}.")
-    return QWEN3_SHAPES[name]
+    return known_shapes[name]
 
 
 def shape_config(spec: str) -> OrthrusConfig:
@@ -119,19 +130,25 @@ def build_shape_model(spec: str, device: str | torch.device = "cpu", dtype: torc
     """A random-weight dual-view model of a published Qwen3 shape, materialised on ``device``.
 
     Built on the meta device, cast there, then allocated once on the device with ``to_empty`` and
-    filled in place (matrices tiled from a pool of normal(0, 0.02) values, unit norms), so an 8B model in bf16 takes seconds on
-    a GPU and never passes through the host.
+    filled in place, so an 8B model in bf16 takes seconds on a GPU and never passes through the
+    host. Every matrix is tiled from one seeded pool of normal(0, 0.02) values (a copy, memory
+    bound: no random draw per element), but each walks the pool in its own order (``_pool_walk``:
+    an offset and a stride from the tensor's name), so no two tensors hold the same values: the
+    diffusion view's Q/K/V/O differ from the AR ones, every layer differs from the others and an
+    untied ``lm_head`` differs from ``embed_tokens``. Norms are 1.
     """
     config = shape_config(spec)
     model = meta_model(spec).to(dtype)
     model = model.to_empty(device=device)
     with torch.no_grad():
-        pool = torch.randn(RANDOM_POOL, device=device, dtype=dtype) * config.initializer_range
-        for module in model.modules():
+        generator = torch.Generator(device=device).manual_seed(RANDOM_SEED)
+        pool = torch.randn(RANDOM_POOL, generator=generator, device=device, dtype=dtype) * config.initializer_range
+        doubled = torch.cat([pool, pool])
+        for name, module in model.named_modules():
             if isinstance(module, Qwen3RMSNorm):
                 module.weight.fill_(1.0)
             elif isinstance(module, (nn.Linear, nn.Embedding)):
-                _fill_from_pool(module.weight, pool)
+                _fill_from_pool(module.weight, _pool_walk(doubled, f"{name}.weight"))
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
     if config.tie_word_embeddings:
@@ -142,12 +159,34 @@ def build_shape_model(spec: str, device: str | torch.device = "cpu", dtype: torc
     return model.eval()
 
 
-def _fill_from_pool(weight: torch.Tensor, pool: torch.Tensor) -> None:
-    """Tile a pool of normal values over a weight: a copy (memory bound), not a random draw per element."""
+def _pool_walk(doubled: torch.Tensor, name: str) -> torch.Tensor:
+    """The pool in the order one tensor reads it: from an offset, every stride-th value (mod the pool's
+    prime size, so every stride visits every value once). Offset and stride come from the tensor's
+    name (crc32, the same in every process), so two tensors never share a sequence, nor are they
+    shifted copies of one another. ``doubled`` is the pool twice over, so that the index, built from
+    two short progressions (i = q x 1024 + r, each term reduced mod the size), needs no reduction
+    over the pool's length: one add and one gather of the pool's size per tensor."""
+    size = doubled.numel() // 2
+    offset = zlib.crc32(name.encode()) % size
+    stride = 1 + zlib.crc32(f"{name}/stride".encode()) % (size - 1)
+    width = 1024  # every product below stays under 2^31: int32 throughout
+    device = doubled.device
+    r = torch.arange(width, device=device, dtype=torch.int32) * stride % size
+    q = (torch.arange(-(-size // width), device=device, dtype=torch.int32) * (width * stride % size) + offset) % size
+    index = (q[:, None] + r[None, :]).view(-1)[:size]  # < 2 x size
+    return doubled.index_select(0, index)
+
+
+def _fill_from_pool(weight: torch.Tensor, walk: torch.Tensor) -> None:
+    """Tile a walk of the pool over a weight: one broadcast copy (memory bound)."""
     flat = weight.view(-1)
-    for start in range(0, flat.numel(), pool.numel()):
-        chunk = flat[start : start + pool.numel()]
-        chunk.copy_(pool[: chunk.numel()])
+    size = walk.numel()
+    full = flat.numel() // size
+    if full:
+        flat[: full * size].view(full, size).copy_(walk.expand(full, size))
+    rest = flat.numel() - full * size
+    if rest:
+        flat[full * size :].copy_(walk[:rest])
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -181,8 +220,8 @@ def model_shape(config: Any) -> dict[str, Any]:
 
 
 def shape_name(shape: dict[str, Any]) -> str:
-    """``qwen3-shape:NAME`` when the shape is a published one, else a compact description."""
-    for name, known in QWEN3_SHAPES.items():
+    """``qwen3-shape:NAME`` when the shape is a published one (or a miniature), else a compact description."""
+    for name, known in {**QWEN3_SHAPES, **MINIATURE_SHAPES}.items():
         if all(shape.get(key) == getattr(known, key) for key in SHAPE_KEYS):
             return SHAPE_PREFIX + name
     return (
@@ -222,15 +261,20 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
 def write_shape_checkpoint(spec: str, directory: str | Path, device: str = "cpu", dtype: str = "bfloat16") -> Path:
     """Save a random-weight model of a published shape as an Orthrus checkpoint directory (config.json
     + model.safetensors), so that suites, which load checkpoints, can run that shape."""
+    from orthrus.models import parse_dtype as to_dtype
+
+    return save_shape_checkpoint(build_shape_model(spec, device, to_dtype(dtype)), directory)
+
+
+def save_shape_checkpoint(model: Any, directory: str | Path) -> Path:
+    """Save a model built by ``build_shape_model`` as an Orthrus checkpoint directory (a tied LM head
+    stored once, as published)."""
     import json
 
     from safetensors.torch import save_file
 
-    from orthrus.models import parse_dtype as to_dtype
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model = build_shape_model(spec, device, to_dtype(dtype))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
