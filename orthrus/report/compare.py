@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orthrus.errors import UserInputError
-from orthrus.report.gates import fmt
+from orthrus.report.formatting import fmt
 from orthrus.report.rundata import RunData, is_present, load_run, same_cell
 
 DETERMINISTIC_TOLERANCE = 0.005

@@ -24,7 +24,8 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from orthrus.report.gates import GateReport, GateResult, fmt
+from orthrus.report.formatting import fmt
+from orthrus.report.gates import GateReport, GateResult
 from orthrus.report.plots import PlotInfo, batch_identity_table, make_plots, near_tie_margin
 from orthrus.report.rundata import (
     LABEL_COLUMN,
