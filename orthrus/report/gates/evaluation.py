@@ -35,6 +35,7 @@ from orthrus.report.rundata import (
     same_cell,
     summary_table,
 )
+from orthrus.results.vocabulary import COLUMN
 
 
 @dataclass
@@ -251,7 +252,7 @@ def _check_rule(
             return cells.value(name, row)
 
         measured = cells.value(rule.column, row)
-        if not cells.value("n_ok", row) and cells.value("n_skipped", row):  # not measured on purpose
+        if not cells.value(COLUMN.n_ok, row) and cells.value(COLUMN.n_skipped, row):  # not measured on purpose
             message = "the cell was skipped (its engine cannot run it as asked; see its record)."
             results.append(GateResult(rule.text, rule.name, scope, None, None, rule.op, "skip", message))
             continue

@@ -26,6 +26,7 @@ class GateReport(Protocol):
 
     def rows(self, verbose: bool = False) -> list[Any]: ...
 
+
 ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️", "skip": "➖"}
 
 
