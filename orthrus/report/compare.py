@@ -2,15 +2,20 @@
 beyond noise.
 
 Cells are matched by series and cell parameters (run ids, cell ids and the device are ignored).
-A change is *flagged* when it is larger than the noise estimate of its metric kind:
+The metrics compared, in order, are the vocabulary's ``compared`` ones. A change is *flagged* when it
+is larger than the noise of the metric, judged by one of these rules, chosen from what the vocabulary
+says of the metric (``noise_rule``):
 
+- ``identity`` (a deterministic metric marked ``exact``: identity rates, failure counts): any change;
 - ``deterministic`` (tokens per forward, accepted length, KV bytes, new tokens): any relative change
-  beyond ``DETERMINISTIC_TOLERANCE`` (0.5%); identity rates: any change at all;
-- ``ratio`` (speedup_vs_ar): the two bootstrap 95% intervals do not overlap; without intervals,
-  a relative change beyond ``WALL_CLOCK_TOLERANCE``;
-- ``latency`` (TTFT, TPOT, e2e medians): a relative change beyond the larger of the two runs'
-  relative p90 spread ((p90 - median) / median) and ``WALL_CLOCK_TOLERANCE`` (10%);
-- ``throughput`` and ``memory`` (decode tokens/s, RSS/NVML/torch peaks): beyond 10% / 5%.
+  beyond ``DETERMINISTIC_TOLERANCE`` (0.5%);
+- ``ratio`` (a wall-clock ``same_run`` ratio: speedup_vs_ar): the two bootstrap 95% intervals do not
+  overlap; without intervals, a relative change beyond ``WALL_CLOCK_TOLERANCE``;
+- ``latency`` (a wall-clock metric with a ``spread`` column: TTFT, TPOT, e2e medians): a relative
+  change beyond the larger of the two runs' relative p90 spread ((p90 - median) / median) and
+  ``WALL_CLOCK_TOLERANCE`` (10%);
+- ``throughput`` (any other wall-clock metric: decode tokens/s) and ``memory`` (RSS/NVML/torch
+  peaks): beyond 10% / 5%.
 
 Direction: each metric says whether higher is better, so a flagged change reads as better or worse.
 """
@@ -24,31 +29,32 @@ from pathlib import Path
 from typing import Any
 
 from orthrus.errors import UserInputError
-from orthrus.report.gates import fmt
+from orthrus.report.formatting import fmt
 from orthrus.report.rundata import RunData, is_present, load_run, same_cell
+from orthrus.results import vocabulary
+from orthrus.results.vocabulary import Metric
 
 DETERMINISTIC_TOLERANCE = 0.005
 WALL_CLOCK_TOLERANCE = 0.10
 MEMORY_TOLERANCE = 0.05
-# (column, kind, higher is better, p90 column for the spread)
-COMPARED_METRICS: tuple[tuple[str, str, bool, str | None], ...] = (
-    ("speedup_vs_ar", "ratio", True, None),
-    ("tokens_per_forward_median", "deterministic", True, None),
-    ("acceptance_length_mean", "deterministic", True, None),
-    ("acceptance_length_token_weighted", "deterministic", True, None),
-    ("identity_exact_rate", "identity", True, None),
-    ("match_fraction_mean", "identity", True, None),
-    ("ar_nll_mean", "deterministic", False, None),
-    ("new_tokens_median", "deterministic", True, None),
-    ("decode_tokens_per_s_median", "throughput", True, None),
-    ("ttft_ms_median", "latency", False, "ttft_ms_p90"),
-    ("tpot_ms_median", "latency", False, "tpot_ms_p90"),
-    ("e2e_ms_median", "latency", False, "e2e_ms_p90"),
-    ("kv_cache_bytes_peak_max", "deterministic", False, None),
-    ("rss_peak_mib_max", "memory", False, None),
-    ("nvml_process_used_mib_max", "memory", False, None),
-    ("torch_max_allocated_mib_max", "memory", False, None),
-    ("n_failed", "identity", False, None),
+
+
+def noise_rule(metric: Metric) -> str:
+    """How ``judge`` weighs a change of ``metric``: identity | deterministic | ratio | latency |
+    throughput | memory, from the vocabulary's kind and what it says of the metric."""
+    if metric.kind == "memory":
+        return "memory"
+    if metric.kind == "deterministic":
+        return "identity" if metric.exact else "deterministic"
+    if metric.same_run:
+        return "ratio"
+    return "latency" if metric.spread else "throughput"
+
+
+# (column, noise rule, higher is better, p90 column for the spread), in compare's order
+COMPARED_METRICS: tuple[tuple[str, str, bool, str | None], ...] = tuple(
+    (metric.column, noise_rule(metric), metric.better == "higher", metric.spread)
+    for metric in vocabulary.COMPARED_METRICS
 )
 
 

@@ -24,7 +24,8 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from orthrus.report.gates import GateReport, GateResult, fmt
+from orthrus.report.formatting import fmt
+from orthrus.report.gates import GateReport, GateResult
 from orthrus.report.plots import PlotInfo, batch_identity_table, make_plots, near_tie_margin
 from orthrus.report.rundata import (
     LABEL_COLUMN,
@@ -38,30 +39,16 @@ from orthrus.report.rundata import (
     load_run,
     series_label,
 )
+from orthrus.results import vocabulary
 from orthrus.results.derived import cost_model
+from orthrus.results.vocabulary import COLUMN, FIELD
 
 TEMPLATES = Path(__file__).parent / "templates"
 # record.extra keys shown as sample text; the prompt's text also comes from prompts.jsonl
 SAMPLE_TEXT_KEYS = (("prompt_text", "prompt"), ("output_text", "output"))
 SAMPLE_PROMPT_CHARS = 800  # the end of a long prompt is what the output continues
 SAMPLE_OUTPUT_CHARS = 1500
-TABLE_METRICS = (  # (column, header) of the main summary table, in order
-    ("n_ok", "ok"),
-    ("n_failed", "failed"),
-    ("tokens_per_forward_median", "TPF"),
-    ("acceptance_length_mean", "accepted/cycle"),
-    ("speedup_vs_ar", "speedup vs AR"),
-    ("decode_tokens_per_s_median", "decode tok/s"),
-    ("ttft_ms_median", "TTFT ms"),
-    ("itl_ms_p90", "ITL p90 ms"),
-    ("e2e_ms_median", "e2e ms"),
-    ("identity_exact_rate", "identical"),
-    ("match_fraction_mean", "match"),
-    ("ar_nll_mean", "AR NLL"),
-    ("kv_cache_bytes_peak_max", "KV peak MiB"),
-    ("rss_peak_mib_max", "RSS MiB"),
-    ("nvml_process_used_mib_max", "NVML proc MiB"),
-)
+TABLE_METRICS = tuple((metric.column, metric.table) for metric in vocabulary.TABLE_METRICS)  # (column, header)
 
 
 def environment() -> jinja2.Environment:
@@ -105,44 +92,46 @@ def headlines(run: RunData) -> list[Headline]:
     rows = df.to_dict("records")
     non_ar = [r for r in rows if r.get("engine") != "ar"]
 
-    with_speedup = [r for r in non_ar if is_present(r.get("speedup_vs_ar"))]
+    with_speedup = [r for r in non_ar if is_present(r.get(COLUMN.speedup_vs_ar))]
     if with_speedup:
-        best = max(with_speedup, key=lambda r: r["speedup_vs_ar"])
+        best = max(with_speedup, key=lambda r: r[COLUMN.speedup_vs_ar])
         ci = ""
-        if is_present(best.get("speedup_vs_ar_ci_low")) and is_present(best.get("speedup_vs_ar_ci_high")):
-            ci = f"; 95% CI {best['speedup_vs_ar_ci_low']:.2f}-{best['speedup_vs_ar_ci_high']:.2f}x"
+        if is_present(best.get(COLUMN.speedup_vs_ar_ci_low)) and is_present(best.get(COLUMN.speedup_vs_ar_ci_high)):
+            ci = f"; 95% CI {best[COLUMN.speedup_vs_ar_ci_low]:.2f}-{best[COLUMN.speedup_vs_ar_ci_high]:.2f}x"
         out.append(
             Headline(
                 "Best speedup vs AR",
-                f"{best['speedup_vs_ar']:.2f}x",
+                f"{best[COLUMN.speedup_vs_ar]:.2f}x",
                 f"{_where(best, df)}{ci}",
-                "good" if best["speedup_vs_ar"] > 1 else "bad",
+                "good" if best[COLUMN.speedup_vs_ar] > 1 else "bad",
             )
         )
 
-    with_tpf = [r for r in non_ar if is_present(r.get("tokens_per_forward_median"))]
+    with_tpf = [r for r in non_ar if is_present(r.get(COLUMN.tokens_per_forward_median))]
     orthrus = [r for r in with_tpf if r.get("engine") == "orthrus"] or with_tpf
     if orthrus:
-        best = max(orthrus, key=lambda r: r["tokens_per_forward_median"])
-        low = min(r["tokens_per_forward_median"] for r in orthrus)
+        best = max(orthrus, key=lambda r: r[COLUMN.tokens_per_forward_median])
+        low = min(r[COLUMN.tokens_per_forward_median] for r in orthrus)
         spread = (
-            f"; {low:.2f}-{best['tokens_per_forward_median']:.2f} across {len(orthrus)} cells"
+            f"; {low:.2f}-{best[COLUMN.tokens_per_forward_median]:.2f} across {len(orthrus)} cells"
             if len(orthrus) > 1
             else ""
         )
         out.append(
-            Headline("Tokens per forward", f"{best['tokens_per_forward_median']:.2f}", f"{_where(best, df)}{spread}")
+            Headline(
+                "Tokens per forward", f"{best[COLUMN.tokens_per_forward_median]:.2f}", f"{_where(best, df)}{spread}"
+            )
         )
 
     lossless = [
         r
         for r in rows
-        if is_lossless(r) and is_greedy(r) and r.get("engine") != "ar" and is_present(r.get("identity_exact_rate"))
+        if is_lossless(r) and is_greedy(r) and r.get("engine") != "ar" and is_present(r.get(COLUMN.identity_exact_rate))
     ]
     if lossless:
-        worst = min(lossless, key=lambda r: r["identity_exact_rate"])
+        worst = min(lossless, key=lambda r: r[COLUMN.identity_exact_rate])
         names = ", ".join(sorted({r["series"] for r in lossless}))
-        if worst["identity_exact_rate"] >= 1:
+        if worst[COLUMN.identity_exact_rate] >= 1:
             out.append(
                 Headline("Identity of lossless engines", "100% exact", f"{names}; {len(lossless)} greedy cells", "good")
             )
@@ -151,7 +140,7 @@ def headlines(run: RunData) -> list[Headline]:
             out.append(
                 Headline(
                     "Identity of lossless engines",
-                    f"{worst['identity_exact_rate']:.1%} lowest",
+                    f"{worst[COLUMN.identity_exact_rate]:.1%} lowest",
                     f"{_where(worst, df)}{ties}",
                     "bad",
                 )
@@ -159,11 +148,11 @@ def headlines(run: RunData) -> list[Headline]:
 
     overheads = []
     for r in non_ar:
-        if r.get("engine") != "orthrus" or not is_present(r.get("kv_cache_bytes_peak_max")):
+        if r.get("engine") != "orthrus" or not is_present(r.get(COLUMN.kv_cache_bytes_peak_max)):
             continue
         extra = kv_overhead_bytes(df, r)
-        if extra is not None and r["kv_cache_bytes_peak_max"] > extra:
-            overheads.append((extra, r["kv_cache_bytes_peak_max"] - extra, r))
+        if extra is not None and r[COLUMN.kv_cache_bytes_peak_max] > extra:
+            overheads.append((extra, r[COLUMN.kv_cache_bytes_peak_max] - extra, r))
     if overheads:
         extra, base, r = max(overheads, key=lambda o: o[0])
         out.append(
@@ -174,7 +163,7 @@ def headlines(run: RunData) -> list[Headline]:
             )
         )
 
-    failed = int(df["n_failed"].fillna(0).sum()) if "n_failed" in df.columns else len(run.failed_records())
+    failed = int(df[COLUMN.n_failed].fillna(0).sum()) if COLUMN.n_failed in df.columns else len(run.failed_records())
     if failed:
         out.append(Headline("Failed measurements", str(failed), "see 'Failed cells' below", "bad"))
     if run.gates:
@@ -220,7 +209,7 @@ def _bytes(value: float) -> str:
 
 
 def _near_tie_note(run: RunData, row: dict[str, Any]) -> str:
-    margin = row.get("divergence_margin_median")
+    margin = row.get(COLUMN.divergence_margin_median)
     if not is_present(margin):
         return ""
     tie = margin < near_tie_margin(row.get("dtype"))
@@ -229,6 +218,8 @@ def _near_tie_note(run: RunData, row: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------- page content
 def summary_table(df: pd.DataFrame) -> dict[str, Any]:
+    """The report's main table: the varying cell parameters, then the vocabulary's table metrics that
+    this run measured, in the unit shown (KV bytes in MiB), with a same-run ratio's 95% interval."""
     params = [c for c in _varying(df) if c not in ("engine", "series")]
     metrics = [(c, h) for c, h in TABLE_METRICS if c in df.columns and df[c].notna().any()]
     header = ["engine"] + params + [h for _, h in metrics]
@@ -237,14 +228,15 @@ def summary_table(df: pd.DataFrame) -> dict[str, Any]:
         cells = [row["series"]] + [_plain(row.get(p)) for p in params]
         for column, _ in metrics:
             value = row.get(column)
-            if column == "kv_cache_bytes_peak_max" and is_present(value):
-                value = value / 2**20
-            if column == "speedup_vs_ar" and is_present(value) and is_present(row.get("speedup_vs_ar_ci_low")):
+            scale = vocabulary.METRIC[column].scale
+            if scale != 1.0 and is_present(value):
+                value = value * scale
+            low, high = f"{column}_ci_low", f"{column}_ci_high"  # a bootstrap interval, where it has one
+            if is_present(value) and is_present(row.get(low)):
                 cells.append(
                     {
                         "value": value,
-                        "text": f"{value:.3g} [{row['speedup_vs_ar_ci_low']:.3g}, "
-                        f"{row.get('speedup_vs_ar_ci_high', float('nan')):.3g}]",
+                        "text": f"{value:.3g} [{row[low]:.3g}, {row.get(high, float('nan')):.3g}]",
                     }
                 )
                 continue
@@ -302,7 +294,7 @@ def samples(run: RunData, limit: int = 12) -> list[dict[str, Any]]:
                 "context_length": record["cell"].get("context_length"),
                 "prompt": prompt,
                 "output": output,
-                "identity_exact": record.get("identity_exact"),
+                FIELD.identity_exact: record.get(FIELD.identity_exact),
                 "first_divergence": record.get("first_divergence"),
             }
         )
@@ -331,13 +323,13 @@ def failed_cells(run: RunData) -> list[dict[str, Any]]:
         error = str(record.get("error") or "unknown error")
         if error not in entry["errors"]:
             entry["errors"].append(error)
-    if not groups and "n_failed" in run.summary.columns:  # no records: say at least which cells failed
+    if not groups and COLUMN.n_failed in run.summary.columns:  # no records: say at least which cells failed
         for row in run.summary.to_dict("records"):
-            if is_present(row.get("n_failed")) and row["n_failed"] > 0:
+            if is_present(row.get(COLUMN.n_failed)) and row[COLUMN.n_failed] > 0:
                 groups[str(len(groups))] = {
                     "series": row["series"],
                     "params": _where(row, run.summary),
-                    "count": int(row["n_failed"]),
+                    "count": int(row[COLUMN.n_failed]),
                     "errors": ["(results.jsonl not available)"],
                 }
     return list(groups.values())
@@ -389,16 +381,16 @@ def batch_rows(run: RunData) -> list[dict[str, Any]]:
                 "divergences_vs_ar": divergences("ar"),
                 "identical_to_batch1": fmt(t["identical_to_batch1"]) if t["batch_size"] > 1 else "(itself)",
                 "divergences_vs_batch1": divergences("batch1") if t["batch_size"] > 1 else "",
-                "tpf": fmt(row.get("tokens_per_forward_median")),
-                "tpf_vs_batch1": fmt(row.get("tokens_per_forward_vs_batch1")),
-                "tokens_per_s": fmt(row.get("batch_tokens_per_s_median")),
-                "speedup": fmt(row.get("speedup_vs_ar"))
+                "tpf": fmt(row.get(COLUMN.tokens_per_forward_median)),
+                "tpf_vs_batch1": fmt(row.get(COLUMN.tokens_per_forward_vs_batch1)),
+                "tokens_per_s": fmt(row.get(COLUMN.batch_tokens_per_s_median)),
+                "speedup": fmt(row.get(COLUMN.speedup_vs_ar))
                 + (
-                    f" [{fmt(row['speedup_vs_ar_ci_low'])}, {fmt(row['speedup_vs_ar_ci_high'])}]"
-                    if is_present(row.get("speedup_vs_ar_ci_low"))
+                    f" [{fmt(row[COLUMN.speedup_vs_ar_ci_low])}, {fmt(row[COLUMN.speedup_vs_ar_ci_high])}]"
+                    if is_present(row.get(COLUMN.speedup_vs_ar_ci_low))
                     else ""
                 ),
-                "wasted": fmt(row.get("wasted_row_pass_fraction_mean")),
+                "wasted": fmt(row.get(COLUMN.wasted_row_pass_fraction_mean)),
             }
         )
     return rows
@@ -446,8 +438,8 @@ def node_breakdown(run: RunData) -> tuple[list[dict[str, Any]], str | None]:
     rows = []
     for (node, label), records in sorted(groups.items()):
         ok = [r for r in records if r.get("status") == "ok"]
-        e2e = [float(r["e2e_ms"]) for r in ok if is_present(r.get("e2e_ms"))]
-        tpf = [float(r["tokens_per_forward"]) for r in ok if is_present(r.get("tokens_per_forward"))]
+        e2e = [float(r[FIELD.e2e_ms]) for r in ok if is_present(r.get(FIELD.e2e_ms))]
+        tpf = [float(r[FIELD.tokens_per_forward]) for r in ok if is_present(r.get(FIELD.tokens_per_forward))]
         rows.append(
             {
                 "node": node,
@@ -456,8 +448,8 @@ def node_breakdown(run: RunData) -> tuple[list[dict[str, Any]], str | None]:
                 "cells": len({r.get("cell_id") for r in records}),
                 "ok": len(ok),
                 "failed": sum(1 for r in records if r.get("status") == "failed"),
-                "e2e_ms_median": fmt(float(pd.Series(e2e).median())) if e2e else "-",
-                "tokens_per_forward_median": fmt(float(pd.Series(tpf).median())) if tpf else "-",
+                COLUMN.e2e_ms_median: fmt(float(pd.Series(e2e).median())) if e2e else "-",
+                COLUMN.tokens_per_forward_median: fmt(float(pd.Series(tpf).median())) if tpf else "-",
             }
         )
     devices = "; ".join(f"{node}: {kind}" for node, kind in sorted(kinds.items()))
@@ -604,12 +596,12 @@ def render_index(root: str | Path = "reports") -> Path:
         df = run.summary
         best = ""
         if (
-            "speedup_vs_ar" in df.columns
+            COLUMN.speedup_vs_ar in df.columns
             and "engine" in df.columns
-            and df[df["engine"] != "ar"]["speedup_vs_ar"].notna().any()
+            and df[df["engine"] != "ar"][COLUMN.speedup_vs_ar].notna().any()
         ):
-            idx = df[df["engine"] != "ar"]["speedup_vs_ar"].idxmax()
-            best = f"{df.loc[idx, 'speedup_vs_ar']:.2f}x ({df.loc[idx, 'series']})"
+            idx = df[df["engine"] != "ar"][COLUMN.speedup_vs_ar].idxmax()
+            best = f"{df.loc[idx, COLUMN.speedup_vs_ar]:.2f}x ({df.loc[idx, 'series']})"
         report = path / "report.html"
         rows.append(
             {
@@ -618,8 +610,8 @@ def render_index(root: str | Path = "reports") -> Path:
                 "created": _created(run),
                 "device": run.device,
                 "cells": len(df),
-                "failed": int(df["n_failed"].fillna(0).sum())
-                if "n_failed" in df.columns
+                "failed": int(df[COLUMN.n_failed].fillna(0).sum())
+                if COLUMN.n_failed in df.columns
                 else len(run.failed_records()),
                 "speedup": best,
                 "gates": (run.gates or {}).get("status", ""),

@@ -38,20 +38,15 @@ from orthrus.report.rundata import (
     kv_overhead_bytes,
     series_label,
 )
+from orthrus.results.vocabulary import COLUMN, FIELD, METRICS
 
 # absolute logit margins below which a divergence counts as a numerical near-tie, by dtype
 NEAR_TIE_MARGIN = {"float32": 1e-3, "float64": 1e-6, "float16": 0.05, "bfloat16": 0.25}
 DEFAULT_NEAR_TIE_MARGIN = 1e-3
 # labels come from suites (engine labels, options): drawn as typed, never as TeX or mathtext ("a$b$c")
 PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False}
-MEMORY_SOURCES = (  # summary column, panel title, unit label, scale to that unit
-    ("kv_cache_bytes_peak_max", "KV cache held (exact, from tensors)", "MiB", 1 / 2**20),
-    ("nvml_device_used_mib_max", "NVML device used", "MiB", 1.0),
-    ("nvml_process_used_mib_max", "NVML this process", "MiB", 1.0),
-    ("torch_max_allocated_mib_max", "torch max allocated", "MiB", 1.0),
-    ("torch_max_reserved_mib_max", "torch max reserved", "MiB", 1.0),
-    ("rss_peak_mib_max", "process peak RSS", "MiB", 1.0),
-)
+# summary column, panel title, unit label, scale to that unit: the vocabulary's memory sources
+MEMORY_SOURCES = tuple((metric.column, metric.plot, metric.unit, metric.scale) for metric in METRICS if metric.plot)
 NOT_DIMENSIONS = {
     "engine",
     "engine_options",
@@ -184,12 +179,12 @@ def _line_plot(ax: Any, frame: pd.DataFrame, x: str, y: str, colours: dict[str, 
 # -------------------------------------------------------------------------------------- plots
 def plot_throughput_vs_context(run: RunData) -> Figure | None:
     df = run.summary
-    if not _has(df, "context_length", "decode_tokens_per_s_median"):
+    if not _has(df, "context_length", COLUMN.decode_tokens_per_s_median):
         return None
     fig, (ax,) = _figure()
-    _line_plot(ax, df, "context_length", "decode_tokens_per_s_median", _colours(df["series"].tolist()))
+    _line_plot(ax, df, "context_length", COLUMN.decode_tokens_per_s_median, _colours(df["series"].tolist()))
     _scale_x(ax, df["context_length"].dropna())
-    _scale_y(ax, df["decode_tokens_per_s_median"].dropna())
+    _scale_y(ax, df[COLUMN.decode_tokens_per_s_median].dropna())
     ax.set_xlabel("context length (prompt tokens)")
     ax.set_ylabel("decode throughput (tokens/s, median)")
     return _finish(fig, [ax], "Decode throughput vs context length")
@@ -198,28 +193,28 @@ def plot_throughput_vs_context(run: RunData) -> Figure | None:
 def plot_speedup_vs_context(run: RunData) -> Figure | None:
     df = run.summary
     df = df[df["engine"] != "ar"] if "engine" in df.columns else df
-    if not _has(df, "context_length", "speedup_vs_ar"):
+    if not _has(df, "context_length", COLUMN.speedup_vs_ar):
         return None
     fig, (ax,) = _figure()
     colours = _colours(run.summary["series"].tolist())
-    for name, series, variant, rows in _lines(df, "context_length", "speedup_vs_ar"):
+    for name, series, variant, rows in _lines(df, "context_length", COLUMN.speedup_vs_ar):
         colour = colours[series]
         ax.plot(
             rows["context_length"],
-            rows["speedup_vs_ar"],
+            rows[COLUMN.speedup_vs_ar],
             marker=_MARKERS[variant % len(_MARKERS)],
             linestyle=_STYLES[variant % len(_STYLES)],
             color=colour,
             label=name,
             markersize=4,
         )
-        if {"speedup_vs_ar_ci_low", "speedup_vs_ar_ci_high"} <= set(rows.columns):
-            band = rows[rows["speedup_vs_ar_ci_low"].notna() & rows["speedup_vs_ar_ci_high"].notna()]
+        if {COLUMN.speedup_vs_ar_ci_low, COLUMN.speedup_vs_ar_ci_high} <= set(rows.columns):
+            band = rows[rows[COLUMN.speedup_vs_ar_ci_low].notna() & rows[COLUMN.speedup_vs_ar_ci_high].notna()]
             if len(band):
                 ax.fill_between(
                     band["context_length"],
-                    band["speedup_vs_ar_ci_low"],
-                    band["speedup_vs_ar_ci_high"],
+                    band[COLUMN.speedup_vs_ar_ci_low],
+                    band[COLUMN.speedup_vs_ar_ci_high],
                     color=colour,
                     alpha=0.15,
                     linewidth=0,
@@ -236,8 +231,8 @@ def _tpf_acceptance(run: RunData, x: str, xlabel: str, title: str) -> Figure | N
     panels = [
         (c, label)
         for c, label in (
-            ("tokens_per_forward_median", "tokens per forward pass (median)"),
-            ("acceptance_length_mean", "accepted drafts per cycle (mean per request)"),
+            (COLUMN.tokens_per_forward_median, "tokens per forward pass (median)"),
+            (COLUMN.acceptance_length_mean, "accepted drafts per cycle (mean per request)"),
         )
         if _has(df, x, c)
     ]
@@ -248,11 +243,15 @@ def _tpf_acceptance(run: RunData, x: str, xlabel: str, title: str) -> Figure | N
     for ax, (column, label) in zip(axes, panels):
         _line_plot(ax, df, x, column, colours)
         few_lines = len(_lines(df, x, column)) <= 4
-        if column == "acceptance_length_mean" and few_lines and _has(df, x, "acceptance_length_token_weighted"):
-            for name, series, _, rows in _lines(df, x, "acceptance_length_token_weighted"):
+        if (
+            column == COLUMN.acceptance_length_mean
+            and few_lines
+            and _has(df, x, COLUMN.acceptance_length_token_weighted)
+        ):
+            for name, series, _, rows in _lines(df, x, COLUMN.acceptance_length_token_weighted):
                 ax.plot(
                     rows[x],
-                    rows["acceptance_length_token_weighted"],
+                    rows[COLUMN.acceptance_length_token_weighted],
                     linestyle=":",
                     color=colours[series],
                     alpha=0.7,
@@ -286,9 +285,9 @@ def plot_tpf_vs_block_size(run: RunData) -> Figure | None:
 
 def plot_acceptance_by_position(run: RunData) -> Figure | None:
     df = run.summary
-    if "acceptance_by_position" not in df.columns:
+    if COLUMN.acceptance_by_position not in df.columns:
         return None
-    df = df[df["acceptance_by_position"].map(lambda v: isinstance(v, list) and len(v) > 0)]
+    df = df[df[COLUMN.acceptance_by_position].map(lambda v: isinstance(v, list) and len(v) > 0)]
     if df.empty:
         return None
     group_by = ["series"] + (["block_size"] if "block_size" in df.columns else [])
@@ -296,9 +295,9 @@ def plot_acceptance_by_position(run: RunData) -> Figure | None:
     colours = _colours(run.summary["series"].tolist())
     for i, (key, rows) in enumerate(df.groupby(group_by, sort=True, dropna=False)):
         key = key if isinstance(key, tuple) else (key,)
-        width = max(len(v) for v in rows["acceptance_by_position"])
+        width = max(len(v) for v in rows[COLUMN.acceptance_by_position])
         stack = np.full((len(rows), width), np.nan)
-        for r, values in enumerate(rows["acceptance_by_position"]):
+        for r, values in enumerate(rows[COLUMN.acceptance_by_position]):
             stack[r, : len(values)] = [np.nan if v is None else v for v in values]
         mean = np.nanmean(stack, axis=0)
         name = key[0] + (f" (block_size={_short(key[1])})" if len(key) > 1 and is_present(key[1]) else "")
@@ -324,7 +323,7 @@ def plot_memory_vs_context(run: RunData) -> Figure | None:
     sources = [s for s in MEMORY_SOURCES if _has(df, "context_length", s[0])]
     if not sources:
         return None
-    if sources[0][0] == "kv_cache_bytes_peak_max" and "engine" in df.columns and (df["engine"] == "ar").any():
+    if sources[0][0] == COLUMN.kv_cache_bytes_peak_max and "engine" in df.columns and (df["engine"] == "ar").any():
         overhead = [kv_overhead_bytes(df, row) if row.get("engine") != "ar" else None for row in df.to_dict("records")]
         df = df.assign(kv_overhead_bytes=[np.nan if v is None else v for v in overhead])
         if _has(df, "context_length", "kv_overhead_bytes"):
@@ -353,10 +352,10 @@ def plot_latency_cdfs(run: RunData) -> Figure | None:
     itl: dict[str, list[float]] = defaultdict(list)
     for record in _ok_records(run):
         series = series_label(record["cell"])
-        if is_present(record.get("ttft_ms")):
-            ttft[series].append(float(record["ttft_ms"]))
-        if isinstance(record.get("itl_ms"), list):
-            itl[series].extend(float(v) for v in record["itl_ms"] if is_present(v))
+        if is_present(record.get(FIELD.ttft_ms)):
+            ttft[series].append(float(record[FIELD.ttft_ms]))
+        if isinstance(record.get(FIELD.itl_ms), list):
+            itl[series].extend(float(v) for v in record[FIELD.itl_ms] if is_present(v))
     panels = [
         (d, t, x)
         for d, t, x in (
@@ -395,21 +394,21 @@ def plot_quality_vs_speed(run: RunData) -> Figure | None:
     panels = [
         (c, label)
         for c, label in (
-            ("identity_exact_rate", "identical to reference (fraction)"),
-            ("match_fraction_mean", "matching tokens (fraction)"),
-            ("ar_nll_mean", "AR-model NLL of output (nats/token)"),
+            (COLUMN.identity_exact_rate, "identical to reference (fraction)"),
+            (COLUMN.match_fraction_mean, "matching tokens (fraction)"),
+            (COLUMN.ar_nll_mean, "AR-model NLL of output (nats/token)"),
         )
-        if _has(df, "decode_tokens_per_s_median", c)
+        if _has(df, COLUMN.decode_tokens_per_s_median, c)
     ]
     if not panels:
         return None
     fig, axes = _figure(ncols=len(panels))
     colours = _colours(df["series"].tolist())
     for ax, (column, label) in zip(axes, panels):
-        rows = df[df["decode_tokens_per_s_median"].notna() & df[column].notna()]
+        rows = df[df[COLUMN.decode_tokens_per_s_median].notna() & df[column].notna()]
         for i, (series, part) in enumerate(rows.groupby("series", sort=True)):
             ax.scatter(
-                part["decode_tokens_per_s_median"],
+                part[COLUMN.decode_tokens_per_s_median],
                 part[column],
                 color=colours[series],
                 marker=_MARKERS[i % len(_MARKERS)],
@@ -417,7 +416,7 @@ def plot_quality_vs_speed(run: RunData) -> Figure | None:
                 s=28,
                 alpha=0.85,
             )
-        _scale_x(ax, rows["decode_tokens_per_s_median"], discrete=False)
+        _scale_x(ax, rows[COLUMN.decode_tokens_per_s_median], discrete=False)
         ax.set_xlabel("decode throughput (tokens/s, median)")
         ax.set_ylabel(label)
     return _finish(fig, axes, "Quality vs speed (each point is one cell)")
@@ -426,10 +425,10 @@ def plot_quality_vs_speed(run: RunData) -> Figure | None:
 def identity_grid(run: RunData) -> pd.DataFrame | None:
     """One row per (series, context): exact rate, divergences split into near-ties and real ones."""
     df = run.summary
-    if not _has(df, "identity_exact_rate"):
+    if not _has(df, COLUMN.identity_exact_rate):
         return None
     has_context = "context_length" in df.columns
-    rows = df[df["identity_exact_rate"].notna()]
+    rows = df[df[COLUMN.identity_exact_rate].notna()]
     rows = rows.assign(_context=rows["context_length"] if has_context else 0)
     grid = []
     for (series, context), part in rows.groupby(["series", "_context"], sort=True):
@@ -437,12 +436,12 @@ def identity_grid(run: RunData) -> pd.DataFrame | None:
             {
                 "series": series,
                 "context": context,
-                "exact_rate": float(part["identity_exact_rate"].mean()),
+                "exact_rate": float(part[COLUMN.identity_exact_rate].mean()),
                 "near_ties": 0,
                 "real": 0,
                 "unknown": 0,
-                "margin_median": part["divergence_margin_median"].median()
-                if "divergence_margin_median" in part.columns
+                "margin_median": part[COLUMN.divergence_margin_median].median()
+                if COLUMN.divergence_margin_median in part.columns
                 else np.nan,
                 "dtype": part["dtype"].iloc[0] if "dtype" in part.columns else None,
             }
@@ -450,7 +449,7 @@ def identity_grid(run: RunData) -> pd.DataFrame | None:
     index = {(g["series"], g["context"]): g for g in grid}
     counted = set()
     for record in _ok_records(run):
-        if record.get("identity_exact") is not False:
+        if record.get(FIELD.identity_exact) is not False:
             continue
         cell = record["cell"]
         key = (series_label(cell), cell.get("context_length", 0) if has_context else 0)
@@ -458,7 +457,7 @@ def identity_grid(run: RunData) -> pd.DataFrame | None:
         if entry is None:
             continue
         counted.add(id(entry))
-        margin = record.get("divergence_margin")
+        margin = record.get(FIELD.divergence_margin)
         if not is_present(margin):
             entry["unknown"] += 1
         elif float(margin) < near_tie_margin(cell.get("dtype")):
@@ -525,9 +524,9 @@ def plot_identity_heatmap(run: RunData) -> Figure | None:
 def _batched(run: RunData) -> pd.DataFrame | None:
     """The summary rows with a batch size, when the run has more than one batch size (else None)."""
     df = run.summary
-    if "batch_size" not in df.columns or "n_ok" not in df.columns:
+    if "batch_size" not in df.columns or COLUMN.n_ok not in df.columns:
         return None
-    df = df[df["batch_size"].notna() & (df["n_ok"].fillna(0) > 0)]
+    df = df[df["batch_size"].notna() & (df[COLUMN.n_ok].fillna(0) > 0)]
     return df if df["batch_size"].nunique() > 1 else None
 
 
@@ -571,8 +570,8 @@ def plot_throughput_vs_batch(run: RunData) -> Figure | None:
     return _panels_vs_batch(
         run,
         [
-            ("batch_tokens_per_s_median", "total throughput (new tokens/s over the batch, median)"),
-            ("batch_tokens_per_s_vs_batch1", "throughput / the same engine at batch 1"),
+            (COLUMN.batch_tokens_per_s_median, "total throughput (new tokens/s over the batch, median)"),
+            (COLUMN.batch_tokens_per_s_vs_batch1, "throughput / the same engine at batch 1"),
         ],
         "Throughput vs batch size",
     )
@@ -585,8 +584,8 @@ def plot_speedup_vs_batch(run: RunData) -> Figure | None:
     return _panels_vs_batch(
         dataclasses.replace(run, summary=run.summary[run.summary["engine"] != "ar"]),
         [
-            ("speedup_vs_ar", "speedup vs AR per request (geo. mean; band = 95% CI)"),
-            ("throughput_speedup_vs_ar", "speedup vs AR per batch (throughput; band = 95% CI)"),
+            (COLUMN.speedup_vs_ar, "speedup vs AR per request (geo. mean; band = 95% CI)"),
+            (COLUMN.throughput_speedup_vs_ar, "speedup vs AR per batch (throughput; band = 95% CI)"),
         ],
         "Speedup over AR at the same batch size",
         reference_line=1.0,
@@ -597,9 +596,9 @@ def plot_tpf_vs_batch(run: RunData) -> Figure | None:
     return _panels_vs_batch(
         run,
         [
-            ("tokens_per_forward_median", "tokens per forward pass (median per row)"),
-            ("tokens_per_forward_vs_batch1", "TPF / the same engine at batch 1 (flat = 1)"),
-            ("wasted_row_pass_fraction_mean", "row-passes wasted on finished rows (fraction)"),
+            (COLUMN.tokens_per_forward_median, "tokens per forward pass (median per row)"),
+            (COLUMN.tokens_per_forward_vs_batch1, "TPF / the same engine at batch 1 (flat = 1)"),
+            (COLUMN.wasted_row_pass_fraction_mean, "row-passes wasted on finished rows (fraction)"),
         ],
         "Tokens per forward vs batch size (batching must not change acceptance)",
     )
@@ -609,9 +608,9 @@ def plot_latency_vs_batch(run: RunData) -> Figure | None:
     return _panels_vs_batch(
         run,
         [
-            ("ttft_ms_median", "TTFT per request (ms, median)"),
-            ("tpot_ms_median", "time per output token per request (ms, median)"),
-            ("e2e_ms_median", "end-to-end per request (ms, median)"),
+            (COLUMN.ttft_ms_median, "TTFT per request (ms, median)"),
+            (COLUMN.tpot_ms_median, "time per output token per request (ms, median)"),
+            (COLUMN.e2e_ms_median, "end-to-end per request (ms, median)"),
         ],
         "Per-request latency vs batch size",
     )
@@ -632,12 +631,12 @@ def batch_identity_table(run: RunData) -> pd.DataFrame | None:
             "context": row.get("context_length"),
             "batch_size": int(row["batch_size"]),
             "rows": len(mine),
-            "identical_to_ar": row.get("identity_exact_rate"),
-            "identical_to_batch1": row.get("identity_vs_batch1_rate"),
+            "identical_to_ar": row.get(COLUMN.identity_exact_rate),
+            "identical_to_batch1": row.get(COLUMN.identity_vs_batch1_rate),
         }
         for prefix, exact, margin in (
-            ("ar", "identity_exact", "divergence_margin"),
-            ("batch1", "identity_vs_batch1_exact", "divergence_margin_vs_batch1"),
+            ("ar", FIELD.identity_exact, FIELD.divergence_margin),
+            ("batch1", FIELD.identity_vs_batch1_exact, FIELD.divergence_margin_vs_batch1),
         ):
             ties = real = unknown = 0
             for r in mine:

@@ -40,12 +40,13 @@ from orthrus.results.rundir import (
     read_records,
     read_summary_rows,
 )
-from orthrus.results.summary import SUMMARY_COLUMNS, dedupe, frame_rows, summarize
+from orthrus.results.summary import dedupe, frame_rows, summarize
+from orthrus.results.vocabulary import COLUMN, SUMMARY_COLUMNS
 
 LABEL_COLUMN = "label"
 # cell parameters that may differ between two runs of the same suite without making cells different
 VOLATILE_COLUMNS = frozenset({"run_id", "cell_id", "device", "timestamp", "suite_hash", "shard"})
-METRIC_COLUMNS = frozenset(SUMMARY_COLUMNS)
+METRIC_COLUMNS = frozenset(SUMMARY_COLUMNS)  # the vocabulary's metrics: every other column is a cell's
 
 
 @dataclass
@@ -166,7 +167,9 @@ def load_run(run_dir: str | Path) -> RunData:
 
 def _counts_all(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> bool:
     """summary.json counts every measurement of results.jsonl (it is not from an earlier session)."""
-    counted = [int(row.get("n_ok") or 0) + int(row.get("n_failed") or 0) for row in rows if "n_ok" in row]
+    counted = [
+        int(row.get(COLUMN.n_ok) or 0) + int(row.get(COLUMN.n_failed) or 0) for row in rows if COLUMN.n_ok in row
+    ]
     return len(counted) < len(rows) or sum(counted) == len(dedupe(records))
 
 
@@ -188,12 +191,12 @@ def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Summary rows as written by ``orthrus.results.summary`` (summary.json, a baseline) as a table
     with numeric metric columns and a ``series`` column."""
     summary = pd.DataFrame(rows)
-    if "acceptance_by_position" in summary.columns:
-        summary["acceptance_by_position"] = summary["acceptance_by_position"].map(
+    if COLUMN.acceptance_by_position in summary.columns:
+        summary[COLUMN.acceptance_by_position] = summary[COLUMN.acceptance_by_position].map(
             lambda v: v if isinstance(v, list) else None
         )
     for column in summary.columns:
-        if column in METRIC_COLUMNS and column != "acceptance_by_position":
+        if column in METRIC_COLUMNS and column != COLUMN.acceptance_by_position:
             summary[column] = pd.to_numeric(summary[column], errors="coerce")
     summary["series"] = [series_label(row) for row in summary.to_dict("records")] if len(summary) else []
     return summary.reset_index(drop=True)

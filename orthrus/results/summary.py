@@ -1,7 +1,8 @@
 """Aggregate records into one row per cell (pandas): medians, p90/p99, speedup vs AR, identity.
 
 Both the harness (summary.csv/json at the end of a run or a merge) and the report (a run without
-summary.json) build summaries here. Definitions are those of METRICS.md:
+summary.json) build summaries here. The columns and their definitions are the vocabulary's
+(``orthrus.results.vocabulary``, written out in docs/metrics.md):
 * latencies: medians and p90/p99 over prompts x repetitions (ok records only);
 * ``itl_ms_p*``: pooled over every inter-token gap of every ok record;
 * acceptance: ``orthrus.results.derived.pooled_acceptance``;
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orthrus.results import vocabulary
 from orthrus.results.derived import (
     ar_counterpart,
     batch1_counterpart,
@@ -40,62 +42,11 @@ from orthrus.results.derived import (
 )
 from orthrus.results.record import ENGINE_FACTS, record_key
 from orthrus.results.rundir import SUMMARY_BY_CATEGORY_FILE, SUMMARY_FILE, write_json
+from orthrus.results.vocabulary import COLUMN, FIELD
 
-# One row per cell in summary.csv / summary.json (cell parameters and engine facts in front of these).
-SUMMARY_COLUMNS = (
-    "n_ok",
-    "n_failed",
-    "n_skipped",  # records of a cell skipped on purpose (e.g. the engine cannot batch): not failures
-    "new_tokens_median",
-    "ttft_ms_median",
-    "ttft_ms_p90",
-    "ttft_ms_p99",
-    "tpot_ms_median",
-    "tpot_ms_p90",
-    "tpot_ms_p99",
-    "itl_ms_p50",
-    "itl_ms_p90",
-    "itl_ms_p99",
-    "e2e_ms_median",
-    "e2e_ms_p90",
-    "e2e_ms_p99",
-    "decode_tokens_per_s_median",
-    "tokens_per_forward_median",
-    "acceptance_length_mean",  # per request, then averaged
-    "acceptance_length_token_weighted",  # pooled over all cycles of all requests
-    "acceptance_by_position",  # list, pooled
-    "speedup_vs_ar",  # geometric mean over prompts of ar e2e / engine e2e (same run, same settings)
-    "speedup_vs_ar_ci_low",
-    "speedup_vs_ar_ci_high",  # bootstrap 95% interval
-    "identity_exact_rate",
-    "match_fraction_mean",
-    "divergence_margin_median",
-    "ar_nll_mean",
-    "kv_cache_bytes_peak_max",
-    "kv_bytes_per_token",  # a fact of the engine's model (from the records), for KV gates
-    "nvml_device_used_mib_max",
-    "nvml_process_used_mib_max",
-    "torch_max_allocated_mib_max",
-    "torch_max_reserved_mib_max",
-    "rss_peak_mib_max",
-    "memory_bandwidth_gb_s_median",
-    "tokens_per_step_median",
-    "harness_overhead_ms_median",  # time per measurement spent outside generate()
-    # batching (one record per row; batch figures counted once per decoded batch)
-    "batch_rows_median",  # rows per decoded batch (the last batch of a cell may be smaller)
-    "batch_tokens_per_s_median",  # total throughput: new tokens of all rows / the batch's e2e
-    "batch_tokens_per_forward_median",  # all rows' tokens over all rows' own passes, per batch
-    "batch_acceptance_length_median",  # accepted drafts per cycle pooled over a batch's rows
-    "wasted_row_pass_fraction_mean",  # row-passes spent on rows that had already finished
-    "batch_kv_cache_bytes_peak_max",  # K/V bytes a whole batch held
-    "identity_vs_batch1_rate",  # rows identical to the same engine and settings at batch size 1
-    "divergence_margin_vs_batch1_median",
-    "tokens_per_forward_vs_batch1",  # tokens_per_forward_median / that of the batch-1 cell
-    "batch_tokens_per_s_vs_batch1",  # batch_tokens_per_s_median / that of the batch-1 cell
-    "throughput_speedup_vs_ar",  # per batch: AR batch e2e / this batch e2e; geometric mean
-    "throughput_speedup_vs_ar_ci_low",
-    "throughput_speedup_vs_ar_ci_high",  # bootstrap 95% interval over batches
-)
+# One row per cell in summary.csv / summary.json (cell parameters and engine facts in front of these):
+# the vocabulary's metrics, in its order (docs/metrics.md says what each one is).
+SUMMARY_COLUMNS = vocabulary.SUMMARY_COLUMNS
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -110,12 +61,22 @@ def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _values(records: list[dict[str, Any]], name: str) -> np.ndarray:
-    return np.array([r[name] for r in records if r.get(name) is not None], dtype=float)
+    """The field's values over the records (None left out); a field of lists (``itl_ms``) is pooled."""
+    values: list[Any] = []
+    for r in records:
+        value = r.get(name)
+        if isinstance(value, list):
+            values.extend(value)
+        elif value is not None:
+            values.append(value)
+    return np.array(values, dtype=float)
 
 
 def _stat(values: np.ndarray, how: str) -> float | None:
     if values.size == 0:
         return None
+    if how == "rate":  # of true values
+        return float(np.mean(values.astype(bool)))
     if how == "median":
         return float(np.median(values))
     if how == "mean":
@@ -129,8 +90,8 @@ def _per_prompt_e2e(records: list[dict[str, Any]], by_node: bool = False) -> dic
     """Median e2e per prompt (per node and prompt when the run spans several nodes)."""
     by_prompt: dict[str, list[float]] = {}
     for r in records:
-        if r.get("status") == "ok" and r.get("e2e_ms"):
-            by_prompt.setdefault(counterpart_key(r, by_node), []).append(float(r["e2e_ms"]))
+        if r.get("status") == "ok" and r.get(FIELD.e2e_ms):
+            by_prompt.setdefault(counterpart_key(r, by_node), []).append(float(r[FIELD.e2e_ms]))
     return {p: float(np.median(v)) for p, v in by_prompt.items()}
 
 
@@ -149,50 +110,23 @@ def geometric_mean_ci(ratios: list[float], seed: int = 0) -> tuple[float | None,
 
 
 def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's figures from its records: the vocabulary's plain aggregations of a record field in one
+    loop (over the ok records; a ``batch_`` field once per decoded batch), then what needs more than
+    one field: the counts and the pooled acceptance. Cross-cell ratios are left to ``summarize``."""
     ok = [r for r in records if r.get("status") == "ok"]
     skipped = sum(1 for r in records if r.get("status") == "skipped")
-    row: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(records) - len(ok) - skipped, "n_skipped": skipped}
-    row["new_tokens_median"] = _stat(_values(ok, "new_tokens"), "median")
-    for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        values = _values(ok, name)
-        for how in ("median", "p90", "p99"):
-            row[f"{name}_{how}"] = _stat(values, how)
-    gaps = np.array([g for r in ok for g in (r.get("itl_ms") or [])], dtype=float)
-    for how in ("p50", "p90", "p99"):
-        row[f"itl_ms_{how}"] = _stat(gaps, how)
-    row["decode_tokens_per_s_median"] = _stat(_values(ok, "decode_tokens_per_s"), "median")
-    row["tokens_per_forward_median"] = _stat(_values(ok, "tokens_per_forward"), "median")
-    mean, weighted, by_position = pooled_acceptance(ok)
-    row["acceptance_length_mean"] = mean
-    row["acceptance_length_token_weighted"] = weighted
-    row["acceptance_by_position"] = by_position
-    identity = [bool(r["identity_exact"]) for r in ok if r.get("identity_exact") is not None]
-    row["identity_exact_rate"] = float(np.mean(identity)) if identity else None
-    row["match_fraction_mean"] = _stat(_values(ok, "match_fraction"), "mean")
-    row["divergence_margin_median"] = _stat(_values(ok, "divergence_margin"), "median")
-    row["ar_nll_mean"] = _stat(_values(ok, "ar_nll"), "mean")
-    for name in (
-        "kv_cache_bytes_peak",
-        "nvml_device_used_mib",
-        "nvml_process_used_mib",
-        "torch_max_allocated_mib",
-        "torch_max_reserved_mib",
-        "rss_peak_mib",
-    ):
-        row[f"{name}_max"] = _stat(_values(ok, name), "max")
-    row["memory_bandwidth_gb_s_median"] = _stat(_values(ok, "memory_bandwidth_gb_s"), "median")
-    row["tokens_per_step_median"] = _stat(_values(ok, "tokens_per_step"), "median")
-    row["harness_overhead_ms_median"] = _stat(_values(ok, "harness_overhead_ms"), "median")
+    row: dict[str, Any] = {
+        COLUMN.n_ok: len(ok),
+        COLUMN.n_failed: len(records) - len(ok) - skipped,
+        COLUMN.n_skipped: skipped,
+    }
     batches = list(_batches(ok).values())
-    row["batch_rows_median"] = _stat(_values(batches, "batch_rows"), "median")
-    row["batch_tokens_per_s_median"] = _stat(_values(batches, "batch_tokens_per_s"), "median")
-    row["batch_tokens_per_forward_median"] = _stat(_values(batches, "batch_tokens_per_forward"), "median")
-    row["batch_acceptance_length_median"] = _stat(_values(batches, "batch_acceptance_length"), "median")
-    row["wasted_row_pass_fraction_mean"] = _stat(_values(batches, "batch_wasted_row_pass_fraction"), "mean")
-    row["batch_kv_cache_bytes_peak_max"] = _stat(_values(batches, "batch_kv_cache_bytes_peak"), "max")
-    invariant = [bool(r["identity_vs_batch1_exact"]) for r in ok if r.get("identity_vs_batch1_exact") is not None]
-    row["identity_vs_batch1_rate"] = float(np.mean(invariant)) if invariant else None
-    row["divergence_margin_vs_batch1_median"] = _stat(_values(ok, "divergence_margin_vs_batch1"), "median")
+    for metric in vocabulary.AGGREGATED:
+        over = batches if metric.field.startswith("batch_") else ok
+        row[metric.column] = _stat(_values(over, metric.field), metric.how)
+    _, weighted, by_position = pooled_acceptance(ok)  # the per-request mean is one of the aggregations
+    row[COLUMN.acceptance_length_token_weighted] = weighted
+    row[COLUMN.acceptance_by_position] = by_position
     return row
 
 
@@ -270,7 +204,7 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
             theirs = e2e_by_cell[ar["cell_id"]]
             ratios = [theirs[p] / mine[p] for p in mine if p in theirs and mine[p] > 0]
             speedup = geometric_mean_ci(ratios)
-        row["speedup_vs_ar"], row["speedup_vs_ar_ci_low"], row["speedup_vs_ar_ci_high"] = speedup
+        row[COLUMN.speedup_vs_ar], row[COLUMN.speedup_vs_ar_ci_low], row[COLUMN.speedup_vs_ar_ci_high] = speedup
         throughput = (None, None, None)
         if ar is not None and ar["cell_id"] != cell_id:
             mine_b, theirs_b = _per_batch_e2e(group), batch_e2e_by_cell[ar["cell_id"]]
@@ -279,9 +213,9 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         elif ar is not None:
             throughput = (1.0, 1.0, 1.0) if batch_e2e_by_cell[cell_id] else (None, None, None)
         (
-            row["throughput_speedup_vs_ar"],
-            row["throughput_speedup_vs_ar_ci_low"],
-            row["throughput_speedup_vs_ar_ci_high"],
+            row[COLUMN.throughput_speedup_vs_ar],
+            row[COLUMN.throughput_speedup_vs_ar_ci_low],
+            row[COLUMN.throughput_speedup_vs_ar_ci_high],
         ) = throughput
         rows.append(row)
     by_key = {(r["cell_id"], r.get("category")): r for r in rows}
@@ -290,8 +224,8 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         base = by_key.get((one["cell_id"], row.get("category"))) if one is not None else None
         if base is None and row.get("batch_size") == 1:
             base = row
-        row["tokens_per_forward_vs_batch1"] = _ratio(row, base, "tokens_per_forward_median")
-        row["batch_tokens_per_s_vs_batch1"] = _ratio(row, base, "batch_tokens_per_s_median")
+        row[COLUMN.tokens_per_forward_vs_batch1] = _ratio(row, base, COLUMN.tokens_per_forward_median)
+        row[COLUMN.batch_tokens_per_s_vs_batch1] = _ratio(row, base, COLUMN.batch_tokens_per_s_median)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -324,7 +258,7 @@ def _write_pair(run_dir: Path, json_name: str, frame: pd.DataFrame) -> None:
     """The JSON file (what the report reads) and a CSV beside it for spreadsheets."""
     write_json(run_dir / json_name, frame_rows(frame))
     csv = frame.copy()
-    for column in ("engine_options", "acceptance_by_position"):
+    for column in ("engine_options", COLUMN.acceptance_by_position):
         if column in csv.columns:
             csv[column] = [json.dumps(_clean_list(v)) if v is not None else "" for v in csv[column]]
     csv.to_csv(run_dir / json_name.replace(".json", ".csv"), index=False)
@@ -340,11 +274,11 @@ def _clean_list(value: Any) -> Any:
 
 def overhead_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Harness time outside generate(), per measurement and as a share of the measured time."""
-    ok = [r for r in records if r.get("status") == "ok" and r.get("harness_overhead_ms") is not None]
+    ok = [r for r in records if r.get("status") == "ok" and r.get(FIELD.harness_overhead_ms) is not None]
     if not ok:
         return {"measurements": 0, "overhead_ms_median": None, "overhead_pct": None}
-    overhead = np.array([r["harness_overhead_ms"] for r in ok], dtype=float)
-    e2e = np.array([r["e2e_ms"] for r in ok], dtype=float)
+    overhead = np.array([r[FIELD.harness_overhead_ms] for r in ok], dtype=float)
+    e2e = np.array([r[FIELD.e2e_ms] for r in ok], dtype=float)
     return {
         "measurements": len(ok),
         "overhead_ms_median": float(np.median(overhead)),

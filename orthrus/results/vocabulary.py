@@ -18,6 +18,7 @@ figure derived from several cells, such as a speedup), with its kind:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,12 +131,21 @@ class Metric:
     """One summary column.
 
     ``field``: the record field it aggregates (None: derived from several cells or records);
-    ``how``: median | mean | max | p50 | p90 | p99 | rate (of true values) | count | other (computed by
-    the summary itself); ``kind``: deterministic | wall_clock | memory; ``better``: higher | lower |
+    ``how``: median | mean | max | p50 | p90 | p99 | rate (of true values) | count | fact (the
+    engine's, as its records state it) | other (computed by the summary itself); the summary computes
+    every metric with a field and a plain aggregation (median ... rate) in one loop, over the ok
+    records, or once per decoded batch for a ``batch_`` field; a field of lists (``itl_ms``) is pooled;
+    ``kind``: deterministic | wall_clock | memory; ``better``: higher | lower |
     None; ``gate``: other names a gate rule may use for it (the column name always works);
-    ``table``: its header in the report's summary table (None: not shown there); ``compared``: in
-    ``compare``'s side-by-side, with ``spread`` the column compare reads its noise from;
-    ``plot``: a memory panel's title in the report's memory figure (memory sources).
+    ``table``: its header in the report's summary table (None: not shown there), at place
+    ``table_rank``; ``compared``: in ``compare``'s side-by-side, at place ``compare_rank``, with
+    ``spread`` the column compare reads its noise from;
+    ``plot``: a memory panel's title in the report's memory figure (memory sources);
+    ``same_run``: a ratio of two cells measured in the same run (vs AR, vs batch 1): a wall-clock one
+    is still comparable across runs, since the machine divides out, so gates take it without
+    ``allow_wall_clock`` and ``compare`` judges it by its bootstrap interval when it has one;
+    ``exact``: a deterministic figure of which any change is news (identity, failure counts):
+    ``compare`` flags any change, not only one beyond its deterministic tolerance.
     """
 
     column: str
@@ -152,10 +162,17 @@ class Metric:
     plot: str | None = None
     scale: float = 1.0  # to the unit shown (bytes are shown in MiB)
     description: str = ""
+    same_run: bool = False
+    exact: bool = False
+    table_rank: int = 0
+    compare_rank: int = 0
 
 
-def _latency(name: str, label: str, unit: str = "ms", table_median: str | None = None, compared: bool = True):
+def _latency(
+    name: str, label: str, unit: str = "ms", table_median: str | None = None, table_rank: int = 0, compare_rank: int = 0
+):
     """median / p90 / p99 of a per-request latency, the median gated and compared (p90 as its spread)."""
+    compared = compare_rank > 0
     return (
         Metric(
             f"{name}_median",
@@ -170,6 +187,8 @@ def _latency(name: str, label: str, unit: str = "ms", table_median: str | None =
             compared,
             f"{name}_p90" if compared else None,
             description=f"median over prompts x repetitions of {name}",
+            table_rank=table_rank,
+            compare_rank=compare_rank,
         ),
         Metric(f"{name}_p90", f"{label} p90", "wall_clock", unit, name, "p90", "lower"),
         Metric(f"{name}_p99", f"{label} p99", "wall_clock", unit, name, "p99", "lower"),
@@ -178,7 +197,7 @@ def _latency(name: str, label: str, unit: str = "ms", table_median: str | None =
 
 MIB = 2.0**20
 METRICS: tuple[Metric, ...] = (
-    Metric("n_ok", "measurements ok", "deterministic", "", how="count", better="higher", table="ok"),
+    Metric("n_ok", "measurements ok", "deterministic", "", how="count", better="higher", table="ok", table_rank=1),
     Metric(
         "n_failed",
         "measurements failed",
@@ -188,6 +207,9 @@ METRICS: tuple[Metric, ...] = (
         better="lower",
         table="failed",
         compared=True,
+        exact=True,
+        table_rank=2,
+        compare_rank=17,
     ),
     Metric(
         "n_skipped",
@@ -207,13 +229,16 @@ METRICS: tuple[Metric, ...] = (
         "higher",
         ("new_tokens",),
         compared=True,
+        compare_rank=8,
     ),
-    *_latency("ttft_ms", "TTFT", table_median="TTFT ms"),
-    *_latency("tpot_ms", "TPOT"),
-    Metric("itl_ms_p50", "ITL p50", "wall_clock", "ms", "itl_ms", "p50", "lower", description="pooled inter-token gaps"),
-    Metric("itl_ms_p90", "ITL p90", "wall_clock", "ms", "itl_ms", "p90", "lower", table="ITL p90 ms"),
+    *_latency("ttft_ms", "TTFT", table_median="TTFT ms", table_rank=7, compare_rank=10),
+    *_latency("tpot_ms", "TPOT", compare_rank=11),
+    Metric(
+        "itl_ms_p50", "ITL p50", "wall_clock", "ms", "itl_ms", "p50", "lower", description="pooled inter-token gaps"
+    ),
+    Metric("itl_ms_p90", "ITL p90", "wall_clock", "ms", "itl_ms", "p90", "lower", table="ITL p90 ms", table_rank=8),
     Metric("itl_ms_p99", "ITL p99", "wall_clock", "ms", "itl_ms", "p99", "lower"),
-    *_latency("e2e_ms", "end to end", table_median="e2e ms"),
+    *_latency("e2e_ms", "end to end", table_median="e2e ms", table_rank=9, compare_rank=12),
     Metric(
         "decode_tokens_per_s_median",
         "decode tokens/s",
@@ -225,6 +250,8 @@ METRICS: tuple[Metric, ...] = (
         ("decode_tokens_per_s",),
         "decode tok/s",
         compared=True,
+        table_rank=6,
+        compare_rank=9,
     ),
     Metric(
         "tokens_per_forward_median",
@@ -238,6 +265,8 @@ METRICS: tuple[Metric, ...] = (
         "TPF",
         compared=True,
         description="new tokens / forward passes incl. the prefill (per cycle of Orthrus: (accepted + 1) / 2)",
+        table_rank=3,
+        compare_rank=2,
     ),
     Metric(
         "acceptance_length_mean",
@@ -251,6 +280,8 @@ METRICS: tuple[Metric, ...] = (
         "accepted/cycle",
         compared=True,
         description="mean over requests of each request's mean accepted drafts per cycle",
+        table_rank=4,
+        compare_rank=3,
     ),
     Metric(
         "acceptance_length_token_weighted",
@@ -261,6 +292,7 @@ METRICS: tuple[Metric, ...] = (
         gate=("acceptance_length.token_weighted",),
         compared=True,
         description="accepted drafts over all cycles of all requests, pooled",
+        compare_rank=4,
     ),
     Metric(
         "acceptance_by_position",
@@ -278,9 +310,28 @@ METRICS: tuple[Metric, ...] = (
         table="speedup vs AR",
         compared=True,
         description="geometric mean over prompts of AR e2e / engine e2e, measured in the same run",
+        same_run=True,
+        table_rank=5,
+        compare_rank=1,
     ),
-    Metric("speedup_vs_ar_ci_low", "speedup vs AR, 95% low", "wall_clock", "x", gate=("speedup_vs_ar.ci_low",)),
-    Metric("speedup_vs_ar_ci_high", "speedup vs AR, 95% high", "wall_clock", "x", gate=("speedup_vs_ar.ci_high",)),
+    Metric(
+        "speedup_vs_ar_ci_low",
+        "speedup vs AR, 95% low",
+        "wall_clock",
+        "x",
+        gate=("speedup_vs_ar.ci_low",),
+        same_run=True,
+        description="bootstrap 95% interval over prompts (null below 2 prompts)",
+    ),
+    Metric(
+        "speedup_vs_ar_ci_high",
+        "speedup vs AR, 95% high",
+        "wall_clock",
+        "x",
+        gate=("speedup_vs_ar.ci_high",),
+        same_run=True,
+        description="bootstrap 95% interval over prompts (null below 2 prompts)",
+    ),
     Metric(
         "identity_exact_rate",
         "identical to the reference",
@@ -292,6 +343,10 @@ METRICS: tuple[Metric, ...] = (
         ("identity.exact_rate", "identity_exact"),
         "identical",
         compared=True,
+        description="fraction of outputs whose tokens equal the reference engine's (same prompt and settings)",
+        exact=True,
+        table_rank=10,
+        compare_rank=5,
     ),
     Metric(
         "match_fraction_mean",
@@ -304,6 +359,10 @@ METRICS: tuple[Metric, ...] = (
         ("identity.match_fraction", "match_fraction"),
         "match",
         compared=True,
+        description="mean over requests of the fraction of positions whose token equals the reference's",
+        exact=True,
+        table_rank=11,
+        compare_rank=6,
     ),
     Metric(
         "divergence_margin_median",
@@ -314,6 +373,7 @@ METRICS: tuple[Metric, ...] = (
         "median",
         None,
         ("identity.divergence_margin", "divergence_margin"),
+        description="the reference's top-1 minus top-2 logit at the first divergence: small means a near-tie",
     ),
     Metric(
         "ar_nll_mean",
@@ -326,6 +386,9 @@ METRICS: tuple[Metric, ...] = (
         ("ar_nll",),
         "AR NLL",
         compared=True,
+        description="mean negative log-likelihood of the output under the AR model, per token",
+        table_rank=12,
+        compare_rank=7,
     ),
     Metric(
         "kv_cache_bytes_peak_max",
@@ -341,6 +404,8 @@ METRICS: tuple[Metric, ...] = (
         plot="KV cache held (exact, from tensors)",
         scale=1 / MIB,
         description="the largest total size of K/V tensors the engine held at once (bytes)",
+        table_rank=13,
+        compare_rank=13,
     ),
     Metric(
         "kv_bytes_per_token",
@@ -348,7 +413,7 @@ METRICS: tuple[Metric, ...] = (
         "deterministic",
         "bytes",
         "kv_bytes_per_token",
-        "max",
+        "fact",
         description="bytes of K and V one position occupies in the engine's model cache (a fact, for KV gates)",
     ),
     Metric(
@@ -372,6 +437,8 @@ METRICS: tuple[Metric, ...] = (
         table="NVML proc MiB",
         compared=True,
         plot="NVML this process",
+        table_rank=15,
+        compare_rank=15,
     ),
     Metric(
         "torch_max_allocated_mib_max",
@@ -383,6 +450,7 @@ METRICS: tuple[Metric, ...] = (
         "lower",
         compared=True,
         plot="torch max allocated",
+        compare_rank=16,
     ),
     Metric(
         "torch_max_reserved_mib_max",
@@ -405,6 +473,8 @@ METRICS: tuple[Metric, ...] = (
         table="RSS MiB",
         compared=True,
         plot="process peak RSS",
+        table_rank=14,
+        compare_rank=14,
     ),
     Metric(
         "memory_bandwidth_gb_s_median",
@@ -521,8 +591,18 @@ METRICS: tuple[Metric, ...] = (
         "x",
         better="higher",
         gate=("tokens_per_forward.vs_batch1",),
+        description="tokens_per_forward_median / that of the same engine and settings at batch size 1",
+        same_run=True,
     ),
-    Metric("batch_tokens_per_s_vs_batch1", "batch throughput vs batch 1", "wall_clock", "x", better="higher"),
+    Metric(
+        "batch_tokens_per_s_vs_batch1",
+        "batch throughput vs batch 1",
+        "wall_clock",
+        "x",
+        better="higher",
+        description="batch_tokens_per_s_median / that of the same engine and settings at batch size 1",
+        same_run=True,
+    ),
     Metric(
         "throughput_speedup_vs_ar",
         "throughput speedup vs AR",
@@ -530,16 +610,43 @@ METRICS: tuple[Metric, ...] = (
         "x",
         better="higher",
         description="per batch: AR batch e2e / this batch's e2e (same prompts, same batch size); geometric mean",
+        same_run=True,
     ),
-    Metric("throughput_speedup_vs_ar_ci_low", "throughput speedup, 95% low", "wall_clock", "x"),
-    Metric("throughput_speedup_vs_ar_ci_high", "throughput speedup, 95% high", "wall_clock", "x"),
+    Metric(
+        "throughput_speedup_vs_ar_ci_low",
+        "throughput speedup, 95% low",
+        "wall_clock",
+        "x",
+        same_run=True,
+        description="bootstrap 95% interval over batches",
+    ),
+    Metric(
+        "throughput_speedup_vs_ar_ci_high",
+        "throughput speedup, 95% high",
+        "wall_clock",
+        "x",
+        same_run=True,
+        description="bootstrap 95% interval over batches",
+    ),
 )
 METRIC = {metric.column: metric for metric in METRICS}
 SUMMARY_COLUMNS = tuple(metric.column for metric in METRICS)
 # a gate or compare name -> the summary column it reads
 GATE_NAMES = {name: metric.column for metric in METRICS for name in metric.gate}
-WALL_CLOCK_COLUMNS = frozenset(metric.column for metric in METRICS if metric.kind == "wall_clock")
+# the figures that hold on one machine only: a gate on one must say allow_wall_clock (a same-run
+# ratio such as speedup_vs_ar is wall-clock in kind, but the machine divides out: not among them)
+WALL_CLOCK_COLUMNS = frozenset(
+    metric.column for metric in METRICS if metric.kind == "wall_clock" and not metric.same_run
+)
 MEMORY_COLUMNS = tuple(metric.column for metric in METRICS if metric.plot)
+# the plain aggregations the summary computes in one loop (record field -> summary column)
+AGGREGATIONS = ("median", "mean", "max", "p50", "p90", "p99", "rate")
+AGGREGATED = tuple(metric for metric in METRICS if metric.field is not None and metric.how in AGGREGATIONS)
+# the report's summary table and compare's side-by-side, each in its own order
+TABLE_METRICS = tuple(sorted((metric for metric in METRICS if metric.table), key=lambda metric: metric.table_rank))
+COMPARED_METRICS = tuple(
+    sorted((metric for metric in METRICS if metric.compared), key=lambda metric: metric.compare_rank)
+)
 
 
 def metric_kind(column: str) -> str | None:
@@ -550,3 +657,39 @@ def metric_kind(column: str) -> str | None:
 
 def is_wall_clock(column: str) -> bool:
     return column in WALL_CLOCK_COLUMNS
+
+
+class Names:
+    """Attribute access to a fixed set of names: ``COLUMN.speedup_vs_ar == "speedup_vs_ar"``.
+
+    Code that reads one particular summary column or record field names it through ``COLUMN`` or
+    ``FIELD`` rather than spelling the string, so that every metric name is written in this module
+    only, and a misspelt one is an AttributeError (tests/test_vocabulary.py checks every use)."""
+
+    __slots__ = ("_names", "_what")
+
+    def __init__(self, what: str, names: Iterable[str]) -> None:
+        object.__setattr__(self, "_what", what)
+        object.__setattr__(self, "_names", tuple(dict.fromkeys(names)))
+
+    def __getattr__(self, name: str) -> str:
+        if name in self._names:
+            return name
+        raise AttributeError(f"{name!r} is not a {self._what} of orthrus.results.vocabulary")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the {self._what} names are fixed")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __dir__(self) -> list[str]:
+        return list(self._names)
+
+
+# every summary column, and every record field a metric aggregates, by attribute
+COLUMN = Names("summary column", SUMMARY_COLUMNS)
+FIELD = Names("record field of a metric", (metric.field for metric in METRICS if metric.field is not None))

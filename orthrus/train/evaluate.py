@@ -17,10 +17,14 @@ from typing import Any
 from orthrus.errors import UserInputError
 from orthrus.results.derived import cost_model, is_present
 from orthrus.results.rundir import RESULTS_FILE, read_records, read_summary_rows
+from orthrus.results.vocabulary import COLUMN
 
 SUITE_FILE = Path(__file__).resolve().parents[2] / "suites" / "diffusion_view.yaml"
 VIEW_LABEL = "orthrus"  # the suite's engine label of the view under evaluation
 UNTRAINED_LABEL = "untrained_view"  # ... and of the same view untrained
+# the evaluation's own keys for the speedup over AR: the summary column's, measured and as predicted
+SPEEDUP_MEASURED = f"{COLUMN.speedup_vs_ar}_measured"
+SPEEDUP_PREDICTED = f"{COLUMN.speedup_vs_ar}_cost_model"
 
 
 def suite_sets(
@@ -60,7 +64,7 @@ def evaluation(run_dir: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "model": views[0].get("model_path") if views else None,
-        "prompts": {r.get("prompt_source"): _int(r.get("n_ok")) for r in ar},  # per prompt source
+        "prompts": {r.get("prompt_source"): _int(r.get(COLUMN.n_ok)) for r in ar},  # per prompt source
         "max_new_tokens": _int(views[0].get("max_new_tokens")) if views else None,
         "prompt_tokens": sorted({r["prompt_tokens"] for r in ok if r.get("prompt_tokens") is not None}),
         "cells": [_cell(row, predicted.get(row["cell_id"], {})) for row in views],
@@ -70,7 +74,7 @@ def evaluation(run_dir: Path) -> dict[str, Any]:
         report["untrained_view"] = {
             "block_size": _int(untrained[0].get("block_size")),
             "accepted_per_cycle_token_weighted": {
-                r.get("prompt_source"): _round(r.get("acceptance_length_token_weighted")) for r in untrained
+                r.get("prompt_source"): _round(r.get(COLUMN.acceptance_length_token_weighted)) for r in untrained
             },
         }
     return report
@@ -85,22 +89,22 @@ def _int(value: Any) -> int | None:
 
 
 def _cell(row: dict[str, Any], cost: dict[str, Any]) -> dict[str, Any]:
-    n_ok, rate = row.get("n_ok"), row.get("identity_exact_rate")
+    n_ok, rate = row.get(COLUMN.n_ok), row.get(COLUMN.identity_exact_rate)
     identical = f"{round(rate * n_ok)}/{int(n_ok)}" if is_present(rate) and is_present(n_ok) else None
     return {
         "prompts": row.get("prompt_source"),
         "block_size": _int(row.get("block_size")),
         "context_length": _int(row.get("context_length")),
         "identical_to_ar": identical,
-        "accepted_per_cycle_token_weighted": _round(row.get("acceptance_length_token_weighted")),
-        "accepted_per_cycle_per_request_mean": _round(row.get("acceptance_length_mean")),
-        "acceptance_by_position": [_round(v) for v in row.get("acceptance_by_position") or []],
-        "tokens_per_forward_median": _round(row.get("tokens_per_forward_median")),
+        "accepted_per_cycle_token_weighted": _round(row.get(COLUMN.acceptance_length_token_weighted)),
+        "accepted_per_cycle_per_request_mean": _round(row.get(COLUMN.acceptance_length_mean)),
+        COLUMN.acceptance_by_position: [_round(v) for v in row.get(COLUMN.acceptance_by_position) or []],
+        COLUMN.tokens_per_forward_median: _round(row.get(COLUMN.tokens_per_forward_median)),
         "t_fwd_1_ms": _round(cost.get("t_fwd_1_ms")),
         "t_fwd_k_ms": _round(cost.get("t_fwd_k_ms")),
         "t_fwd_k_over_t_fwd_1": _round(cost.get("t_fwd_k_over_t_fwd_1")),
-        "speedup_vs_ar_measured": _round(row.get("speedup_vs_ar")),
-        "speedup_vs_ar_cost_model": _round(cost.get("speedup_predicted")),
+        SPEEDUP_MEASURED: _round(row.get(COLUMN.speedup_vs_ar)),
+        SPEEDUP_PREDICTED: _round(cost.get("speedup_predicted")),
         "measured_over_predicted": _round(cost.get("measured_over_predicted")),
     }
 
@@ -126,13 +130,13 @@ def format_report(report: dict[str, Any]) -> str:
     for c in report["cells"]:
         lines.append(
             f"| {c['prompts']} | {c['block_size']} | {c['context_length']} | {_show(c['identical_to_ar'])} | "
-            f"{_show(c['accepted_per_cycle_token_weighted'])} | {_show(c['tokens_per_forward_median'])} | "
-            f"{_show(c['t_fwd_k_over_t_fwd_1'])} | {_show(c['speedup_vs_ar_measured'], 'x')} | "
-            f"{_show(c['speedup_vs_ar_cost_model'], 'x')} | {_show(c['measured_over_predicted'])} |"
+            f"{_show(c['accepted_per_cycle_token_weighted'])} | {_show(c[COLUMN.tokens_per_forward_median])} | "
+            f"{_show(c['t_fwd_k_over_t_fwd_1'])} | {_show(c[SPEEDUP_MEASURED], 'x')} | "
+            f"{_show(c[SPEEDUP_PREDICTED], 'x')} | {_show(c['measured_over_predicted'])} |"
         )
     lines.append("")
     for c in report["cells"]:
-        lines.append(f"- draft accuracy by position, {c['prompts']}, block {c['block_size']}: {c['acceptance_by_position']}")
+        lines.append(f"- draft accuracy by position, {c['prompts']}, block {c['block_size']}: {c[COLUMN.acceptance_by_position]}")
     if "untrained_view" in report:
         u = report["untrained_view"]
         per_source = ", ".join(f"{_show(v)} ({k})" for k, v in u["accepted_per_cycle_token_weighted"].items())

@@ -1,0 +1,79 @@
+"""The gates' baseline store: a run's summary saved with its suite hash and provenance as one JSON
+file (``baseline save RUN_DIR FILE``), read back and checked to be an orthrus baseline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orthrus.errors import UserInputError
+from orthrus.report.outputs import check_output_file
+from orthrus.report.rundata import RunData, load_run
+
+BASELINE_FORMAT = "orthrus-baseline"
+BASELINE_VERSION = 1
+
+
+def save_baseline(run_dir: str | Path, file: str | Path) -> Path:
+    """Write the run's summary plus suite hash and provenance as a baseline JSON file."""
+    run = load_run(run_dir)
+    if run.summary.empty:
+        raise UserInputError(f"{run.path} has no summary rows to save as a baseline.")
+    rows = json_rows(run.summary.drop(columns=["series"]))
+    env = run.environment
+    payload = {
+        "format": BASELINE_FORMAT,
+        "version": BASELINE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_id": run.run_id,
+        "run_dir": str(run.path),
+        "suite_name": run.suite_name,
+        "suite_hash": run.suite_hash,
+        "measured_suite_hash": measured_suite_hash(run),
+        "git_commit": run.git_commit,
+        "device": run.device,
+        "environment": {k: env[k] for k in ("cpu", "threads", "python", "dtypes") if k in env},
+        "summary": rows,
+    }
+    out = check_output_file(file, "baseline save: FILE", "baseline.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    return out
+
+
+def load_baseline(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(source, dict):
+        payload = source
+        where = "baseline"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise UserInputError(f"baseline file {where!r} does not exist; make one with 'baseline save RUN_DIR FILE'.")
+        try:
+            payload = json.loads(path.read_text())
+        except ValueError as err:
+            raise UserInputError(f"baseline file {where!r} is not valid JSON ({err}).") from err
+    if not isinstance(payload, dict) or payload.get("format") != BASELINE_FORMAT:
+        raise UserInputError(f"{where!r} is not an orthrus baseline; make one with 'baseline save RUN_DIR FILE'.")
+    if not isinstance(payload.get("summary"), list):
+        raise UserInputError(f"{where!r} has no summary rows; re-save it with 'baseline save RUN_DIR FILE'.")
+    return payload
+
+
+def measured_suite_hash(run: RunData) -> str | None:
+    """sha256 of the run's suite without its gates: editing the gates keeps a baseline comparable."""
+    if not run.suite:
+        return None
+    measured = {k: v for k, v in run.suite.items() if k != "gates"}
+    return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: NaN becomes null, numpy scalars become Python numbers."""
+    return json.loads(frame.to_json(orient="records"))
