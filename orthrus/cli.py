@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orthrus.errors import ArgumentParser, UserInputError, remembering_interrupts
+from orthrus.results.vocabulary import FIELD
 
 COLOURS = ("\033[38;5;33m", "\033[38;5;208m")  # alternating per committed block
 RESET = "\033[0m"
@@ -114,12 +115,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             {
                 k: record[k]
                 for k in (
-                    "new_tokens",
-                    "tokens_per_forward",
-                    "acceptance_length",
-                    "e2e_ms",
-                    "ttft_ms",
-                    "kv_cache_bytes_peak",
+                    FIELD.new_tokens,
+                    FIELD.tokens_per_forward,
+                    FIELD.acceptance_length,
+                    FIELD.e2e_ms,
+                    FIELD.ttft_ms,
+                    FIELD.kv_cache_bytes_peak,
                     "stop_reason",
                 )
             }

@@ -1,4 +1,4 @@
-"""Output quality of an engine against the AR reference (definitions in METRICS.md).
+"""Output quality of an engine against the AR reference (definitions in docs/metrics.md).
 
 * ``compare_tokens``: exact identity, first divergent position, fraction of matching tokens.
 * ``divergence_margin``: the reference model's top-1 minus top-2 logit where the outputs part, to

@@ -1,4 +1,4 @@
-"""The map of the house (ARCHITECTURE.md) as a test: no import circle among orthrus modules, and no
+"""The map of the house (docs/architecture.md) as a test: no import circle among orthrus modules, and no
 module importing one from a layer above its own.
 
 Layers, bottom to top: models < engines < quality < results < {bench, train, profile} < report <
@@ -129,7 +129,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_every_module_has_a_layer():
     unplaced = sorted(m for m in import_graph() if layer_of(m) is None)
-    assert not unplaced, f"modules outside the map of ARCHITECTURE.md (give them a layer here): {unplaced}"
+    assert not unplaced, f"modules outside the map of docs/architecture.md (give them a layer here): {unplaced}"
 
 
 def test_no_module_imports_one_from_a_layer_above_or_beside_it():

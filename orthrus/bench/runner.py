@@ -27,6 +27,7 @@ import torch
 from orthrus.bench.environment import collect_environment, git_commit
 from orthrus.bench.executors.base import Executor, Job
 from orthrus.bench.planning import plan
+from orthrus.bench.progress import progress_bar
 from orthrus.bench.prompts import PromptFactory
 from orthrus.bench.schedule import CELL_PROMPT, PlannedCell, Unit
 from orthrus.bench.suite.spec import Suite
@@ -138,8 +139,8 @@ class Runner:
         self._write_metadata(planned)
         started = time.time()
         self._run_info("running", started)
-        bar = _progress(sum(item.measurements(measure.repetitions) for item in planned) - len(self.existing),
-                        self.options.quiet)
+        planned_count = sum(item.measurements(measure.repetitions) for item in planned)
+        bar = progress_bar(planned_count - len(self.existing), self.options.quiet)
         status = "finished"
         try:
             with ResultsWriter(results) as writer:
@@ -267,33 +268,3 @@ class Runner:
         if self.executor is not None:
             counts["executor"] = self.executor.info()
         return write_run_info(self.run_dir, status, started, session, head, counts)
-
-
-class NoBar:
-    """The progress bar's interface without a bar: messages go to stderr (or nowhere, ``echo=False``)."""
-
-    total = 0
-
-    def __init__(self, echo: bool = True) -> None:
-        self.echo = echo
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_description(self, text: str) -> None:
-        pass
-
-    def write(self, text: str) -> None:
-        if self.echo:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, quiet: bool) -> Any:
-    if quiet:
-        return NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=max(total, 0), unit="gen", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)

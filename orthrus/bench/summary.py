@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from orthrus.results.summary import frame_rows
+from orthrus.results.vocabulary import COLUMN
 
 __all__ = ["format_table", "print_summary"]
 
@@ -19,35 +20,61 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
     return format(value, spec)
 
 
+def _speedup(row: dict[str, Any], column: str) -> str:
+    """A same-run ratio with its bootstrap interval: 1.05 [0.98,1.12]."""
+    text = _fmt(row.get(column), ".2f")
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    return text + (f" [{low:.2f},{high:.2f}]" if low is not None and high is not None else "")
+
+
+def _mib(value: Any) -> Any:
+    return value / 2**20 if value is not None else None
+
+
+# (header, width, the text of a summary row); the batch columns appear when the run batched
+SETTINGS = (
+    ("engine", -16, lambda r: str(r.get("label") or r.get("engine"))[:16]),
+    ("source", -12, lambda r: str(r.get("prompt_source"))[:12]),
+    ("ctx", 5, lambda r: _fmt(r.get("context_length"), ".0f")),
+    ("blk", 4, lambda r: _fmt(r.get("block_size"), ".0f")),
+    ("B", 3, lambda r: _fmt(r.get("batch_size"), ".0f")),
+    ("T", 4, lambda r: _fmt(r.get("temperature"), ".1f")),
+    ("new", 4, lambda r: _fmt(r.get("max_new_tokens"), ".0f")),
+)
+FIGURES = (
+    ("ok/n", 6, lambda r: f"{r.get(COLUMN.n_ok) or 0}/{sum(r.get(c) or 0 for c in COUNTS)}"),
+    ("e2e ms", 9, lambda r: _fmt(r.get(COLUMN.e2e_ms_median))),
+    ("tok/s", 7, lambda r: _fmt(r.get(COLUMN.decode_tokens_per_s_median))),
+    ("TPF", 5, lambda r: _fmt(r.get(COLUMN.tokens_per_forward_median), ".2f")),
+    ("acc", 5, lambda r: _fmt(r.get(COLUMN.acceptance_length_mean), ".2f")),
+    ("speedup [95% CI]", 20, lambda r: _speedup(r, COLUMN.speedup_vs_ar)),
+    ("ident", 5, lambda r: _fmt(r.get(COLUMN.identity_exact_rate), ".2f")),
+    ("KV MiB", 7, lambda r: _fmt(_mib(r.get(COLUMN.kv_cache_bytes_peak_max)), ".2f")),
+    ("RSS MiB", 8, lambda r: _fmt(r.get(COLUMN.rss_peak_mib_max), ".0f")),
+)
+BATCH_FIGURES = (
+    ("batch tok/s", 11, lambda r: _fmt(r.get(COLUMN.batch_tokens_per_s_median))),
+    ("throughput vs AR [95% CI]", 25, lambda r: _speedup(r, COLUMN.throughput_speedup_vs_ar)),
+)
+COUNTS = (COLUMN.n_ok, COLUMN.n_failed, COLUMN.n_skipped)
+
+
 def format_table(frame: pd.DataFrame) -> str:
-    """A compact, fixed-width view of the summary for the terminal."""
+    """A compact, fixed-width view of the summary for the terminal. A run that batched shows the
+    batch's own throughput and its speedup over AR at the same batch size too (per-row tokens/s of a
+    batch read low by design: a row shares each pass with the others)."""
     if frame.empty:
         return "(no measurements)"
-    lines = []
-    header = (
-        f"{'engine':<16} {'source':<12} {'ctx':>5} {'blk':>4} {'B':>3} {'T':>4} {'new':>4} {'ok/n':>6} "
-        f"{'e2e ms':>9} {'tok/s':>7} {'TPF':>5} {'acc':>5} {'speedup [95% CI]':>20} {'ident':>5} "
-        f"{'KV MiB':>7} {'RSS MiB':>8}"
-    )
-    lines.append(header)
-    lines.append("-" * len(header))
-    for row in frame_rows(frame):
-        n = (row.get("n_ok") or 0) + (row.get("n_failed") or 0) + (row.get("n_skipped") or 0)
-        speedup = _fmt(row.get("speedup_vs_ar"), ".2f")
-        if row.get("speedup_vs_ar_ci_low") is not None:
-            speedup += f" [{row['speedup_vs_ar_ci_low']:.2f},{row['speedup_vs_ar_ci_high']:.2f}]"
-        kv = row.get("kv_cache_bytes_peak_max")
-        lines.append(
-            f"{str(row.get('label') or row.get('engine'))[:16]:<16} {str(row.get('prompt_source'))[:12]:<12} "
-            f"{_fmt(row.get('context_length'), '.0f'):>5} {_fmt(row.get('block_size'), '.0f'):>4} "
-            f"{_fmt(row.get('batch_size'), '.0f'):>3} {_fmt(row.get('temperature'), '.1f'):>4} {_fmt(row.get('max_new_tokens'), '.0f'):>4} "
-            f"{str(row.get('n_ok') or 0) + '/' + str(n):>6} {_fmt(row.get('e2e_ms_median')):>9} "
-            f"{_fmt(row.get('decode_tokens_per_s_median')):>7} {_fmt(row.get('tokens_per_forward_median'), '.2f'):>5} "
-            f"{_fmt(row.get('acceptance_length_mean'), '.2f'):>5} {speedup:>20} "
-            f"{_fmt(row.get('identity_exact_rate'), '.2f'):>5} "
-            f"{_fmt(kv / 2**20 if kv is not None else None, '.2f'):>7} {_fmt(row.get('rss_peak_mib_max'), '.0f'):>8}"
-        )
-    return "\n".join(lines)
+    rows = frame_rows(frame)
+    columns = [*SETTINGS, *FIGURES]
+    if any((row.get("batch_size") or 1) > 1 for row in rows):
+        columns += BATCH_FIGURES
+
+    def line(texts: list[str]) -> str:
+        return " ".join(f"{t:<{-w}}" if w < 0 else f"{t:>{w}}" for t, (_, w, _) in zip(texts, columns))
+
+    header = line([name for name, _, _ in columns])
+    return "\n".join([header, "-" * len(header), *(line([text(r) for _, _, text in columns]) for r in rows)])
 
 
 def print_summary(run_dir: Path, frame: Any, records: list[dict[str, Any]], info: dict[str, Any], quiet: bool) -> None:

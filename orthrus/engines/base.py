@@ -43,7 +43,7 @@ class EngineDescription:
 
 @dataclass
 class GenerationResult:
-    """What one ``generate`` call produced and how; metric names as in METRICS.md."""
+    """What one ``generate`` call produced and how; metric names as in docs/metrics.md."""
 
     tokens: list[int]
     prompt_tokens: int

@@ -46,11 +46,32 @@ from orthrus.errors import UserInputError
 from orthrus.profile.shapes import SHAPE_KEYS, same_shape, shape_name, spec_shape
 from orthrus.profile.timing import LatencyProfile, OutsideProfile
 from orthrus.results import RESULTS_FILE, ar_counterpart, read_records
+from orthrus.results.vocabulary import FIELD
 
 PROJECTION_FORMAT = "orthrus-projection"
 PROJECTION_VERSION = 1
 PROJECTION_FILE = "projection.json"
-PROJECTED_ENGINES = ("orthrus", "assisted")
+DUAL_VIEW, DRAFT_MODEL = "dual_view", "draft_model"  # the two ways an engine is projected
+
+
+def projection_kind(engine: str) -> str | None:
+    """How a profile projects an engine, from what the engine class says of itself: ``dual_view``
+    (one model drafts a block and verifies it: the profile's draft and verify passes, and its
+    ``orthrus_cycle`` engine step), ``draft_model`` (a separate draft model's decode steps, then a
+    verify pass), or None (not a drafting engine, or one this version does not know)."""
+    from orthrus.engines import engine_class
+
+    try:
+        cls = engine_class(engine)
+    except UserInputError:
+        return None
+    if cls.model_kind == DUAL_VIEW and cls.takes_block_size:
+        return DUAL_VIEW
+    return DRAFT_MODEL if cls.needs_draft_model else None
+
+
+# what a file of published acceptance may give (exactly one per entry)
+PUBLISHED_FIGURES = ("acceptance_by_position", "tokens_per_cycle", FIELD.tokens_per_forward)
 HONESTY_TOLERANCE_PCT = 15.0  # a projection "within" the measurement: |projected / measured - 1| <= 15%
 NOT_COMPARABLE = {
     "assisted": "not comparable with a measured speedup: projected from the bare passes, it leaves out "
@@ -152,10 +173,6 @@ class AcceptanceSource:
     measured: dict[str, float | None] = field(default_factory=dict)  # speedups measured in the run
 
 
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
 def _read_records(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / RESULTS_FILE
     if not path.is_file():
@@ -228,7 +245,7 @@ def acceptance_from_run(run_dir: str | Path) -> list[AcceptanceSource]:
     sources = []
     for cid, rs in by_cell.items():
         cell = cells[cid]
-        if cell.get("engine") not in PROJECTED_ENGINES:
+        if projection_kind(str(cell.get("engine"))) is None:
             continue
         drafted, accepted = [], []
         for r in rs:
@@ -238,7 +255,7 @@ def acceptance_from_run(run_dir: str | Path) -> list[AcceptanceSource]:
         rates = conditional_rates(drafted, accepted)
         if not rates:
             continue
-        block = _first(rs[0].get("block_size"), cell.get("block_size"), max(drafted) + 1)
+        block = rs[0].get("block_size")  # the engine's own (None: it drafts as many as it likes)
         ar_id = _ar_counterpart_id(cell, cells)
         ar_records = by_cell.get(ar_id, []) if ar_id else []
         label = cell.get("label") or cell.get("engine")
@@ -246,10 +263,10 @@ def acceptance_from_run(run_dir: str | Path) -> list[AcceptanceSource]:
         new = cell.get("max_new_tokens") or 0
         sources.append(
             AcceptanceSource(
-                label=f"{label} ctx={context} K={block} T={cell.get('temperature')}",
+                label=f"{label} ctx={context} K={block or max(drafted) + 1} T={cell.get('temperature')}",
                 engine=str(cell["engine"]),
                 conditional=rates,
-                block_size=int(block) if cell["engine"] == "orthrus" else None,
+                block_size=int(block) if block is not None else None,
                 context=float(context) + new / 2 if context is not None else None,
                 model=cell.get("model_path") or cell.get("model"),
                 shape=shape_of(cell.get("model_path")),
@@ -289,24 +306,22 @@ def acceptance_from_yaml(path: str | Path) -> list[AcceptanceSource]:
             if key not in entry:
                 raise UserInputError(f"{where} has no '{key}'.")
         block = int(entry["block_size"])
-        given = [k for k in ("acceptance_by_position", "tokens_per_cycle", "tokens_per_forward") if k in entry]
+        given = [k for k in PUBLISHED_FIGURES if k in entry]
         if len(given) != 1:
-            raise UserInputError(
-                f"{where} needs exactly one of acceptance_by_position, tokens_per_cycle, tokens_per_forward."
-            )
+            raise UserInputError(f"{where} needs exactly one of {', '.join(PUBLISHED_FIGURES)}.")
         assumption = None
         if given[0] == "acceptance_by_position":
             rates = [float(x) for x in entry["acceptance_by_position"]]
             if entry.get("rates", "unconditional") == "unconditional":
                 rates = conditional_from_unconditional(rates)
         else:
-            tau = float(entry[given[0]]) * (2.0 if given[0] == "tokens_per_forward" else 1.0)
+            tau = float(entry[given[0]]) * (2.0 if given[0] == FIELD.tokens_per_forward else 1.0)
             rates = geometric_rates(tau, block)
             assumption = (
                 f"only tokens per cycle ({tau:.2f} at K={block}) is published: "
                 f"constant conditional acceptance c={rates[0]:.3f} assumed at every position"
             )
-            if given[0] == "tokens_per_forward":
+            if given[0] == FIELD.tokens_per_forward:
                 assumption += " (tau = 2 x TPF)"
         if any(not 0.0 <= r <= 1.0 for r in rates):
             raise UserInputError(f"{where}: acceptance rates must lie in 0..1.")
@@ -427,7 +442,7 @@ def project_source(
         try:
             row.t_ar1_ms = target.time_ms("decode", context)
             row.t_verify_ms = target.time_ms("verify", context, block)
-            if source.engine == "assisted":
+            if projection_kind(source.engine) == DRAFT_MODEL:
                 if draft is None:
                     raise OutsideProfile("no profile of the draft model's shape on this device")
                 row.t_draft_ms = (block - 1) * draft.time_ms("decode", context)
@@ -439,7 +454,7 @@ def project_source(
             rows.append(row)
             continue
         row.speedup_passes = projected_speedup(row.tokens_per_cycle, row.t_ar1_ms, row.t_draft_ms, row.t_verify_ms)
-        if source.engine == "orthrus" and target.has_engine_steps:
+        if projection_kind(source.engine) == DUAL_VIEW and target.has_engine_steps:
             try:
                 row.t_step_ms = target.time_ms("ar_step", context)
                 row.t_cycle_ms = target.time_ms("orthrus_cycle", context, block)
@@ -458,7 +473,7 @@ def project_source(
             row.speedup = row.speedup_passes
         if source.assumption:
             notes.append("assumed: constant conditional acceptance (only tokens per cycle is published)")
-        if block == source.block_size or (source.engine == "assisted" and source.block_size is None):
+        if block == source.block_size or (projection_kind(source.engine) == DRAFT_MODEL and source.block_size is None):
             row.measured_speedup_decode = source.measured.get("speedup_decode")
             row.measured_speedup_e2e = source.measured.get("speedup_e2e")
             row.measured_by_round = list(source.measured.get("speedup_decode_by_round") or [])
@@ -510,7 +525,7 @@ def project(
         for source in sources:
             target = _pick_target(source, members, any_shape, warnings)
             draft = None
-            if source.engine == "assisted":
+            if projection_kind(source.engine) == DRAFT_MODEL:
                 draft = _pick_draft(source, members, target, any_shape, warnings)
             used_target = used_target or target[0]
             used_draft = used_draft or (draft[0] if draft else None)
@@ -520,7 +535,7 @@ def project(
                     row.forget_measurement()
             rows.extend(projected)
         target_profile = dict(members)[used_target]
-        if not target_profile.has_engine_steps and any(s.engine == "orthrus" for s in sources):
+        if not target_profile.has_engine_steps and any(projection_kind(s.engine) == DUAL_VIEW for s in sources):
             warnings.append(
                 f"profile {used_target} has no engine steps (made before profile format 2): Orthrus is "
                 "projected from the bare passes, which leave out the host work between them; re-measure "

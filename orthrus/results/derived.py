@@ -1,4 +1,4 @@
-"""Metrics derived from records and summary rows, each written once (definitions: METRICS.md).
+"""Metrics derived from records and summary rows, each written once (definitions: docs/metrics.md).
 
 - ``pooled_acceptance``: acceptance length per request (mean), token-weighted (all cycles of all
   requests pooled) and by position (pooled), over a group of records;
@@ -19,24 +19,12 @@ from typing import Any
 import numpy as np
 
 from orthrus.engines.base import GenerationResult
+from orthrus.results.vocabulary import AR_ENGINE, AR_MATCH, COLUMN, FIELD
 
-AR_ENGINE = "ar"
-# cell parameters an AR counterpart must share with a cell (the model and engine settings may
-# differ: a DLM is compared with the AR model); a parameter neither row has is not compared
-AR_MATCH_KEYS = (
-    "prompt_source",
-    "context_length",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_new_tokens",
-    "batch_size",
-    "device",
-    "dtype",
-    "seed",
-    "stop_at_eos",
-    "category",
-)
+# cell parameters an AR counterpart must share with a cell (the vocabulary's ``ar_match`` axes; the
+# model and engine settings may differ: a DLM is compared with the AR model); a parameter neither row
+# has is not compared
+AR_MATCH_KEYS = AR_MATCH
 
 
 def is_present(value: Any) -> bool:
@@ -71,8 +59,8 @@ def pooled_acceptance(
     drafted: list[int] = []
     accepted: list[int] = []
     for r in records:
-        if r.get("acceptance_length") is not None:
-            per_request.append(float(r["acceptance_length"]))
+        if r.get(FIELD.acceptance_length) is not None:
+            per_request.append(float(r[FIELD.acceptance_length]))
         if r.get("accepted_per_cycle"):
             accepted.extend(r["accepted_per_cycle"])
             drafted.extend(r.get("drafted_per_cycle") or [max(r["accepted_per_cycle"])] * len(r["accepted_per_cycle"]))
@@ -122,13 +110,13 @@ def counterpart_key(record: dict[str, Any], by_node: bool) -> str:
 
 def kv_overhead_bytes(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> float | None:
     """``kv_cache_bytes_peak_max`` of a summary row minus that of its AR counterpart (0 for AR)."""
-    own = row.get("kv_cache_bytes_peak_max")
+    own = row.get(COLUMN.kv_cache_bytes_peak_max)
     if not is_present(own):
         return None
     if row.get("engine") == AR_ENGINE:
         return 0.0
     ar = ar_counterpart(row, rows)
-    theirs = ar.get("kv_cache_bytes_peak_max") if ar is not None else None
+    theirs = ar.get(COLUMN.kv_cache_bytes_peak_max) if ar is not None else None
     return float(own) - float(theirs) if is_present(theirs) else None
 
 
@@ -146,10 +134,10 @@ def time_per_pass_after_prefill_ms(record: dict[str, Any]) -> float | None:
     """(e2e_ms - ttft_ms) / forward passes after the prefill, for an ok record that counted its passes."""
     if record.get("status", "ok") != "ok":
         return None
-    e2e, ttft, passes = record.get("e2e_ms"), record.get("ttft_ms"), record.get("forward_passes")
+    e2e, ttft, passes = record.get(FIELD.e2e_ms), record.get(FIELD.ttft_ms), record.get("forward_passes")
     if not (is_present(e2e) and is_present(ttft) and is_present(passes)):
         return None
-    prefill = (record.get("forward_passes_by_kind") or {}).get("prefill", 1)  # METRICS.md: the prefill is one
+    prefill = (record.get("forward_passes_by_kind") or {}).get("prefill", 1)  # docs/metrics.md: the prefill is one
     after = float(passes) - float(prefill)
     if after <= 0 or float(e2e) <= float(ttft):
         return None
@@ -193,10 +181,10 @@ def cost_model(rows: Iterable[dict[str, Any]], records: Iterable[dict[str, Any]]
         ar = ar_counterpart(row, rows)
         if ar is None:
             continue
-        accepted = row.get("acceptance_length_token_weighted")
+        accepted = row.get(COLUMN.acceptance_length_token_weighted)
         t1 = median_time_per_pass_ms(by_cell.get(str(ar.get("cell_id")), []))
         tk = median_time_per_pass_ms(by_cell.get(str(row.get("cell_id")), []))
-        measured = row.get("speedup_vs_ar")
+        measured = row.get(COLUMN.speedup_vs_ar)
         known = is_present(accepted) and t1 is not None and tk is not None and tk > 0
         predicted = cost_model_speedup(float(accepted), t1, tk) if known else None
         out.append(

@@ -1,7 +1,7 @@
 """The record of one measurement: one field list, built from a ``GenerationResult`` plus the engine's
 ``EngineDescription`` plus the identity of the (cell, prompt, repeat) it measured.
 
-Metric names and meanings are those of METRICS.md; memory fields carry their source in the name
+Metric names and meanings are those of docs/metrics.md; memory fields carry their source in the name
 and are null (None) when they could not be measured, never 0. Facts about the engine that ran
 (``block_size`` it actually used, ``kv_bytes_per_token`` of its model, ``lossless``) are recorded
 here, so that summaries, plots and gates read them instead of reconstructing them.

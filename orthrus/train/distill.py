@@ -1,6 +1,6 @@
 """Train the Orthrus diffusion view by self-distillation from its own frozen AR view.
 
-Recipe (ORTHRUS.md, scaled to a CPU): the training text is the base model's own greedy
+Recipe (the Orthrus paper's, arXiv 2605.12825, scaled to a CPU): the training text is the base model's own greedy
 continuations of corpus prompts; every sequence gets many anchors; each anchor a gets a block
 [x_a, MASK x (K-1)] that sees the AR keys/values of positions < a and its own block (one
 block-sparse SDPA pass, see ``OrthrusForCausalLM.forward_distill``); the loss is

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from orthrus.models.dlm import Qwen3DiffusionLM, load_diffusion_lm
 from orthrus.models.modeling_orthrus import load_state_dict, read_config, resolve_model_path
 from orthrus.models.zoo_index import ZOO_DIR
+from orthrus.results.vocabulary import FIELD
 from orthrus.train.base import WindowConfig, sample_batch, tokenize_stream, window_shape
 from orthrus.train.corpus import Document, corpus_documents
 from orthrus.train.loop import Step, StepFn, log, mean_of_last, start_run, train_loop
@@ -177,9 +178,9 @@ def evaluate_generations(
             tokens += result.new_tokens
             passes += result.total_forward_passes
         summary[name] = {
-            "ar_nll": sum(nlls) / max(len(nlls), 1),
-            "tokens_per_forward": tokens / max(passes, 1),
-            "new_tokens": tokens,
+            FIELD.ar_nll: sum(nlls) / max(len(nlls), 1),
+            FIELD.tokens_per_forward: tokens / max(passes, 1),
+            FIELD.new_tokens: tokens,
         }
     return summary
 
