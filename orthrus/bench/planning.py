@@ -18,7 +18,8 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
 
     Cells at batch size 1 come before batched ones (otherwise in suite order), so that every batched
     row finds the same engine's batch-1 tokens (batch invariance). A cell whose engine cannot batch
-    is planned as skipped above batch size 1 (its reason recorded), never run at batch 1 instead.
+    is planned as skipped above batch size 1 (its reason recorded), never run at batch 1 instead;
+    likewise a cell asking an engine that cannot run compiled for ``compile: true``.
     """
     cells = sorted(suite.cells, key=lambda c: c.batch_size != 1)  # expanded once, at validation
     if shard_spec is not None:
@@ -30,6 +31,10 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
         engine = engine_class(cell.engine.engine)
         if size > 1 and not engine.batchable:
             reason = f"engine {cell.engine.engine!r} cannot batch ({engine.cannot_batch_reason}); batch size {size}"
+            planned.append(PlannedCell(cell, skip=reason))
+            continue
+        if cell.engine.options.get("compile") and not engine.compilable:
+            reason = f"engine {cell.engine.engine!r} cannot run compiled ({engine.cannot_compile_reason})"
             planned.append(PlannedCell(cell, skip=reason))
             continue
         try:

@@ -41,11 +41,11 @@ class AREngine(CachedEngine):
     name = "ar"
 
     def _decode(self, state, max_new_tokens, settings, generator, eos_token_id, max_steps=None) -> BatchResult:
-        model, batch, lengths, active = self.model, state.batch, state.lengths, state.active
+        batch, lengths, active = state.batch, state.lengths, state.active
         token, steps = state.last, 0
         while any(active) and (max_steps is None or steps < max_steps):
             steps += 1
-            logits = model.forward_ar(token.view(-1, 1), state.cache, lengths)
+            logits = self.forward(token.view(-1, 1), state.cache, lengths)
             batch.record_pass("decode", active)
             token = pick_token(logits[:, -1], settings, generator)
             for r, (row, new) in enumerate(zip(batch.rows, token.tolist())):

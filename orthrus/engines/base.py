@@ -30,6 +30,8 @@ class EngineDescription:
     block_size: int | None  # the block size it actually uses (None: the engine takes none)
     kv_bytes_per_token: int | None  # bytes of K and V one position occupies in its model's cache
     needs_draft_model: bool = False
+    compile_s: float | None = None  # compiled engines: seconds spent compiling so far (None: eager)
+    compiled_graphs: int | None = None  # compiled engines: graphs compiled so far
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +40,8 @@ class EngineDescription:
             "lossless": self.lossless,
             "block_size": self.block_size,
             "kv_bytes_per_token": self.kv_bytes_per_token,
+            "compile_s": self.compile_s,
+            "compiled_graphs": self.compiled_graphs,
         }
 
 
@@ -365,7 +369,8 @@ class Engine:
 
     The class describes itself, so that a harness asks it instead of keeping lists of names:
     ``model_kind`` (which model it loads, one of MODEL_KINDS), ``takes_block_size``,
-    ``needs_draft_model``, ``batchable`` (``generate_batch`` at batch > 1), ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
+    ``needs_draft_model``, ``batchable`` (``generate_batch`` at batch > 1), ``compilable`` (``compile: true``),
+    ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
     ``options()`` (the constructor options it accepts, with their defaults) and, once built,
     ``describe()`` (the effective settings it will actually use).
     """
@@ -377,11 +382,21 @@ class Engine:
     # whether generate_batch decodes several prompts in one batch; if not, why (CannotBatchError says it)
     batchable: ClassVar[bool] = False
     cannot_batch_reason: ClassVar[str] = "it decodes one prompt at a time"
+    # whether ``compile: true`` runs its steps through torch.compile (see orthrus.engines.decoding); if not, why
+    compilable: ClassVar[bool] = False
+    cannot_compile_reason: ClassVar[str] = (
+        "compile: true is implemented for the engines that decode over the project's preallocated K/V cache "
+        "(fixed shapes per step), and this one does not"
+    )
     lossless: bool = True  # class default; an instance may set its own
 
-    def __init__(self, model: Any, **options: Any) -> None:
+    def __init__(self, model: Any, compile: bool = False, **options: Any) -> None:
         if options:
             raise UserInputError(_unknown_options_message(type(self), options))
+        if compile and not self.compilable:
+            raise UserInputError(
+                f"engine {self.name!r} cannot run compiled ({self.cannot_compile_reason}); set compile: false for it."
+            )
         self.model = model
         self.listener: Callable[[list[int]], None] | None = None  # streaming hook, see GenerationResult
 

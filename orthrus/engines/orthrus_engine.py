@@ -70,9 +70,10 @@ class OrthrusEngine(CachedEngine):
         block_size: int | None = None,
         cache: str = "static",
         accept_rule: str = "exact",
+        compile: bool = False,
         **options: Any,
     ) -> None:
-        super().__init__(model, cache=cache, **options)
+        super().__init__(model, cache=cache, compile=compile, **options)
         if block_size is None:  # the model's own training block, else the one default
             block_size = getattr(model.config, "block_size", None) or DEFAULT_BLOCK_SIZE
         self.block_size = int(block_size)
@@ -88,8 +89,13 @@ class OrthrusEngine(CachedEngine):
     def spare_slots(self, batch_size: int) -> int:
         # A finished row of a batch stays in it with its length frozen and still gets a block written
         # past it, as an unfinished one does: one block of slots beyond the AR engine's cache. A
-        # single row never drafts past its budget, so its cache is exactly AR's.
-        return self.block_size if batch_size > 1 else 0
+        # single row never drafts past its budget, so its cache is exactly AR's, unless compiled:
+        # a compiled step always drafts and verifies whole blocks (its shapes are fixed).
+        return self.block_size if batch_size > 1 or self.compiled else 0
+
+    def static_shapes(self) -> list[tuple[int, bool]]:
+        blocks = [(self.block_size, True), (self.block_size, False)] if self.block_size > 1 else []
+        return [(1, False), *blocks]
 
     def after_cycle(self, cache: Any, committed_lengths: list[int], tokens: list[list[int]]) -> None:
         """Hook called after every cycle (and every plain AR step); does nothing here.
@@ -102,14 +108,18 @@ class OrthrusEngine(CachedEngine):
 
     # ------------------------------------------------------------------ the decoding loop
     def _decode(self, state, max_new_tokens, settings, generator, eos_token_id, max_steps=None) -> BatchResult:
-        model, batch, cache, lengths, active = self.model, state.batch, state.cache, state.lengths, state.active
+        batch, cache, lengths, active = state.batch, state.cache, state.lengths, state.active
         rows, anchors, steps = batch.rows, state.last, 0
         while any(active) and (max_steps is None or steps < max_steps):
             steps += 1
             budgets = [max_new_tokens - row.new_tokens if live else 0 for row, live in zip(rows, active)]
-            size = min(self.block_size, max(budgets))  # the last blocks shrink
+            # the last blocks shrink; a compiled engine keeps whole blocks (fixed shapes) and caps
+            # what each row may keep by its budget instead, which commits the same tokens
+            size = min(self.block_size, max(budgets))
+            if self.compiled and size > 1:
+                size = self.block_size
             if size == 1:  # no live row has anything left to draft: one plain AR step
-                logits = model.forward_ar(anchors.view(-1, 1), cache, lengths)
+                logits = self.forward(anchors.view(-1, 1), cache, lengths)
                 anchors = pick_token(logits[:, -1], settings, generator)
                 commits, passes = [[t] for t in anchors.tolist()], ("decode",)
                 limits, accepted = [0] * len(rows), [0] * len(rows)
@@ -151,7 +161,7 @@ class OrthrusEngine(CachedEngine):
 
         Returns (per row: accepted drafts + next anchor, the next anchors [B], per row accepted).
         """
-        model, n, count = self.model, size - 1, anchors.shape[0]
+        n, count = size - 1, anchors.shape[0]
 
         # 1. draft: the diffusion view fills each row's [anchor, MASK x n] in one pass (row r's
         #    committed slots are only read); row r's block is only as wide as it would be alone
@@ -159,7 +169,7 @@ class OrthrusEngine(CachedEngine):
         block = torch.full((count, size), self.mask_token_id, device=anchors.device)
         block[:, 0] = anchors
         widths = [limit + 1 for limit in limits]
-        draft_logits = model.forward_diffusion(block, cache, lengths, widths)[:, :n]  # [B, n, V]
+        draft_logits = self.forward(block, cache, lengths, widths)[:, :n]  # [B, n, V]
 
         # 2. choose drafts: the diffusion view's argmax, or a sample from its warped distribution q
         q = None if settings.greedy else warp_probs(draft_logits, settings)
@@ -170,7 +180,7 @@ class OrthrusEngine(CachedEngine):
 
         # 3. verify: the AR view over [anchor, d1..dn] of every row writes row r's K/V at slots
         #    lengths[r] .. lengths[r] + n; row j of row r predicts draft j+1 (row n: the bonus)
-        verify_logits = model.forward_ar(torch.cat([anchors.view(-1, 1), drafts], 1), cache, lengths)
+        verify_logits = self.forward(torch.cat([anchors.view(-1, 1), drafts], 1), cache, lengths)
 
         # 4. accept per row a prefix of its first limits[r] drafts, then the AR view's own next token
         #    after it (a capped row's next token is the bonus after its last usable draft, exactly as

@@ -97,6 +97,10 @@ class _SpeculativeEngine(Engine):
 
     draft: nn.Module | None = None
     cannot_batch_reason = "transformers' assisted generation and prompt lookup decode batch size 1 only"
+    cannot_compile_reason = (
+        "it runs transformers' generate(), whose candidate length and dynamic cache change shape at every step, "
+        "so a compiled step would recompile at every step"
+    )
 
     def __init__(self, model: Any, **options: Any) -> None:
         super().__init__(model, **options)

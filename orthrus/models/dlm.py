@@ -85,7 +85,8 @@ class DiffusionAttention(nn.Module):
             keys[:, :, start : start + k.shape[2]] = k
             values[:, :, start : start + v.shape[2]] = v
             k, v = keys, values
-        out = attention_function(self.config._attn_implementation)(q, k, v, mask, False, self.head_dim**-0.5)
+        gqa = self.num_heads != self.num_kv_heads
+        out = attention_function(self.config._attn_implementation)(q, k, v, mask, False, self.head_dim**-0.5, gqa)
         return self.o_proj(out.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
 
 

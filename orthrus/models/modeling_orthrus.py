@@ -57,20 +57,19 @@ AutoConfig.register(OrthrusConfig.model_type, OrthrusConfig, exist_ok=True)
 
 
 def sdpa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float, gqa: bool
 ) -> torch.Tensor:
     """torch's fused scaled_dot_product_attention. q [B, H, Tq, D], k and v [B, Hkv, Tk, D] -> [B, H, Tq, D];
-    ``mask`` is boolean (True = may attend) and broadcasts to [B, H, Tq, Tk]; ``causal`` needs Tq == Tk."""
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
+    ``mask`` is boolean (True = may attend) and broadcasts to [B, H, Tq, Tk]; ``causal`` needs Tq == Tk;
+    ``gqa``: Hkv < H (grouped-query attention; a Python bool, also when compiled with dynamic shapes)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
 
 
 def eager_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float, gqa: bool
 ) -> torch.Tensor:
     """The same attention written out: softmax(q k^T * scale, masked) v, softmax in fp32 (as transformers' eager)."""
-    if k.shape[1] != q.shape[1]:  # grouped-query attention: each K/V head serves H / Hkv query heads
+    if gqa:  # grouped-query attention: each K/V head serves H / Hkv query heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
@@ -159,7 +158,7 @@ class OrthrusAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, suffix: str
     ) -> torch.Tensor:
         attention = attention_function(self.config._attn_implementation)  # read per call: set_attn_implementation works
-        out = attention(q, k, v, mask, causal, self.scaling)
+        out = attention(q, k, v, mask, causal, self.scaling, self.num_heads != self.num_kv_heads)
         out = out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1)
         return getattr(self, f"o_proj{suffix}")(out)
 
@@ -385,6 +384,41 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         read; the block's own K/V go into the row's free slots from starts[r] on, which the verify
         pass overwrites. Returns logits [B, K, V]; row j predicts block position j + 1."""
         return self._forward(block_ids, cache, starts, "_diff", None, widths)
+
+    def forward_static(
+        self,
+        ids: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        positions: torch.Tensor,
+        ends: torch.Tensor,
+        diffusion: bool,
+    ) -> torch.Tensor:
+        """One pass whose shapes depend only on the batch, the block and the cache's capacity, for
+        compiled decoding (no Python number in it changes as a sequence grows, so no step recompiles).
+
+        ids [B, T] at ``positions`` [B, T] (a tensor); ``keys``/``values``: a KVCache's per-layer
+        tensors [B, Hkv, C, D], written in place at the positions; every query attends over all C
+        slots with a mask: the AR view (``diffusion`` False) to slots up to its own position, the
+        diffusion view to slots below ``ends`` [B] (row r's prefix and the first ends[r] -
+        positions[r, 0] positions of its block). The same results as ``forward_ar`` /
+        ``forward_diffusion`` over the visible slots. Returns logits [B, T, V]."""
+        batch, steps = ids.shape
+        hidden = self.model.embed_tokens(ids)
+        cos, sin = self.model.rotary_emb(hidden, positions)
+        slots = torch.arange(keys[0].shape[2], device=ids.device).view(1, 1, -1)
+        visible = slots < ends.view(batch, 1, 1) if diffusion else slots <= positions.unsqueeze(-1)
+        mask = visible.unsqueeze(1)  # [B, 1, T, C]
+        index = positions.view(batch, 1, steps, 1)
+        suffix = "_diff" if diffusion else ""
+        for layer, layer_keys, layer_values in zip(self.model.layers, keys, values):
+            attn = layer.self_attn
+            q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, suffix)
+            where = index.expand(-1, k.shape[1], -1, k.shape[3])
+            layer_keys.scatter_(2, where, k)
+            layer_values.scatter_(2, where, v)
+            hidden = layer.feed_forward(hidden, attn.attend(q, layer_keys, layer_values, mask, False, suffix))
+        return self.lm_head(self.model.norm(hidden))
 
     def _forward(
         self,

@@ -69,16 +69,23 @@ def pooled_acceptance(
     return mean, weighted, acceptance_by_position(drafted, accepted) if drafted else None
 
 
+def compiled(row: dict[str, Any]) -> bool:
+    """The cell's engine runs compiled (its ``compile`` option)."""
+    return bool((row.get("engine_options") or {}).get("compile"))
+
+
 def ar_counterpart(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The AR row among ``rows`` (cells or summary rows) measured like ``row``; the same model first."""
+    """The AR row among ``rows`` (cells or summary rows) measured like ``row``: compiled when ``row``
+    is (eager when it is not), then the same model first."""
     candidates = [
         other
         for other in rows
         if other.get("engine") == AR_ENGINE
         and all(values_equal(other.get(k), row.get(k)) for k in AR_MATCH_KEYS if k in other or k in row)
     ]
-    same_model = [other for other in candidates if values_equal(other.get("model"), row.get("model"))]
-    return (same_model or candidates or [None])[0]
+    alike = [other for other in candidates if compiled(other) == compiled(row)] or candidates
+    same_model = [other for other in alike if values_equal(other.get("model"), row.get("model"))]
+    return (same_model or alike or [None])[0]
 
 
 def batch1_counterpart(cell: dict[str, Any], cells: Iterable[dict[str, Any]]) -> dict[str, Any] | None:

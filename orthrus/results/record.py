@@ -37,6 +37,8 @@ class MeasurementRecord:
     block_size: int | None = None  # the block size it actually used (None: the engine takes none)
     kv_bytes_per_token: int | None = None  # bytes of K and V one position occupies in its model's cache
     lossless: bool | None = None  # its output is the AR model's (greedy: identical tokens)
+    compile_s: float | None = None  # a compiled engine's seconds spent compiling so far (not in e2e)
+    compiled_graphs: int | None = None  # a compiled engine's graphs compiled so far
     # what was generated
     prompt_tokens: int | None = None
     new_tokens: int | None = None
@@ -306,6 +308,8 @@ def _facts(description: EngineDescription) -> dict[str, Any]:
         "block_size": description.block_size,
         "kv_bytes_per_token": description.kv_bytes_per_token,
         "lossless": description.lossless,
+        "compile_s": description.compile_s,
+        "compiled_graphs": description.compiled_graphs,
     }
 
 

@@ -507,6 +507,30 @@ METRICS: tuple[Metric, ...] = (
         "lower",
         description="time per measurement spent outside generate()",
     ),
+    Metric(
+        "compile_s_max",
+        "compile time",
+        "wall_clock",
+        "s",
+        "compile_s",
+        "max",
+        "lower",
+        ("compile_s",),
+        description="a compiled engine's seconds spent compiling its graphs (before the clock of the calls that"
+        " needed them: never in e2e, TTFT, ITL or tokens/s); None for an eager engine",
+    ),
+    Metric(
+        "compiled_graphs_max",
+        "compiled graphs",
+        "deterministic",
+        "graphs",
+        "compiled_graphs",
+        "max",
+        "lower",
+        ("compiled_graphs",),
+        description="graphs a compiled engine built for the cell (one per batch size, block and cache capacity"
+        " of each step kind); a step that recompiled per token would show here",
+    ),
     # batching: one record per row; batch figures counted once per decoded batch
     Metric(
         "batch_rows_median",
