@@ -15,9 +15,10 @@ from typing import Any
 from orthrus.engines.base import BatchResult, EngineDescription, GenerationResult
 
 RECORD_VERSION = 2  # 2: block_size / kv_bytes_per_token / lossless are fields (1 kept two of them in extra)
-# (batch_* and *_vs_batch1 fields and status "skipped" came later as optional fields: older records read as None)
+# (batch_* and *_vs_batch1 fields, status "skipped", draft_kv_cache_bytes_peak and extra_parameter* came
+# later as optional fields: older records read as None)
 # what a record says about the engine that ran (from EngineDescription), copied into the summary row
-ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless")
+ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless", "extra_parameters", "extra_parameter_bytes")
 
 
 @dataclass
@@ -37,6 +38,8 @@ class MeasurementRecord:
     block_size: int | None = None  # the block size it actually used (None: the engine takes none)
     kv_bytes_per_token: int | None = None  # bytes of K and V one position occupies in its model's cache
     lossless: bool | None = None  # its output is the AR model's (greedy: identical tokens)
+    extra_parameters: int | None = None  # weights it adds over the base model (None: it runs its own model)
+    extra_parameter_bytes: int | None = None  # their bytes
     # what was generated
     prompt_tokens: int | None = None
     new_tokens: int | None = None
@@ -61,7 +64,8 @@ class MeasurementRecord:
     tokens_per_step: float | None = None  # DLM engines
     memory_bandwidth_gb_s: float | None = None  # weight bytes per forward x forwards per second
     # memory, labelled by source (None = not measurable here)
-    kv_cache_bytes_peak: int | None = None
+    kv_cache_bytes_peak: int | None = None  # the target model's K/V cache
+    draft_kv_cache_bytes_peak: int | None = None  # a draft model's own K/V cache, beside it (None: none kept)
     nvml_device_used_mib: float | None = None
     nvml_process_used_mib: float | None = None
     torch_max_allocated_mib: float | None = None
@@ -155,6 +159,7 @@ class MeasurementRecord:
             acceptance_length=result.acceptance_length,
             acceptance_by_position=result.acceptance_by_position,
             kv_cache_bytes_peak=result.kv_cache_bytes_peak,
+            draft_kv_cache_bytes_peak=result.draft_kv_cache_bytes_peak,
             harness_overhead_ms=harness_overhead_ms,
             timestamp=timestamp,
             **_batch_fields(batch, batch_id, batch_index, batch_prompt_ids or [prompt_id]),
@@ -306,6 +311,8 @@ def _facts(description: EngineDescription) -> dict[str, Any]:
         "block_size": description.block_size,
         "kv_bytes_per_token": description.kv_bytes_per_token,
         "lossless": description.lossless,
+        "extra_parameters": description.extra_parameters,
+        "extra_parameter_bytes": description.extra_parameter_bytes,
     }
 
 
