@@ -4,6 +4,7 @@ code, so every step of a decoding algorithm is written once for one row and for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +29,17 @@ CACHE_KINDS = ("static", "dynamic")
 @dataclass
 class DecodeState:
     """Where a decoding loop stands: row r's cache holds ``lengths[r]`` committed entries, every token
-    it committed but the last, ``last[r]`` (not yet in the cache); ``active[r]`` until it finished."""
+    it committed but the last, ``last[r]`` (not yet in the cache); ``active[r]`` until it finished.
+    ``features``: the target hidden states the prefill kept (``CachedEngine.hidden_layers``), [B, T, F];
+    ``prompts``: the rows' prompts."""
 
     batch: BatchResult
     cache: KVCache
     lengths: list[int]
     last: torch.Tensor  # [B]
     active: list[bool]
+    features: torch.Tensor | None = None
+    prompts: list[list[int]] | None = None
 
 
 class CachedEngine(Engine):
@@ -45,6 +50,8 @@ class CachedEngine(Engine):
     """
 
     batchable = True
+    # the target hidden states (forward_ar's hidden_layers) the prefill keeps for a drafter; None: none
+    hidden_layers: Sequence[int] | None = None
 
     def __init__(self, model: Any, cache: str = "static", **options: Any) -> None:
         super().__init__(model, **options)
@@ -86,14 +93,19 @@ class CachedEngine(Engine):
         ids = torch.tensor([p + [0] * (longest - len(p)) for p in prompts], device=device)
         sync(device)
         batch.start()
-        logits = model.forward_ar(ids, cache, 0, last=[len(p) - 1 for p in prompts])
+        last = [len(p) - 1 for p in prompts]
+        features = None
+        if self.hidden_layers is None:
+            logits = model.forward_ar(ids, cache, 0, last=last)
+        else:
+            logits, features = model.forward_ar(ids, cache, 0, last=last, hidden_layers=self.hidden_layers)
         tokens = pick_token(logits, settings, generator)  # [B]
         active = [True] * len(prompts)
         batch.record_pass("prefill", active)
         for r, (row, token) in enumerate(zip(batch.rows, tokens.tolist())):
             row.record_step("prefill", [token])
             active[r] = not row_finished(row, max_new_tokens, eos_token_id)
-        return DecodeState(batch, cache, [len(p) for p in prompts], tokens, active)
+        return DecodeState(batch, cache, [len(p) for p in prompts], tokens, active, features, prompts)
 
     def _decode(
         self,
