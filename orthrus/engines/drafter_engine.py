@@ -111,9 +111,7 @@ def accept_drafts(
     uniform = torch.rand((count, n), generator=generator, device=drafts.device)
     verdicts = (uniform < ratio).tolist()
     accepted = [accept(verdicts[r][: limits[r]]) for r in range(count)]
-    probs = torch.stack(
-        [next_token_probs(p[r, : limits[r] + 1], q[r, : limits[r]], accepted[r]) for r in range(count)]
-    )
+    probs = torch.stack([next_token_probs(p[r, : limits[r] + 1], q[r, : limits[r]], accepted[r]) for r in range(count)])
     nexts = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     drafted = drafts.tolist()
     return [drafted[r][: accepted[r]] + [t] for r, t in enumerate(nexts.tolist())], nexts, accepted
@@ -218,7 +216,9 @@ class DrafterEngine(CachedEngine):
             budgets = [max_new_tokens - row.new_tokens if live else 0 for row, live in zip(rows, active)]
             size = min(self.block_size, max(budgets))  # the last blocks shrink
             if size == 1:  # no live row has anything left to draft: one plain AR step
-                logits, features = model.forward_ar(anchors.view(-1, 1), cache, lengths, hidden_layers=self.hidden_layers)
+                logits, features = model.forward_ar(
+                    anchors.view(-1, 1), cache, lengths, hidden_layers=self.hidden_layers
+                )
                 anchors = pick_token(logits[:, -1], settings, generator)
                 commits, passes = [[t] for t in anchors.tolist()], ("decode",)
                 limits, accepted = [0] * len(rows), [0] * len(rows)

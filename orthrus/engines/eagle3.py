@@ -76,7 +76,9 @@ class Eagle3Engine(DrafterEngine):
             if j == size - 1:
                 break
             at = (torch.tensor(lengths, device=anchors.device) + j - 1).view(-1, 1)  # the pair (h, d_j)
-            hidden, logits = draft.forward_pairs(hidden.unsqueeze(1), self._embed(token.view(-1, 1)), at, at, drafter.cache)
+            hidden, logits = draft.forward_pairs(
+                hidden.unsqueeze(1), self._embed(token.view(-1, 1)), at, at, drafter.cache
+            )
             hidden, logits = hidden[:, 0], logits[:, 0]
         q = None if settings.greedy else torch.stack(qs, 1)
         return torch.stack(drafts, 1), q, size - 1

@@ -125,7 +125,9 @@ def dflash_settings(config: dict[str, Any]) -> DFlashSettings:
     if inner is not None and not isinstance(inner, dict):
         raise UserInputError(f"the {WHAT} config's dflash_config must be a mapping, got {type(inner).__name__}.")
     architectures = config.get("architectures") or []
-    if "DFlash2DraftModel" in architectures or any(_field(config, k)[0] is not None for k in ("conv_kernel_size", "selector_rank")):
+    if "DFlash2DraftModel" in architectures or any(
+        _field(config, k)[0] is not None for k in ("conv_kernel_size", "selector_rank")
+    ):
         raise UserInputError(
             "the drafter is a DFlash2 model (candidate selector and convolutions: dflash_config.selector_rank, "
             "conv_kernel_size), which this suite does not run; use a DFlash (DFlashDraftModel) drafter."
@@ -197,7 +199,9 @@ def check_dflash_target(config: dict[str, Any], target: dict[str, Any]) -> None:
     check_layer_ids(settings.target_layer_ids, layers, _field(config, "target_layer_ids")[1], WHAT)
     declared = config_int(config, "num_target_layers", "num_target_layers", WHAT, None)
     if declared is None:
-        declared = config_int(config.get("dflash_config") or {}, "num_target_layers", "dflash_config.num_target_layers", WHAT, None)
+        declared = config_int(
+            config.get("dflash_config") or {}, "num_target_layers", "dflash_config.num_target_layers", WHAT, None
+        )
     if declared is not None and layers is not None and declared != layers:
         raise UserInputError(
             f"the {WHAT} config's num_target_layers ({declared}) differs from the target's {layers} layers; use a "
@@ -397,7 +401,9 @@ def write_random_dflash(
         "block_size": block_size,
         "num_target_layers": layers,
         "dflash_config": {
-            "mask_token_id": int(mask_token_id if mask_token_id is not None else target.get("mask_token_id") or facts["vocab_size"] - 1),
+            "mask_token_id": int(
+                mask_token_id if mask_token_id is not None else target.get("mask_token_id") or facts["vocab_size"] - 1
+            ),
             "target_layer_ids": ids,
         },
         "hidden_size": int(target["hidden_size"]),

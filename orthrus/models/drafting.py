@@ -131,14 +131,20 @@ def config_int(config: dict[str, Any], key: str, where: str, what: str, default:
     default, or not an integer, is one sentence."""
     value = config.get(key, default)
     if value is ...:
-        raise UserInputError(f"the {what} config has no {where}; it is required (a {what} checkpoint as released has it).")
+        raise UserInputError(
+            f"the {what} config has no {where}; it is required (a {what} checkpoint as released has it)."
+        )
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise UserInputError(f"the {what} config's {where} must be an integer, got {value!r}.")
     return value
 
 
 def layer_ids(value: Any, where: str, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
         raise UserInputError(f"the {what} config's {where} must be a non-empty list of layer indices, got {value!r}.")
     return tuple(value)
 

@@ -114,7 +114,9 @@ def eagle3_layout(config: dict[str, Any]) -> str:
             )
         return "speculators"
     if "dflash_config" in config:
-        raise UserInputError("the drafter is a DFlash drafter (it has dflash_config), not an EAGLE-3 one; use engine dflash.")
+        raise UserInputError(
+            "the drafter is a DFlash drafter (it has dflash_config), not an EAGLE-3 one; use engine dflash."
+        )
     architectures = " ".join(str(a) for a in config.get("architectures") or [])
     if "Eagle3" not in architectures and "draft_vocab_size" not in config:
         raise UserInputError(
@@ -129,7 +131,9 @@ def _layer_config(config: dict[str, Any], layout: str) -> tuple[dict[str, Any], 
         return config, ""
     inner = config.get("transformer_layer_config")
     if not isinstance(inner, dict):
-        raise UserInputError(f"the {WHAT} config has no transformer_layer_config; it is required in the speculators format.")
+        raise UserInputError(
+            f"the {WHAT} config has no transformer_layer_config; it is required in the speculators format."
+        )
     return inner, "transformer_layer_config."
 
 
@@ -151,13 +155,17 @@ def eagle3_settings(config: dict[str, Any]) -> Eagle3Settings:
             "EAGLE-3 drafter that reads three target layers."
         )
     if config.get("norm_before_fc"):
-        raise UserInputError(f"the {WHAT} config's norm_before_fc is true, which this suite does not run; use a drafter without it.")
+        raise UserInputError(
+            f"the {WHAT} config's norm_before_fc is true, which this suite does not run; use a drafter without it."
+        )
     ids, where = config.get("eagle_aux_hidden_state_layer_ids"), "eagle_aux_hidden_state_layer_ids"
     if ids is None and "eagle_aux_hidden_state_layer_ids" in eagle_config:
         ids, where = eagle_config["eagle_aux_hidden_state_layer_ids"], "eagle_config.eagle_aux_hidden_state_layer_ids"
     aux = layer_ids(ids, where, WHAT) if ids is not None else None
     if aux is not None and len(aux) != 3:
-        raise UserInputError(f"the {WHAT} config's {where} must name 3 target layers (low, middle, high), got {list(aux)}.")
+        raise UserInputError(
+            f"the {WHAT} config's {where} must name 3 target layers (low, middle, high), got {list(aux)}."
+        )
     before = config.get("norm_before_residual", layout == "speculators")
     tokens = None
     methods = (config.get("speculators_config") or {}).get("proposal_methods") if layout == "speculators" else None
@@ -429,7 +437,10 @@ def write_random_eagle3(
     else:
         config = {**layer, "architectures": ["LlamaForCausalLMEagle3"], **extra}
         if aux_layer_ids is not None:
-            config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(aux_layer_ids), "use_aux_hidden_state": True}
+            config["eagle_config"] = {
+                "eagle_aux_hidden_state_layer_ids": list(aux_layer_ids),
+                "use_aux_hidden_state": True,
+            }
     settings = eagle3_settings(config)
     drafter = Eagle3Drafter(eagle3_llama_config(config), settings, own_embeddings)
     init_random(drafter, std, seed)

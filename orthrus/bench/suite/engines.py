@@ -117,7 +117,7 @@ def check_drafter(kind: str, drafter: ModelSpec, target: ModelSpec, path: str) -
         config = read_json_object(drafter.resolved / "config.json")
         check_drafter_config(kind, config, read_json_object(target.resolved / "config.json"))
     except UserInputError as err:
-        raise fail(path, f"model {drafter.key!r} does not fit model {target.key!r}: {err}") from err
+        raise fail(path, f"model {drafter.key!r} cannot draft for model {target.key!r}: {err}") from err
     mine = drafter.resolved / "tokenizer.json"
     theirs = (target.tokenizer or target.resolved) / "tokenizer.json"
     if mine.is_file() and theirs.is_file():
@@ -128,7 +128,7 @@ def check_drafter(kind: str, drafter: ModelSpec, target: ModelSpec, path: str) -
         if not same:
             raise fail(
                 path,
-                f"model {drafter.key!r} does not fit model {target.key!r}: the drafter's tokenizer.json differs from "
+                f"model {drafter.key!r} cannot draft for model {target.key!r}: the drafter's tokenizer.json differs from "
                 "the target's; use a drafter trained with the target's tokenizer.",
             )
 
