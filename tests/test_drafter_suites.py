@@ -232,3 +232,20 @@ def test_run_bench_refuses_a_drafter_that_does_not_fit_before_anything_is_writte
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "target_layer_ids names layer 7" in lines[0] and "engines[1].draft_model" in lines[0]
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_the_command_line_generates_with_a_drafter_directory(checkpoints, capsys):
+    from orthrus.cli import main
+
+    outputs = {}
+    for engine, drafter in (("ar", None), ("dflash", "dflash"), ("eagle3", "eagle")):
+        args = ["generate", "--model", "tiny-orthrus", "--engine", engine, "--prompt-ids", "5,6,7,8", "--json"]
+        args += ["--max-new-tokens", "12"] + (["--draft-model", str(checkpoints[drafter])] if drafter else [])
+        assert main(args) == 0
+        outputs[engine] = json.loads(capsys.readouterr().out)
+    assert outputs["dflash"]["tokens"] == outputs["eagle3"]["tokens"] == outputs["ar"]["tokens"]
+    assert outputs["eagle3"]["forward_passes"]["draft"] > outputs["dflash"]["forward_passes"]["draft"] > 0
+    assert (
+        main(["generate", "--model", "tiny-orthrus", "--engine", "ar", "--draft-model", "x", "--prompt-ids", "5"]) == 2
+    )
+    assert "--draft-model applies to engines that need one" in capsys.readouterr().err

@@ -398,11 +398,14 @@ def write_random_eagle3(
     released layouts (``speculators`` or the authors' ``eagle``; module docstring): one layer of the
     target's width, the draft vocabulary ``draft_vocab`` (target ids, sorted; default: all of them) with
     its ``d2t`` and ``t2d`` maps, the target layers ``aux_layer_ids`` (default: none named, i.e.
-    (2, L // 2, L - 3))."""
+    (2, L // 2, L - 3); for a target of fewer than 4 layers (0, L // 2, L - 1), named)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     facts = target_facts(target)
     vocab, hidden = int(facts["vocab_size"]), int(target["hidden_size"])
+    layers = int(facts["num_hidden_layers"] or 1)
+    if aux_layer_ids is None and layers < 4:
+        aux_layer_ids = [0, layers // 2, layers - 1]
     kept = sorted(draft_vocab) if draft_vocab is not None else list(range(vocab))
     heads = int(target["num_attention_heads"])
     layer = {

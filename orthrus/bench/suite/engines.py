@@ -98,7 +98,8 @@ def _draft_model(name: str, draft: Any, path: str, model_keys: list[str]) -> str
             )
     elif draft is not None:
         takers = [n for n in engine_names() if engine_class(n).needs_draft_model]
-        raise fail(path, f"engine {name!r} takes no draft model (only {', '.join(takers)} does).")
+        verb = "does" if len(takers) == 1 else "do"
+        raise fail(path, f"engine {name!r} takes no draft model (only {', '.join(takers)} {verb}).")
     if draft is None:
         return None
     draft = as_str(draft, path)
