@@ -94,8 +94,9 @@ def test_greedy_equals_ar_with_a_random_drafter(orthrus_model, drafters, solo_ar
             result = engine.generate(prompt, max_new)
             assert result.tokens == solo_ar(orthrus_model, prompt, max_new), (n, max_new)
             check_books(result, name)
-            if block_size == 1:
+            if block_size == 1:  # plain AR decoding: the drafter neither runs nor holds anything
                 assert result.cycles == 0 and result.forward_passes["draft"] == 0
+                assert result.draft_kv_cache_bytes_peak == 0
 
 
 @pytest.mark.parametrize("block_size", [4, 8, 16])
@@ -321,3 +322,33 @@ def test_forward_ar_returns_transformers_hidden_states_and_the_same_logits(qwen3
     assert torch.allclose(step, plain[:, 200:203], atol=1e-5) and torch.allclose(
         rest, reference[1][:, 200:203], atol=1e-5
     )
+
+
+def test_drafter_passes_in_pieces_equal_one_pass(orthrus_model, drafters, prompts):
+    """Taking in a text in pieces (as cycles do) leaves the drafter's cache as one pass over it would, and
+    gives the same outputs: the prompt pass's causal shortcut and the later passes' masks agree."""
+    text = prompts[300][:40]
+    _, features = orthrus_model.forward_ar(
+        torch.tensor([text]), None, 0, hidden_layers=drafters["eagle3"].aux_layer_ids
+    )
+    eagle = drafters["eagle3"]
+    eagle.bind_target(2)
+    embeds = orthrus_model.model.embed_tokens(torch.tensor([text[1:] + [7]]))
+    whole, pieces = eagle.new_cache(1, 64), eagle.new_cache(1, 64)
+    at = torch.arange(40).unsqueeze(0)
+    once = eagle.forward_pairs(eagle.fuse(features), embeds, at, at, whole)
+    parts = [
+        eagle.forward_pairs(eagle.fuse(features[:, a:b]), embeds[:, a:b], at[:, a:b], at[:, a:b], pieces)
+        for a, b in ((0, 13), (13, 14), (14, 40))
+    ]
+    for i in range(2):
+        assert torch.allclose(once[i], torch.cat([part[i] for part in parts], 1), atol=1e-5)
+    assert torch.allclose(whole.keys[0][..., :40, :], pieces.keys[0][..., :40, :], atol=1e-6)
+    dflash = drafters["dflash"]
+    _, features = orthrus_model.forward_ar(torch.tensor([text]), None, 0, hidden_layers=dflash.hidden_layers)
+    whole, pieces = dflash.new_cache(1, 64), dflash.new_cache(1, 64)
+    dflash.write_context(features, [0], [40], whole)
+    for a, b in ((0, 13), (13, 14), (14, 40)):
+        dflash.write_context(features[:, a:b], [a], [b - a], pieces)
+    for held, exact in zip((*pieces.keys, *pieces.values), (*whole.keys, *whole.values)):
+        assert torch.allclose(held[..., :40, :], exact[..., :40, :], atol=1e-6)

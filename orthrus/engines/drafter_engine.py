@@ -150,7 +150,8 @@ class DrafterEngine(CachedEngine):
         self.accept_rule = accept_rule
         self.accept = ACCEPT_RULES[accept_rule]
         self.lossless = accept_rule in LOSSLESS_ACCEPT_RULES
-        self.hidden_layers = self.drafter.hidden_layers  # what the prefill and every verify pass keep
+        # what the prefill and every verify pass keep for the drafter (at K = 1 it never drafts: none)
+        self.hidden_layers = self.drafter.hidden_layers if self.block_size > 1 else None
 
     # ------------------------------------------------------------------ the drafter
     def _load_drafter(self, draft_model: Any) -> Any:
@@ -172,6 +173,11 @@ class DrafterEngine(CachedEngine):
                 "give a drafter directory."
             )
         check_drafter_config(kind, drafter.config_dict, self.model.config.to_dict())
+        if drafter.fc.weight.device != self.device:
+            raise UserInputError(
+                f"the {what} drafter is on {drafter.fc.weight.device} and the target on {self.device}; put both "
+                "models on one device."
+            )
         return drafter
 
     def _drafter_block_size(self) -> int:
@@ -191,6 +197,8 @@ class DrafterEngine(CachedEngine):
         """The drafter's cache (prompt + budget + spare slots + the spill slot per row) and, waiting for
         it, every prompt position's target hidden states and the token after each (the first output)."""
         prompts = state.prompts or []
+        if state.features is None:  # K = 1: plain AR decoding, the drafter holds nothing
+            return DrafterState(self.drafter.new_cache(len(prompts), 0), [0] * len(prompts), [], [])
         capacity = max(len(p) for p in prompts) + max_new_tokens + self.spare_slots(len(prompts)) + 1
         first = state.last.tolist()
         return DrafterState(
@@ -215,10 +223,13 @@ class DrafterEngine(CachedEngine):
             steps += 1
             budgets = [max_new_tokens - row.new_tokens if live else 0 for row, live in zip(rows, active)]
             size = min(self.block_size, max(budgets))  # the last blocks shrink
-            if size == 1:  # no live row has anything left to draft: one plain AR step
-                logits, features = model.forward_ar(
-                    anchors.view(-1, 1), cache, lengths, hidden_layers=self.hidden_layers
-                )
+            if size == 1:  # no live row has anything left to draft (or K = 1): one plain AR step
+                if self.hidden_layers is None:
+                    logits, features = model.forward_ar(anchors.view(-1, 1), cache, lengths), None
+                else:
+                    logits, features = model.forward_ar(
+                        anchors.view(-1, 1), cache, lengths, hidden_layers=self.hidden_layers
+                    )
                 anchors = pick_token(logits[:, -1], settings, generator)
                 commits, passes = [[t] for t in anchors.tolist()], ("decode",)
                 limits, accepted = [0] * len(rows), [0] * len(rows)
@@ -238,7 +249,8 @@ class DrafterEngine(CachedEngine):
                 if not active[r]:
                     continue
                 new, _ = truncate_at_eos(commits[r], eos_token_id)
-                drafter.wait(r, features[r, : len(new)], new)  # positions lengths[r] .. get their hidden states
+                if features is not None:  # positions lengths[r] .. get their hidden states
+                    drafter.wait(r, features[r, : len(new)], new)
                 lengths[r] += len(new)
                 if drafting[r]:
                     row.record_step(passes, new, limits[r], accepted[r])

@@ -334,8 +334,14 @@ class Eagle3Drafter(nn.Module):
         v = attn.heads(attn.v_proj(x))
         span = int(positions.max()) + 1
         keys, values = cache.scatter(0, scatter_index(slots, attn.num_kv_heads, attn.head_dim), k, v, span)
-        mask = torch.arange(span, device=x.device).view(1, 1, 1, span) <= positions.view(batch, 1, steps, 1)
-        out = attention_function(self.attn_implementation)(q, keys, values, mask, False, attn.scaling)
+        if steps > 1 and bool((positions[:, 0] == 0).all()):
+            # every row from position 0 (the prompts): plain causal attention over slots [0, T), no
+            # T x T mask (a row's padding follows its entries, and no real query sees it)
+            mask, causal = None, True
+        else:
+            mask = torch.arange(span, device=x.device).view(1, 1, 1, span) <= positions.view(batch, 1, steps, 1)
+            causal = False
+        out = attention_function(self.attn_implementation)(q, keys, values, mask, causal, attn.scaling)
         hidden = residual + attn.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return hidden, self.lm_head(self.norm(hidden))
