@@ -81,3 +81,21 @@ def test_eagle3_never_drafts_outside_its_draft_vocabulary(small_vocab_model, dra
     assert all(torch.all(q[..., outside] == 0) for _, q in engine.seen)
     assert {t for drafts, _ in engine.seen for t in drafts.flatten().tolist()} <= set(DRAFT_VOCAB)
     assert set(produced) - set(DRAFT_VOCAB) and accepted > 60  # the acceptance path is exercised
+
+
+@pytest.mark.parametrize("engine_name", ["dflash", "eagle3"])
+def test_sampled_rows_of_a_batch_have_the_ar_distribution(small_vocab_model, drafters, engine_name):
+    """Rows of different lengths sampled together: each row's (second, third) token pair has the AR
+    distribution of its own prompt (1500 batches of 4)."""
+    from tests.test_batch_engines import SAMPLING_PROMPTS
+    from tests.test_batch_engines import exact_pair_distribution as exact_for
+
+    settings = SETTINGS[0]
+    engine = build_engine(engine_name, small_vocab_model, draft_model=drafters[engine_name], block_size=4)
+    counts = [torch.zeros(VOCAB, VOCAB) for _ in SAMPLING_PROMPTS]
+    for seed in range(1500):
+        batch = engine.generate_batch(SAMPLING_PROMPTS, 3, temperature=settings.temperature, seed=seed)
+        for row, tally in zip(batch.rows, counts):
+            tally[row.tokens[1], row.tokens[2]] += 1
+    for r, prompt in enumerate(SAMPLING_PROMPTS):
+        assert chi_square_p_value(counts[r], exact_for(small_vocab_model, prompt, settings)) > 1e-3, f"row {r}"
