@@ -34,7 +34,8 @@ and vLLM's ``vllm/model_executor/models/llama_eagle3.py`` with
   ``norm``, ``lm_head``, ``d2t``, ``t2d``, optionally ``embed_tokens``.
 
 The target layers: an aux id i is the hidden state *entering* target layer i (transformers'
-``hidden_states[i]``; vLLM collects it before layer i, EAGLE's own modeling files likewise); without
+``hidden_states[i]``; vLLM collects it before layer i, EAGLE's own modeling files likewise), and the
+three are concatenated in layer order, as they are collected while the target runs; without
 ids in the config, (2, L // 2, L - 3) for a target of L layers, as both do. Without its own
 ``embed_tokens`` the drafter embeds with the target's embeddings.
 """
@@ -161,7 +162,8 @@ def eagle3_settings(config: dict[str, Any]) -> Eagle3Settings:
     ids, where = config.get("eagle_aux_hidden_state_layer_ids"), "eagle_aux_hidden_state_layer_ids"
     if ids is None and "eagle_aux_hidden_state_layer_ids" in eagle_config:
         ids, where = eagle_config["eagle_aux_hidden_state_layer_ids"], "eagle_config.eagle_aux_hidden_state_layer_ids"
-    aux = layer_ids(ids, where, WHAT) if ids is not None else None
+    # concatenated in layer order, as the target's states are collected while it runs (vLLM, EAGLE)
+    aux = tuple(sorted(layer_ids(ids, where, WHAT))) if ids is not None else None
     if aux is not None and len(aux) != 3:
         raise UserInputError(
             f"the {WHAT} config's {where} must name 3 target layers (low, middle, high), got {list(aux)}."
