@@ -57,6 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from orthrus.models import load_causal_lm, resolve_model_path
     from orthrus.models.checkpoint import check_remote_code, load_tokenizer
     from orthrus.models.dlm import load_diffusion_lm
+    from orthrus.models.drafters import DRAFTER_KINDS, load_drafter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +69,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             takers = ", ".join(repr(n) for n in engine_names() if engine_class(n).takes_block_size)
             raise UserInputError(f"--block-size applies to engines that take a block size ({takers}), not {name!r}.")
         options["block_size"] = args.block_size
+    if args.draft_model is not None:
+        if not cls.needs_draft_model:
+            takers = ", ".join(repr(n) for n in engine_names() if engine_class(n).needs_draft_model)
+            raise UserInputError(f"--draft-model applies to engines that need one ({takers}), not {name!r}.")
+        options["draft_model"] = args.draft_model
     model_dir = resolve_model_path(args.model)
     trust, where = args.trust_remote_code, f"--model {args.model}"
     fix = "pass --trust-remote-code, only if you trust that code"
@@ -89,6 +95,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids = tokenizer(args.prompt)["input_ids"]
     else:
         prompt_ids = _parse_ids(args.prompt_ids)
+    if args.draft_model is not None and cls.draft_model_kind in DRAFTER_KINDS:  # its code allowed as the model's
+        options["draft_model"] = load_drafter(
+            cls.draft_model_kind,
+            args.draft_model,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=trust,
+            attn_implementation=args.attn_implementation,
+        )
     engine = build_engine(name, model, **options)
     eos = args.eos_token_id
     if eos is None and tokenizer is not None:
@@ -244,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="checkpoint directory or zoo name (e.g. tiny-orthrus)")
     gen.add_argument("--engine", help="a registered engine name (default: the Orthrus dual-view engine)")
     gen.add_argument("--block-size", type=int, help="for engines that take one (default: the model's own)")
+    gen.add_argument(
+        "--draft-model",
+        help="for engines that need one: a draft model (assisted; default tiny-draft) or a DFlash or EAGLE-3 "
+        "drafter directory (dflash, eagle3)",
+    )
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=0)

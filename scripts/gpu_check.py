@@ -20,7 +20,11 @@ the next one runs; only a failed preflight stops the check):
   profile_8b     (60 s) the same for qwen3-shape:8b (no checkpoint)
   profile_0.6b   (25 s) qwen3-shape:0.6b, decode only: the draft model of `assisted`; saves its checkpoint
   shapes_suite   (70 s) ar, orthrus and assisted on the random-weight 1.7B (0.6B draft) in bf16 at 2K and
-                 16K context (writes the checkpoints first if a profile stage did not)
+                 16K context, and dflash and eagle3 on random-weight drafters for it (a 5-layer DFlash, a
+                 1-layer EAGLE-3 over a 32k draft vocabulary, in their released layouts) at 2K only: at
+                 16K their 64 cycles of K = 32 (a random drafter is never right; EAGLE-3's chain is 31
+                 drafter passes a cycle) would not fit the cap (writes the checkpoints first if a profile
+                 stage did not, and the drafters, about 5 s)
   project        (10 s, in this process) the shapes run projected with this GPU's 1.7B and 0.6B profiles:
                  projection vs measurement, a check of the cost model
   batch_sweep    (90 s) ar and orthrus on the 1.7B shape in bf16 at batch sizes 1, 4, 16 (2K context,
@@ -98,7 +102,7 @@ MEANINGFUL = (
 NOT_MEANINGFUL = (
     "acceptance (accepted drafts per cycle, acceptance by position)",
     "tokens per forward",
-    "speedups of the drafting methods (orthrus, assisted) over AR, measured or projected: random"
+    "speedups of the drafting methods (orthrus, assisted, dflash, eagle3) over AR, measured or projected: random"
     " weights draft and accept what no trained model would; for real checkpoints project published"
     " acceptance (reports/profiles/paper_acceptance.yaml) onto these profiles",
 )
@@ -193,7 +197,10 @@ CAPS: dict[str, int] = {
     "profile_1.7b": 55,  # start-up 15, build + save 4 GB ~8, 3 contexts x 22 cells ~25
     "profile_8b": 60,  # start-up 15, build 16 GB ~5, 3 contexts x 22 cells ~35
     "profile_0.6b": 25,  # start-up 15, build + save ~3, decode only ~3
-    "shapes_suite": 70,  # start-up 15, load 5 GB ~5, 3 engines x 2 contexts x 3 calls ~25, report ~5
+    # start-up 15, load 5 GB ~5, 3 engines x 2 contexts x 3 calls ~25, dflash and eagle3 at 2K x 3 calls ~12
+    # (not measured on a GPU yet: 64 cycles of K = 32 each; EAGLE-3's 31 chained drafter passes dominate),
+    # writing and loading their random drafters ~5, report ~5: whatever the stages before it left helps
+    "shapes_suite": 70,
     "project": 10,  # in this process: arithmetic on files
     "batch_sweep": 90,  # start-up 15, load ~5, 16+4+1 batches x 2 engines x (1 + warm-up) ~45, report ~5
 }
@@ -221,23 +228,39 @@ class Stage:
     fixed: bool = False  # a cap given on the command line: exactly that, no time carried over into it
 
 
-def shape_suite(settings: Settings, target: Path, draft: Path) -> dict[str, Any]:
-    """A long_context_gpu-style suite on random-weight checkpoints (the zoo's tokenizer for prompts)."""
+DRAFTER_ENGINES = ("dflash", "eagle3")  # on random-weight drafters, at the first shapes context only
+
+
+def shape_suite(settings: Settings, target: Path, draft: Path, drafters: dict[str, Path] | None = None) -> dict[str, Any]:
+    """A long_context_gpu-style suite on random-weight checkpoints (the zoo's tokenizer for prompts);
+    ``drafters``: the DFlash and EAGLE-3 drafter directories (default: beside the target)."""
+    drafters = drafters or drafter_dirs(target.parent)
     model = {"dtype": "bfloat16", "device": settings.device, "tokenizer": TOKENIZER}
     return {
         "name": "gpu_check_shapes",
-        "description": f"Orthrus vs AR and assisted on random-weight {settings.target} ({settings.draft} draft), bf16.",
-        "models": {"target": {"path": str(target), **model}, "draft": {"path": str(draft), **model}},
+        "description": f"Orthrus vs AR, assisted, DFlash and EAGLE-3 on random-weight {settings.target} "
+        f"({settings.draft} draft, random drafters), bf16.",
+        "models": {
+            "target": {"path": str(target), **model},
+            "draft": {"path": str(draft), **model},
+            **{f"{name}_drafter": {"path": str(drafters[name]), **model} for name in DRAFTER_ENGINES},
+        },
         "engines": [
             {"engine": "ar", "model": "target"},
             {"engine": "orthrus", "model": "target"},
             {"engine": "assisted", "model": "target", "draft_model": "draft"},
+            *({"engine": name, "model": "target", "draft_model": f"{name}_drafter"} for name in DRAFTER_ENGINES),
         ],
         "sweep": {
             "context_lengths": list(settings.shapes_contexts),
             "block_sizes": [settings.shapes_block],
             "temperatures": [0.0],
             "max_new_tokens": [settings.shapes_new_tokens],
+            "exclude": [
+                {"engine": name, "context_length": context}
+                for name in DRAFTER_ENGINES
+                for context in settings.shapes_contexts[1:]
+            ],
         },
         "prompts": [{"source": "synthetic", "corpus": "heldout", "count": 1}],
         # interleaved: AR and the drafting engines share the machine's moments (the projection's check)
@@ -270,6 +293,24 @@ def batch_suite(settings: Settings, target: Path) -> dict[str, Any]:
     }
 
 
+def drafter_dirs(work: Path) -> dict[str, Path]:
+    return {name: work / f"{name}-drafter" for name in DRAFTER_ENGINES}
+
+
+def write_drafters_command(target: Path, drafters: dict[str, Path]) -> Command:
+    """A process writing random-weight drafters for the target checkpoint, in their released layouts
+    (skipped when both are there): a 5-layer DFlash (as z-lab's Qwen3-8B drafter), a 1-layer EAGLE-3 over
+    the 32k most frequent ids (the first 32k here)."""
+    code = (
+        "import torch; from orthrus.models.drafters import target_config_of, write_random_drafter as w; "
+        f"t = target_config_of({str(target)!r}); "
+        f"w('dflash', t, {str(drafters['dflash'])!r}, num_layers=5, dtype=torch.bfloat16); "
+        f"w('eagle3', t, {str(drafters['eagle3'])!r}, draft_vocab=range(min(32000, t['vocab_size'])), "
+        "dtype=torch.bfloat16)"
+    )
+    return Command(argv=[sys.executable, "-c", code], unless_exists=tuple(p / "config.json" for p in drafters.values()))
+
+
 def shape_slug(spec: str) -> str:
     return "qwen3-" + spec.removeprefix("qwen3-shape:")
 
@@ -284,9 +325,9 @@ def stages(out: Path, work: Path, settings: Settings = GPU, caps: dict[str, floa
     caps = {**CAPS, **(caps or {})}
     py = sys.executable
     runs = work / "runs"
-    target, draft = work / "target", work / "draft"
+    target, draft, drafters = work / "target", work / "draft", drafter_dirs(work)
     suite_file = work / "shapes.yaml"
-    suite_file.write_text(json.dumps(shape_suite(settings, target, draft), indent=1))  # JSON is YAML
+    suite_file.write_text(json.dumps(shape_suite(settings, target, draft, drafters), indent=1))  # JSON is YAML
     batch_file = work / "batch.yaml"
     batch_file.write_text(json.dumps(batch_suite(settings, target), indent=1))
     device = settings.device
@@ -402,8 +443,13 @@ def stages(out: Path, work: Path, settings: Settings = GPU, caps: dict[str, floa
         Stage(
             "shapes_suite",
             caps["shapes_suite"],
-            "ar, orthrus, assisted on the random-weight target (draft as assisted's) in bf16",
-            [write_checkpoints((settings.target, target), (settings.draft, draft)), bench(suite_file, "shapes")],
+            "ar, orthrus, assisted on the random-weight target (draft as assisted's) in bf16; dflash and eagle3 on "
+            "random drafters at the first context",
+            [
+                write_checkpoints((settings.target, target), (settings.draft, draft)),
+                write_drafters_command(target, drafters),
+                bench(suite_file, "shapes"),
+            ],
             collect_run(runs / "gpu_check_shapes" / "shapes", "shapes"),
             model=f"{settings.target} + {settings.draft}",
         ),
@@ -659,6 +705,8 @@ SHAPE_COLUMNS = [
     ("NVML MiB", "nvml_device_used_mib_max"),
     ("torch MiB", "torch_max_allocated_mib_max"),
     ("KV bytes", "kv_cache_bytes_peak_max"),
+    ("draft KV bytes", "draft_kv_cache_bytes_peak_max"),
+    ("extra params", "extra_parameters"),
     ("identical", "identity_exact_rate"),
     ("margin", "divergence_margin_median"),
     ("TPF*", "tokens_per_forward_median"),

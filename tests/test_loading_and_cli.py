@@ -92,7 +92,7 @@ def test_cli_json_output(capsys, saved_orthrus):
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--prompt-ids", ",".join(["5"] * 5000)], "exceeds the model's context"),
         (["--prompt-ids", "5,x"], "--prompt-ids must be comma-separated integers"),
-        (["--engine", "ar", "--block-size", "4"], "--block-size applies to engines that take a block size ('orthrus')"),
+        (["--engine", "ar", "--block-size", "4"], "--block-size applies to engines that take a block size ('dflash', 'eagle3', 'orthrus')"),
         (["--engine", "orthrus_x"], "unknown engine 'orthrus_x' (did you mean 'orthrus'?)"),
         (["--attn-implementation", "flex_attention"], "use one of sdpa, eager"),
         (

@@ -1,7 +1,9 @@
 """The report, compare and the gates read their metric lists from the vocabulary and behave as they
 did when each kept its own table: the same summary-table columns in the same order, the same noise
 rule and direction for every metric compare judges, the same memory sources, the same gate names,
-and the same wall-clock refusals (one more: harness_overhead_ms_median, a clock time)."""
+and the same wall-clock refusals (one more: harness_overhead_ms_median, a clock time). Added since, on
+purpose: the draft model's own KV cache (draft_kv_cache_bytes_peak_max) in compare, the report table and
+the memory plot, beside the target's."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ COMPARED_BEFORE = (
     ("tpot_ms_median", "latency", False, "tpot_ms_p90"),
     ("e2e_ms_median", "latency", False, "e2e_ms_p90"),
     ("kv_cache_bytes_peak_max", "deterministic", False, None),
+    ("draft_kv_cache_bytes_peak_max", "deterministic", False, None),
     ("rss_peak_mib_max", "memory", False, None),
     ("nvml_process_used_mib_max", "memory", False, None),
     ("torch_max_allocated_mib_max", "memory", False, None),
@@ -46,11 +49,13 @@ TABLE_BEFORE = (
     ("match_fraction_mean", "match"),
     ("ar_nll_mean", "AR NLL"),
     ("kv_cache_bytes_peak_max", "KV peak MiB"),
+    ("draft_kv_cache_bytes_peak_max", "draft KV MiB"),
     ("rss_peak_mib_max", "RSS MiB"),
     ("nvml_process_used_mib_max", "NVML proc MiB"),
 )
 MEMORY_BEFORE = (
     ("kv_cache_bytes_peak_max", "KV cache held (exact, from tensors)", "MiB", 1 / MIB),
+    ("draft_kv_cache_bytes_peak_max", "draft model's own KV cache (exact)", "MiB", 1 / MIB),
     ("nvml_device_used_mib_max", "NVML device used", "MiB", 1.0),
     ("nvml_process_used_mib_max", "NVML this process", "MiB", 1.0),
     ("torch_max_allocated_mib_max", "torch max allocated", "MiB", 1.0),
@@ -159,6 +164,7 @@ def test_the_report_table_and_the_memory_plot_show_what_they_showed():
 
 def test_the_gate_names_are_those_the_gates_had():
     assert {name: METRIC_ALIASES.get(name) for name in ALIASES_BEFORE} == ALIASES_BEFORE
+    assert METRIC_ALIASES["draft_kv_cache_bytes_peak"] == COLUMN.draft_kv_cache_bytes_peak_max
 
 
 @pytest.mark.parametrize("column", [c for c in SUMMARY_COLUMNS if c not in COLUMNS_BEFORE])

@@ -11,6 +11,7 @@ import torch
 from orthrus.bench.suite.spec import Cell, ModelSpec
 from orthrus.engines import build_engine, engine_class
 from orthrus.errors import UserInputError
+from orthrus.models.drafters import DRAFTER_KINDS
 
 
 class CellFailure(Exception):
@@ -23,10 +24,21 @@ def one_line(err: BaseException) -> str:
     return line[:500]
 
 
+# the loaders beside the causal one: a model kind (MODEL_KINDS) or a draft model kind (DRAFT_MODEL_KINDS)
+# that names one of these loads through it
+OWN_LOADERS = ("dlm", *DRAFTER_KINDS)
+
+
 def loader_key(model_key: str, model_kind: str) -> tuple[str, str]:
-    """A model is loaded once per loader: the DLM loader for ``dlm`` engines, else the causal loader,
-    whose model has both views (so ``causal`` and ``dual_view`` engines share it)."""
-    return (model_key, "dlm" if model_kind == "dlm" else "causal")
+    """A model is loaded once per loader: the DLM loader for ``dlm`` engines, a drafter's loader for a
+    DFlash or EAGLE-3 draft model, else the causal loader, whose model has both views (so ``causal``
+    and ``dual_view`` engines, and assisted's causal draft model, share it)."""
+    return (model_key, model_kind if model_kind in OWN_LOADERS else "causal")
+
+
+def draft_loader(cell: Cell) -> str:
+    """The loader the cell's draft model goes through: what its engine class says it needs."""
+    return engine_class(cell.engine.engine).draft_model_kind or "causal"
 
 
 def models_needed(cells: list[Cell], reference: ModelSpec | None = None) -> set[tuple[str, str]]:
@@ -35,7 +47,7 @@ def models_needed(cells: list[Cell], reference: ModelSpec | None = None) -> set[
     for cell in cells:
         keep.add(loader_key(cell.model.key, engine_class(cell.engine.engine).model_kind))
         if cell.draft_model is not None:
-            keep.add(loader_key(cell.draft_model.key, "causal"))
+            keep.add(loader_key(cell.draft_model.key, draft_loader(cell)))
     return keep
 
 
@@ -88,7 +100,7 @@ class ModelPool:
 
 
 def load_model(spec: ModelSpec, loader: str) -> Any:
-    """The model behind ``spec`` through ``loader`` ('dlm' or 'causal'), in eval mode."""
+    """The model behind ``spec`` through ``loader`` ('dlm', 'causal' or a drafter kind), in eval mode."""
     if spec.resolved is None:
         raise CellFailure(spec.missing_reason or f"model {spec.key!r} is not available")
     options: dict[str, Any] = dict(
@@ -101,6 +113,13 @@ def load_model(spec: ModelSpec, loader: str) -> Any:
         from orthrus.models.dlm import load_diffusion_lm
 
         model = load_diffusion_lm(spec.resolved, **options)
+    elif loader in DRAFTER_KINDS:
+        from orthrus.models.checkpoint import check_remote_code
+        from orthrus.models.drafters import load_drafter
+
+        check_remote_code(spec.resolved, spec.trust_remote_code, f"models.{spec.key}")  # named by its suite key
+        model = load_drafter(loader, spec.resolved, **options)
+        model.name_or_path = spec.path
     else:
         from orthrus.models import load_causal_lm
         from orthrus.models.checkpoint import check_remote_code
@@ -119,7 +138,7 @@ def build_cell_engine(cell: Cell, pool: ModelPool) -> Any:
     if cell.block_size is not None:
         options["block_size"] = cell.block_size
     if cell.draft_model is not None:
-        options["draft_model"] = pool.get(cell.draft_model)
+        options["draft_model"] = pool.get(cell.draft_model, draft_loader(cell))
     try:
         return build_engine(name, model, **options)
     except UserInputError as err:

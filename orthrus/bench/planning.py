@@ -69,7 +69,11 @@ def _check_prompts_fit(cell: Cell, prompts: list[Prompt]) -> None:
     if cell.batch_size > 1:
         where += f" at batch size {cell.batch_size}"
     new = cell.max_new_tokens
-    for model in (cell.model, cell.draft_model):
+    # a causal draft model (assisted's) reads the prompt itself; a drafter reads the target's hidden
+    # states, its vocabulary is the target's (checked at validation) and its positions are not bounded
+    # by the config's max_position_embeddings (an EAGLE-3 config often says 2048)
+    causal_draft = engine_class(cell.engine.engine).draft_model_kind == "causal"
+    for model in (cell.model, cell.draft_model if causal_draft else None):
         if model is None:
             continue
         for prompt in prompts:

@@ -8,6 +8,7 @@ from typing import Any
 from orthrus.engines.ar import AREngine, HFGenerateEngine
 from orthrus.engines.base import (
     DEFAULT_BLOCK_SIZE,
+    DRAFT_MODEL_KINDS,
     MODEL_KINDS,
     BatchResult,
     CannotBatchError,
@@ -16,7 +17,9 @@ from orthrus.engines.base import (
     GenerationResult,
     SamplingSettings,
 )
+from orthrus.engines.dflash import DFlashEngine
 from orthrus.engines.dlm import DLMEngine, FastDLLMEngine
+from orthrus.engines.eagle3 import Eagle3Engine
 from orthrus.engines.orthrus_engine import OrthrusEngine
 from orthrus.engines.speculative import AssistedEngine, PromptLookupEngine
 from orthrus.errors import UserInputError
@@ -31,6 +34,8 @@ ENGINES: dict[str, type[Engine]] = {
         FastDLLMEngine,
         AssistedEngine,
         PromptLookupEngine,
+        DFlashEngine,
+        Eagle3Engine,
     )
 }
 # what a caller that names no engine gets (the command line's generate): the method this suite is about
@@ -39,6 +44,7 @@ DEFAULT_ENGINE = OrthrusEngine.name
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_ENGINE",
+    "DRAFT_MODEL_KINDS",
     "ENGINES",
     "MODEL_KINDS",
     "BatchResult",

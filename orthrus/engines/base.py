@@ -18,6 +18,9 @@ FORWARD_KINDS = ("prefill", "draft", "verify", "decode", "denoise")
 # which model an engine loads: a causal LM (the AR view of any checkpoint), the dual-view Orthrus
 # model (AR view + diffusion view sharing one cache), or a masked-diffusion LM
 MODEL_KINDS = ("causal", "dual_view", "dlm")
+# which draft model an engine that needs one loads: a causal LM (assisted), or a drafter conditioned on
+# the target's hidden states in a released layout (orthrus.models.drafters)
+DRAFT_MODEL_KINDS = ("causal", "dflash", "eagle3")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class EngineDescription:
     needs_draft_model: bool = False
     compile_s: float | None = None  # compiled engines: seconds spent compiling so far (None: eager)
     compiled_graphs: int | None = None  # compiled engines: graphs compiled so far
+    # the weights the method adds over the base model (Orthrus's *_diff projections and norms, a
+    # drafter's own weights, a draft model); None: the method runs a model of its own (a DLM)
+    extra_parameters: int | None = None
+    extra_parameter_bytes: int | None = None
+    # bytes of K and V one position occupies in the draft model's own cache (None: it keeps none)
+    draft_kv_bytes_per_token: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +51,9 @@ class EngineDescription:
             "kv_bytes_per_token": self.kv_bytes_per_token,
             "compile_s": self.compile_s,
             "compiled_graphs": self.compiled_graphs,
+            "extra_parameters": self.extra_parameters,
+            "extra_parameter_bytes": self.extra_parameter_bytes,
+            "draft_kv_bytes_per_token": self.draft_kv_bytes_per_token,
         }
 
 
@@ -58,7 +70,8 @@ class GenerationResult:
     # (host time, tokens committed at that moment), one entry per commit event
     commits: list[tuple[float, int]] = field(default_factory=list)
     end_time: float = 0.0
-    kv_cache_bytes_peak: int | None = None
+    kv_cache_bytes_peak: int | None = None  # the target model's cache (the one Orthrus's views share)
+    draft_kv_cache_bytes_peak: int | None = None  # a draft model's own cache, beside it (None: none kept)
     stop_reason: str = "max_new_tokens"
     extra: dict[str, Any] = field(default_factory=dict)
     # called with the newly committed tokens at each commit (streaming); not part of the record
@@ -172,6 +185,10 @@ class GenerationResult:
         """K/V bytes held at some moment; ``kv_cache_bytes_peak`` keeps the largest."""
         self.kv_cache_bytes_peak = max(self.kv_cache_bytes_peak or 0, kv_bytes)
 
+    def record_draft_kv_bytes(self, kv_bytes: int) -> None:
+        """K/V bytes the draft model's own cache held at some moment; the peak keeps the largest."""
+        self.draft_kv_cache_bytes_peak = max(self.draft_kv_cache_bytes_peak or 0, kv_bytes)
+
     def commit(self, count: int) -> None:
         """Record that the last ``count`` tokens became available on the host now."""
         if count > 0:
@@ -207,6 +224,7 @@ class GenerationResult:
             "e2e_ms": self.e2e_ms,
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "kv_cache_bytes_peak": self.kv_cache_bytes_peak,
+            "draft_kv_cache_bytes_peak": self.draft_kv_cache_bytes_peak,
             "stop_reason": self.stop_reason,
             **self.extra,
         }
@@ -225,7 +243,8 @@ class BatchResult:
     ``forward_passes`` counts forward calls of the whole batch (each over every row);
     ``wasted_row_passes`` counts the row-passes that did no work for their row: rows that had
     already finished (a finished row stays in the batch until the last one ends) and, for Orthrus,
-    the draft pass of a row with one token left; ``kv_cache_bytes_peak`` is the batch's cache.
+    the draft pass of a row with one token left; ``kv_cache_bytes_peak`` is the batch's cache and
+    ``draft_kv_cache_bytes_peak`` its draft model's own cache (each row is given its equal share of both).
     """
 
     rows: list[GenerationResult]
@@ -234,6 +253,7 @@ class BatchResult:
     start_time: float = 0.0
     end_time: float = 0.0
     kv_cache_bytes_peak: int | None = None
+    draft_kv_cache_bytes_peak: int | None = None
 
     @classmethod
     def of_single(cls, row: GenerationResult) -> BatchResult:
@@ -244,6 +264,7 @@ class BatchResult:
             start_time=row.start_time,
             end_time=row.end_time,
             kv_cache_bytes_peak=row.kv_cache_bytes_peak,
+            draft_kv_cache_bytes_peak=row.draft_kv_cache_bytes_peak,
         )
 
     @property
@@ -295,13 +316,18 @@ class BatchResult:
         self.forward_passes[kind] += 1
         self.wasted_row_passes += sum(1 for live in active if not live)
 
-    def finish(self, kv_bytes: int | None = None) -> BatchResult:
-        """Stop the batch clock; the K/V bytes the batch held (each row is given its equal share)."""
+    def finish(self, kv_bytes: int | None = None, draft_kv_bytes: int | None = None) -> BatchResult:
+        """Stop the batch clock; the K/V bytes the batch held, and those its draft model's own cache
+        held (each row is given its equal share of each)."""
         self.end_time = time.perf_counter()
         if kv_bytes is not None:
             self.kv_cache_bytes_peak = max(self.kv_cache_bytes_peak or 0, kv_bytes)
             for row in self.rows:  # every row owns an equal slice of the batch's cache
                 row.record_kv_bytes(self.kv_cache_bytes_peak // self.batch_size)
+        if draft_kv_bytes is not None:
+            self.draft_kv_cache_bytes_peak = max(self.draft_kv_cache_bytes_peak or 0, draft_kv_bytes)
+            for row in self.rows:
+                row.record_draft_kv_bytes(self.draft_kv_cache_bytes_peak // self.batch_size)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,6 +344,7 @@ class BatchResult:
             "e2e_ms": self.e2e_ms,
             "tokens_per_s": self.tokens_per_s,
             "kv_cache_bytes_peak": self.kv_cache_bytes_peak,
+            "draft_kv_cache_bytes_peak": self.draft_kv_cache_bytes_peak,
         }
 
 
@@ -369,16 +396,19 @@ class Engine:
 
     The class describes itself, so that a harness asks it instead of keeping lists of names:
     ``model_kind`` (which model it loads, one of MODEL_KINDS), ``takes_block_size``,
-    ``needs_draft_model``, ``batchable`` (``generate_batch`` at batch > 1), ``compilable`` (``compile: true``),
-    ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
+    ``needs_draft_model`` and ``draft_model_kind`` (which loader its draft model goes through, one of
+    DRAFT_MODEL_KINDS), ``batchable`` (``generate_batch`` at batch > 1), ``compilable`` (``compile:
+    true``), ``lossless`` (an instance may switch it off, e.g. a lossy accept rule),
     ``options()`` (the constructor options it accepts, with their defaults) and, once built,
-    ``describe()`` (the effective settings it will actually use).
+    ``describe()`` (the effective settings it will actually use, and the weights it adds over the
+    base model: ``extra_parameter_tensors()``).
     """
 
     name: ClassVar[str] = ""
     model_kind: ClassVar[str] = "causal"
     takes_block_size: ClassVar[bool] = False
     needs_draft_model: ClassVar[bool] = False
+    draft_model_kind: ClassVar[str | None] = None  # one of DRAFT_MODEL_KINDS when needs_draft_model
     # whether generate_batch decodes several prompts in one batch; if not, why (CannotBatchError says it)
     batchable: ClassVar[bool] = False
     cannot_batch_reason: ClassVar[str] = "it decodes one prompt at a time"
@@ -417,6 +447,8 @@ class Engine:
 
     def describe(self) -> EngineDescription:
         kv = getattr(self.model, "kv_bytes_per_token", None)
+        extra = self.extra_parameter_tensors()
+        unique = list({t.data_ptr(): t for t in extra}.values()) if extra is not None else None  # tied weights once
         return EngineDescription(
             name=self.name,
             model_kind=self.model_kind,
@@ -424,7 +456,19 @@ class Engine:
             block_size=int(self.block_size) if self.takes_block_size else None,  # type: ignore[attr-defined]
             kv_bytes_per_token=int(kv()) if callable(kv) else None,
             needs_draft_model=self.needs_draft_model,
+            extra_parameters=sum(t.numel() for t in unique) if unique is not None else None,
+            extra_parameter_bytes=sum(t.numel() * t.element_size() for t in unique) if unique is not None else None,
+            draft_kv_bytes_per_token=self.draft_kv_bytes_per_token(),
         )
+
+    def extra_parameter_tensors(self) -> list[torch.Tensor] | None:
+        """The weights this method adds over the base model it decodes for (none here: it runs the
+        base model alone); None for a method that runs a model of its own instead of the base model."""
+        return []
+
+    def draft_kv_bytes_per_token(self) -> int | None:
+        """Bytes of K and V one position occupies in the draft model's own cache (None: it keeps none)."""
+        return None
 
     @property
     def device(self) -> torch.device:

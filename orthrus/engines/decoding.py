@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -134,13 +135,17 @@ class StaticSteps:
 @dataclass
 class DecodeState:
     """Where a decoding loop stands: row r's cache holds ``lengths[r]`` committed entries, every token
-    it committed but the last, ``last[r]`` (not yet in the cache); ``active[r]`` until it finished."""
+    it committed but the last, ``last[r]`` (not yet in the cache); ``active[r]`` until it finished.
+    ``features``: the target hidden states the prefill kept (``CachedEngine.hidden_layers``), [B, T, F];
+    ``prompts``: the rows' prompts."""
 
     batch: BatchResult
     cache: KVCache
     lengths: list[int]
     last: torch.Tensor  # [B]
     active: list[bool]
+    features: torch.Tensor | None = None
+    prompts: list[list[int]] | None = None
 
 
 class CachedEngine(Engine):
@@ -152,9 +157,11 @@ class CachedEngine(Engine):
 
     batchable = True
     compilable = True
+    # the target hidden states (forward_ar's hidden_layers) the prefill keeps for a drafter; None: none
+    hidden_layers: Sequence[int] | None = None
 
     def __init__(self, model: Any, cache: str = "static", compile: bool = False, **options: Any) -> None:
-        super().__init__(model, **options)
+        super().__init__(model, compile=compile and not self.compilable, **options)  # refused there when it must be
         if cache not in CACHE_KINDS:
             raise UserInputError(f"cache must be 'static' or 'dynamic', got {cache!r}.")
         self.cache_kind = cache
@@ -244,14 +251,19 @@ class CachedEngine(Engine):
         ids = torch.tensor([p + [0] * (longest - len(p)) for p in prompts], device=device)
         sync(device)
         batch.start()
-        logits = model.forward_ar(ids, cache, 0, last=[len(p) - 1 for p in prompts])
+        last = [len(p) - 1 for p in prompts]
+        features = None
+        if self.hidden_layers is None:
+            logits = model.forward_ar(ids, cache, 0, last=last)
+        else:
+            logits, features = model.forward_ar(ids, cache, 0, last=last, hidden_layers=self.hidden_layers)
         tokens = pick_token(logits, settings, generator)  # [B]
         active = [True] * len(prompts)
         batch.record_pass("prefill", active)
         for r, (row, token) in enumerate(zip(batch.rows, tokens.tolist())):
             row.record_step("prefill", [token])
             active[r] = not row_finished(row, max_new_tokens, eos_token_id)
-        return DecodeState(batch, cache, [len(p) for p in prompts], tokens, active)
+        return DecodeState(batch, cache, [len(p) for p in prompts], tokens, active, features, prompts)
 
     def _decode(
         self,

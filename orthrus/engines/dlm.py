@@ -110,6 +110,9 @@ class DLMEngine(Engine):
         self.threshold: float | None = None
         self.cache = "none"
 
+    def extra_parameter_tensors(self) -> None:
+        return None  # a diffusion LM is a model of its own, not weights added to the AR base model
+
     # ------------------------------------------------------------------ schedule
     def _block_steps(self, num_blocks: int, gen_length: int) -> list[int]:
         """Forward passes per block: ``steps`` split evenly, the remainder to the first blocks."""

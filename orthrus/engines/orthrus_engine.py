@@ -86,6 +86,9 @@ class OrthrusEngine(CachedEngine):
         self.lossless = accept_rule in LOSSLESS_ACCEPT_RULES
         self.mask_token_id = int(model.config.mask_token_id)
 
+    def extra_parameter_tensors(self) -> list:
+        return self.model.diffusion_parameters()  # the *_diff projections and norms of the diffusion view
+
     def spare_slots(self, batch_size: int) -> int:
         # A finished row of a batch stays in it with its length frozen and still gets a block written
         # past it, as an unfinished one does: one block of slots beyond the AR engine's cache. A
@@ -201,7 +204,7 @@ class OrthrusEngine(CachedEngine):
             verdicts = (uniform < ratio).tolist()
             accepted = [self.accept(verdicts[r][: limits[r]]) for r in range(count)]
             probs = torch.stack(
-                [_next_token_probs(p[r, : limits[r] + 1], q[r, : limits[r]], accepted[r]) for r in range(count)]
+                [next_token_probs(p[r, : limits[r] + 1], q[r, : limits[r]], accepted[r]) for r in range(count)]
             )
             next_anchors = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             drafted = drafts.tolist()
@@ -215,7 +218,7 @@ class OrthrusEngine(CachedEngine):
         return commits, next_anchors, accepted
 
 
-def _next_token_probs(p: torch.Tensor, q: torch.Tensor, accepted: int) -> torch.Tensor:
+def next_token_probs(p: torch.Tensor, q: torch.Tensor, accepted: int) -> torch.Tensor:
     """Where the token after ``accepted`` drafts is sampled from: the AR distribution p for the
     bonus (every draft kept), else the residual normalize(max(p - q, 0)) at the first rejection
     (p itself when the residual has no mass)."""

@@ -14,10 +14,12 @@ candidate generator of each call: a *cycle* is one target pass that verified at 
 token (``drafted_per_cycle``, ``accepted_per_cycle``); a target pass with nothing drafted (no
 n-gram match, or the length limit) is a plain ``decode``. The first target pass processes the
 prompt and is the ``prefill`` (it also verifies the first drafts, whose cycle is recorded).
-``forward_passes["draft"]`` counts the draft model's forward calls. ``kv_cache_bytes_peak`` is the
-largest K/V cache the target held during the call plus the largest the draft model held (each
-watched after every forward call through the public ``Cache.get_seq_length()``; see
-``orthrus.engines.ar.watching_cache``).
+``forward_passes["draft"]`` counts the draft model's forward calls. Memory is recorded by source:
+``kv_cache_bytes_peak`` is the largest K/V cache the target held during the call, and
+``draft_kv_cache_bytes_peak`` the largest the separate draft model held beside it (not added into
+the target's figure; each watched after every forward call through the public
+``Cache.get_seq_length()``; see ``orthrus.engines.ar.watching_cache``). The draft model's weights are
+the parameters ``assisted`` adds over the base model (``describe().extra_parameters``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from orthrus.engines.ar import as_qwen3, run_hf_generate, watching_cache
+from orthrus.engines.ar import as_qwen3, kv_bytes_per_token, run_hf_generate, watching_cache
 from orthrus.engines.base import Engine, GenerationResult
 from orthrus.errors import UserInputError
 
@@ -126,8 +128,8 @@ class _SpeculativeEngine(Engine):
         if self.draft is self.hf_model:  # self-drafting: one module, one hook for both roles
             log.draft_calls = log.target_calls - len(log.accepted)
         result.record_pass("draft", log.draft_calls)
-        if draft_watch is not None and draft_watch.peak_bytes is not None:  # the draft model's own cache beside it
-            result.kv_cache_bytes_peak = (result.kv_cache_bytes_peak or 0) + draft_watch.peak_bytes
+        if draft_watch is not None and draft_watch.peak_bytes is not None:  # the draft model's own cache, apart
+            result.record_draft_kv_bytes(draft_watch.peak_bytes)
         return result
 
 
@@ -136,6 +138,7 @@ class AssistedEngine(_SpeculativeEngine):
 
     name = "assisted"
     needs_draft_model = True
+    draft_model_kind = "causal"
 
     def __init__(
         self,
@@ -185,6 +188,12 @@ class AssistedEngine(_SpeculativeEngine):
 
     def _generate_kwargs(self) -> dict[str, Any]:
         return {"assistant_model": self.draft}
+
+    def extra_parameter_tensors(self) -> list[torch.Tensor]:
+        return [] if self.draft is self.hf_model else list(self.draft.parameters())
+
+    def draft_kv_bytes_per_token(self) -> int | None:
+        return None if self.draft is self.hf_model else kv_bytes_per_token(self.draft)
 
 
 class PromptLookupEngine(_SpeculativeEngine):

@@ -361,14 +361,21 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         cache: KVCache | None = None,
         starts: int | Sequence[int] = 0,
         last: Sequence[int] | None = None,
-    ) -> torch.Tensor:
+        hidden_layers: Sequence[int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """AR view over ``input_ids`` [B, T]: row r sits at positions starts[r] .. starts[r] + T - 1,
         attends causally to its cached prefix (slots < starts[r]) and writes its K/V to slots starts[r]..
         (``starts`` as one int: every row at the same positions). Without a cache: plain causal
         attention over the ids alone. Returns logits [B, T, V]; row j predicts the token after input
         j. ``last`` (one block index per row) computes the LM head there alone: [B, V] (a prefill of
-        prompts right-padded to one length reads each row's last real token)."""
-        return self._forward(input_ids, cache, starts, "", last)
+        prompts right-padded to one length reads each row's last real token).
+
+        ``hidden_layers`` (what a drafter conditioned on the target reads): also return the hidden
+        states at these indices, concatenated in the order given, [B, T, len * hidden] at every
+        position (also with ``last``). Indices as transformers' ``output_hidden_states``: i < L is
+        the input of decoder layer i (0: the embeddings), L (the number of layers) the final normed
+        state. The logits are computed exactly as without it."""
+        return self._forward(input_ids, cache, starts, "", last, hidden_layers=hidden_layers)
 
     def forward_diffusion(
         self,
@@ -428,7 +435,8 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
         suffix: str,
         last: Sequence[int] | None,
         widths: Sequence[int] | None = None,
-    ) -> torch.Tensor:
+        hidden_layers: Sequence[int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch, steps = ids.shape
         device = ids.device
         hidden = self.model.embed_tokens(ids)
@@ -467,8 +475,11 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             mask = None if causal else visible.unsqueeze(1)
             index = positions.view(batch, 1, steps, 1)
         cos, sin = self.model.rotary_emb(hidden, positions)
+        kept: dict[int, torch.Tensor] = {}  # the hidden states a caller asked for, by index
         for layer in self.model.layers:
             attn = layer.self_attn
+            if hidden_layers is not None and attn.layer_idx in hidden_layers:
+                kept[attn.layer_idx] = hidden
             q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, suffix)
             if cache is None:
                 pass
@@ -477,9 +488,15 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             else:  # row r's block into slots starts[r] .. starts[r] + T - 1
                 k, v = cache.scatter(attn.layer_idx, index.expand(-1, k.shape[1], -1, k.shape[3]), k, v, span)
             hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, causal, suffix))
+        features = None
+        if hidden_layers is not None:
+            if len(self.model.layers) in hidden_layers:
+                kept[len(self.model.layers)] = self.model.norm(hidden)
+            features = torch.cat([kept[i] for i in hidden_layers], dim=-1)
         if last is not None:
             hidden = hidden[torch.arange(batch, device=device), torch.tensor(list(last), device=device)]
-        return self.lm_head(self.model.norm(hidden))
+        logits = self.lm_head(self.model.norm(hidden))
+        return logits if features is None else (logits, features)
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Plain causal LM logits of the AR view (no cache)."""

@@ -58,7 +58,8 @@ def projection_kind(engine: str) -> str | None:
     """How a profile projects an engine, from what the engine class says of itself: ``dual_view``
     (one model drafts a block and verifies it: the profile's draft and verify passes, and its
     ``orthrus_cycle`` engine step), ``draft_model`` (a separate draft model's decode steps, then a
-    verify pass), or None (not a drafting engine, or one this version does not know)."""
+    verify pass), or None (not a drafting engine, or one this version does not know: a drafter that reads
+    the target's hidden states, DFlash or EAGLE-3, is not profiled yet)."""
     from orthrus.engines import engine_class
 
     try:
@@ -67,7 +68,7 @@ def projection_kind(engine: str) -> str | None:
         return None
     if cls.model_kind == DUAL_VIEW and cls.takes_block_size:
         return DUAL_VIEW
-    return DRAFT_MODEL if cls.needs_draft_model else None
+    return DRAFT_MODEL if cls.needs_draft_model and cls.draft_model_kind == "causal" else None
 
 
 # what a file of published acceptance may give (exactly one per entry)

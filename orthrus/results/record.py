@@ -15,9 +15,10 @@ from typing import Any
 from orthrus.engines.base import BatchResult, EngineDescription, GenerationResult
 
 RECORD_VERSION = 2  # 2: block_size / kv_bytes_per_token / lossless are fields (1 kept two of them in extra)
-# (batch_* and *_vs_batch1 fields and status "skipped" came later as optional fields: older records read as None)
+# (batch_* and *_vs_batch1 fields, status "skipped", draft_kv_cache_bytes_peak and extra_parameter* came
+# later as optional fields: older records read as None)
 # what a record says about the engine that ran (from EngineDescription), copied into the summary row
-ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless")
+ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless", "extra_parameters", "extra_parameter_bytes")
 
 
 @dataclass
@@ -39,6 +40,8 @@ class MeasurementRecord:
     lossless: bool | None = None  # its output is the AR model's (greedy: identical tokens)
     compile_s: float | None = None  # a compiled engine's seconds spent compiling so far (not in e2e)
     compiled_graphs: int | None = None  # a compiled engine's graphs compiled so far
+    extra_parameters: int | None = None  # weights it adds over the base model (None: it runs its own model)
+    extra_parameter_bytes: int | None = None  # their bytes
     # what was generated
     prompt_tokens: int | None = None
     new_tokens: int | None = None
@@ -63,7 +66,8 @@ class MeasurementRecord:
     tokens_per_step: float | None = None  # DLM engines
     memory_bandwidth_gb_s: float | None = None  # weight bytes per forward x forwards per second
     # memory, labelled by source (None = not measurable here)
-    kv_cache_bytes_peak: int | None = None
+    kv_cache_bytes_peak: int | None = None  # the target model's K/V cache
+    draft_kv_cache_bytes_peak: int | None = None  # a draft model's own K/V cache, beside it (None: none kept)
     nvml_device_used_mib: float | None = None
     nvml_process_used_mib: float | None = None
     torch_max_allocated_mib: float | None = None
@@ -157,6 +161,7 @@ class MeasurementRecord:
             acceptance_length=result.acceptance_length,
             acceptance_by_position=result.acceptance_by_position,
             kv_cache_bytes_peak=result.kv_cache_bytes_peak,
+            draft_kv_cache_bytes_peak=result.draft_kv_cache_bytes_peak,
             harness_overhead_ms=harness_overhead_ms,
             timestamp=timestamp,
             **_batch_fields(batch, batch_id, batch_index, batch_prompt_ids or [prompt_id]),
@@ -310,6 +315,8 @@ def _facts(description: EngineDescription) -> dict[str, Any]:
         "lossless": description.lossless,
         "compile_s": description.compile_s,
         "compiled_graphs": description.compiled_graphs,
+        "extra_parameters": description.extra_parameters,
+        "extra_parameter_bytes": description.extra_parameter_bytes,
     }
 
 

@@ -17,7 +17,8 @@ summary.json) build summaries here. The columns and their definitions are the vo
   cell (``derived.batch1_counterpart``); ``throughput_speedup_vs_ar``: per batch, AR batch e2e /
   this batch's e2e (the same prompts, the same batch size), geometric mean with its interval;
 * ``n_skipped``: cells not measured on purpose (an engine that cannot batch), never failures;
-* the engine's facts (``ENGINE_FACTS``: block size actually used, KV bytes per token, lossless) as
+* the engine's facts (``ENGINE_FACTS``: block size actually used, KV bytes per token, lossless, the
+  parameters it adds over the base model and their bytes) as
   the records state them; ``block_size`` is the one the engine used, also when the suite said null.
 """
 

@@ -23,6 +23,9 @@ from orthrus.bench.suite.checks import (
 )
 from orthrus.bench.suite.spec import ENGINE_KEYS, REFERENCE_KEYS, EngineSpec, ModelSpec, ReferenceSpec
 from orthrus.engines import engine_class, engine_names
+from orthrus.errors import UserInputError
+from orthrus.models.checkpoint import read_json_object, read_tokenizer_file
+from orthrus.models.drafters import DRAFTER_KINDS, check_drafter_config
 
 # options that name a model: the suite gives those with the engine's draft_model key
 MODEL_OPTIONS = ("draft_model", "assistant_model")
@@ -75,6 +78,8 @@ def validate_engines(value: Any, models: dict[str, ModelSpec]) -> list[EngineSpe
         if model not in models:
             raise fail(f"{path}.model", f"no model has the key {model!r}; {suggestion(model, model_keys)}")
         draft = _draft_model(name, entry.get("draft_model"), f"{path}.draft_model", model_keys)
+        if draft is not None and engine_class(name).draft_model_kind in DRAFTER_KINDS:
+            check_drafter(engine_class(name).draft_model_kind, models[draft], models[model], f"{path}.draft_model")
         options = as_mapping(entry.get("options") or {}, f"{path}.options")
         validate_engine_options(name, options, f"{path}.options")
         specs.append(
@@ -93,13 +98,40 @@ def _draft_model(name: str, draft: Any, path: str, model_keys: list[str]) -> str
             )
     elif draft is not None:
         takers = [n for n in engine_names() if engine_class(n).needs_draft_model]
-        raise fail(path, f"engine {name!r} takes no draft model (only {', '.join(takers)} does).")
+        verb = "does" if len(takers) == 1 else "do"
+        raise fail(path, f"engine {name!r} takes no draft model (only {', '.join(takers)} {verb}).")
     if draft is None:
         return None
     draft = as_str(draft, path)
     if draft not in model_keys:
         raise fail(path, f"no model has the key {draft!r}; {suggestion(draft, model_keys)}")
     return draft
+
+
+def check_drafter(kind: str, drafter: ModelSpec, target: ModelSpec, path: str) -> None:
+    """A DFlash or EAGLE-3 drafter fits the target it drafts for, read from the two config.json files
+    (no weights loaded): its required fields are there, the target layers it reads exist, its hidden
+    size and vocabulary are the target's, and its tokenizer (when it ships one) is the target's."""
+    if drafter.resolved is None or target.resolved is None:
+        return  # an unbuilt zoo model: its cells fail with the command that builds it
+    try:
+        config = read_json_object(drafter.resolved / "config.json")
+        check_drafter_config(kind, config, read_json_object(target.resolved / "config.json"))
+    except UserInputError as err:
+        raise fail(path, f"model {drafter.key!r} cannot draft for model {target.key!r}: {err}") from err
+    mine = drafter.resolved / "tokenizer.json"
+    theirs = (target.tokenizer or target.resolved) / "tokenizer.json"
+    if mine.is_file() and theirs.is_file():
+        try:
+            same = read_tokenizer_file(mine).get_vocab(True) == read_tokenizer_file(theirs).get_vocab(True)
+        except UserInputError as err:
+            raise fail(path, str(err)) from err
+        if not same:
+            raise fail(
+                path,
+                f"model {drafter.key!r} cannot draft for model {target.key!r}: the drafter's tokenizer.json differs from "
+                "the target's; use a drafter trained with the target's tokenizer.",
+            )
 
 
 def validate_engine_options(name: str, options: dict[str, Any], path: str) -> None:
