@@ -513,6 +513,13 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
     if out_dir is not None:
         target.mkdir(parents=True, exist_ok=True)
     plots, warnings = make_plots(run, target / "plots")
+    notices = [run.unfinished] if run.unfinished else []
+    if run.damaged:
+        lines = ", ".join(str(n) for n in run.damaged)
+        notices.append(
+            f"{len(run.damaged)} damaged line(s) of results.jsonl (line {lines}) were left out (--skip-damaged): "
+            "their measurements are missing from every figure below."
+        )
     nodes, node_warning = node_breakdown(run)
     if node_warning:
         warnings = [node_warning, *warnings]
@@ -527,6 +534,7 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
             device=run.device,
             n_cells=len(run.summary),
             n_records=len(run.records),
+            notices=notices,
             headlines=headlines(run),
             plots=[_plot_entry(p) for p in plots],
             warnings=warnings,

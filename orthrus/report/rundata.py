@@ -6,7 +6,10 @@ summary.json when it counts the same measurements, else (a run killed before its
 written, or resumed since) rebuilt from results.jsonl with ``orthrus.results.summary``. A run that
 has not finished (run.json status running or interrupted, a partial merge) is loaded with a note on
 stderr saying so, so that a report, gate or comparison of it is not taken for the whole run. A
-directory with no measurement at all is a user error. Missing optional files give empty tables.
+directory with no measurement at all is a user error. Missing optional files give empty tables. A
+damaged line in results.jsonl (any but the unfinished last one) is an error naming the file and the
+line (``orthrus.results.rundir``), unless the command was given ``--skip-damaged``: ``damaged`` then
+lists the lines left out, and the report says so at its top.
 
 Conventions used by every plot, table and gate:
 - a *series* is what a legend shows: the engine's ``label`` from the suite;
@@ -39,6 +42,7 @@ from orthrus.results.rundir import (
     read_jsonl,
     read_records,
     read_summary_rows,
+    skipped_lines,
 )
 from orthrus.results.summary import dedupe, frame_rows, summarize
 from orthrus.results.vocabulary import COLUMN, SUMMARY_COLUMNS
@@ -61,6 +65,7 @@ class RunData:
     info: dict[str, Any] = field(default_factory=dict)  # run.json: run id, suite, sessions
     prompts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # prompts.jsonl by (source, id)
     unfinished: str | None = None  # why the run is not whole (killed, still running, partial merge), else None
+    damaged: tuple[int, ...] = ()  # lines of results.jsonl left out as damaged (--skip-damaged), else ()
 
     @property
     def run_id(self) -> str:
@@ -162,6 +167,7 @@ def load_run(run_dir: str | Path) -> RunData:
         info,
         prompts,
         unfinished,
+        skipped_lines(path / RESULTS_FILE),
     )
 
 
