@@ -157,3 +157,8 @@ def test_the_index_names_a_damaged_run_and_lists_the_others(runs, tmp_path):
     damaged_copy(runs["whole"], "index-damaged")
     html = render_index(runs["whole"].parents[1]).read_text()
     assert f"line {DAMAGED_LINE} is damaged" in html and "whole" in html
+
+
+def test_skip_damaged_on_a_new_run_is_refused(capsys):
+    assert main(["suites/ci.yaml", "--skip-damaged", "--dry-run"]) == 2
+    assert "--skip-damaged applies to --resume RUN_DIR" in capsys.readouterr().err
