@@ -57,6 +57,7 @@ def make_run(
     write_records: bool = True,
     suite_yaml: str = SUITE_YAML,
     memory_sources: Iterable[str] = ("rss_peak_mib",),
+    labels: dict[str, str] | None = None,  # engine -> its label in the suite (default: the engine's name)
 ) -> Path:
     rng = random.Random(seed)
     timing_rng = random.Random(seed if timing_seed is None else timing_seed)
@@ -68,7 +69,7 @@ def make_run(
             for block in block_sizes if engine == "orthrus" else (None,):
                 cell = {
                     "engine": engine,
-                    "label": engine,
+                    "label": (labels or {}).get(engine, engine),
                     "engine_options": {"block_size": block} if block else {},
                     "model": "tiny-orthrus",
                     "dtype": "float32",

@@ -37,6 +37,7 @@ from orthrus.results.rundir import (
     RESULTS_FILE,
     RUN_INFO_FILE,
     SUITE_FILE,
+    SUMMARY_BY_CATEGORY_FILE,
     is_locked,
     read_json,
     read_jsonl,
@@ -66,6 +67,7 @@ class RunData:
     prompts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # prompts.jsonl by (source, id)
     unfinished: str | None = None  # why the run is not whole (killed, still running, partial merge), else None
     damaged: tuple[int, ...] = ()  # lines of results.jsonl left out as damaged (--skip-damaged), else ()
+    by_category: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (cell, prompt category)
 
     @property
     def run_id(self) -> str:
@@ -132,7 +134,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise UserInputError(f"run directory {str(path)!r} does not exist; pass a reports/<suite>/<run-id> folder.")
     records = read_records(path / RESULTS_FILE)
     rows = read_summary_rows(path)
-    if rows is None or (records and not _counts_all(rows, records)):
+    if rows is None or (records and (not _counts_all(rows, records) or _lacks_columns(rows))):
         if not records:
             if (path / RESULTS_FILE).is_file():
                 raise UserInputError(
@@ -168,6 +170,7 @@ def load_run(run_dir: str | Path) -> RunData:
         prompts,
         unfinished,
         skipped_lines(path / RESULTS_FILE),
+        _by_category(path, records),
     )
 
 
@@ -177,6 +180,23 @@ def _counts_all(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> bo
         int(row.get(COLUMN.n_ok) or 0) + int(row.get(COLUMN.n_failed) or 0) for row in rows if COLUMN.n_ok in row
     ]
     return len(counted) < len(rows) or sum(counted) == len(dedupe(records))
+
+
+def _by_category(path: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """summary_by_category: from results.jsonl when its records name categories (the file may be older
+    than them), else the file as written (a run copied without its records), else empty."""
+    if any(r.get("category") is not None for r in records):
+        return summary_table(frame_rows(summarize(records, by_category=True)))
+    rows = read_json(path / SUMMARY_BY_CATEGORY_FILE)
+    if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows):
+        return summary_table(rows)
+    return pd.DataFrame()
+
+
+def _lacks_columns(rows: list[dict[str, Any]]) -> bool:
+    """summary.json was written before some of today's columns existed (the sample counts...): the
+    summary is rebuilt from results.jsonl, so an old run shows every figure a new one does."""
+    return bool(rows) and any(column not in rows[0] for column in SUMMARY_COLUMNS)
 
 
 def _unfinished(path: Path, info: dict[str, Any], measurements: int) -> str | None:
