@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orthrus.errors import UserInputError
 from orthrus.models.zoo_index import zoo_path
 from orthrus.report.gates import evaluate_gates
 from orthrus.report.rundata import load_run
-from orthrus.errors import UserInputError
 from orthrus.results import RESULTS_FILE, MeasurementRecord, ResultsWriter, read_records, record_key
 from orthrus.results.rundir import DamagedLinesError, skipping_damaged
 
