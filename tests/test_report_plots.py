@@ -51,7 +51,7 @@ def test_every_tick_label_is_a_number_and_dollar_labels_are_drawn_as_typed(dolla
     names = set(dollar_run.summary["series"])
     log_axes = 0
     for name, fig in figures:
-        for ax, axis, text in tick_texts(fig):
+        for _, axis, text in tick_texts(fig):
             log_axes += axis.get_scale() in ("log", "symlog")
             plain = text.replace("\u2212", "-")
             assert "mathdefault" not in text or text in names, (name, text)
