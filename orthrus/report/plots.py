@@ -68,6 +68,7 @@ NOT_DIMENSIONS = {
 }
 _MARKERS = "osD^vP*Xh<>"
 _STYLES = ("-", "--", ":", "-.")
+_HATCHES = ("", "//", "..", "xx", "\\\\", "++", "--", "oo")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class PlotInfo:
     title: str
     caption: str
     path: Path
-    wide: bool = False  # three panels or more: shown across the whole page
+    wide: bool = False  # two panels or more: shown across the whole page
 
 
 def near_tie_margin(dtype: Any) -> float:
@@ -996,11 +997,27 @@ def _hatch(x: int, y: int) -> Any:
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="dimgray", linewidth=0)
 
 
+def category_groups(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(name, series, rows indexed by category) for every series and setting of a per-category summary
+    (a run of several contexts or batch sizes has one group per value, named ``orthrus (context 512)``)."""
+    frame = frame[frame["category"].notna()]
+    out = []
+    for series in sorted(frame["series"].unique(), key=series_order):
+        rows = frame[frame["series"] == series]
+        dims = [d for d in _dimensions(rows, "category") if rows[d].astype(str).nunique() > 1]
+        keys = [tuple(_short(v) for v in values) for values in rows[dims].itertuples(index=False)] if dims else None
+        for key in sorted(set(keys), key=lambda k: tuple(_order(v) for v in k)) if keys else [()]:
+            part = rows[[k == key for k in keys]] if keys else rows
+            name = series + (" (" + ", ".join(f"{axis_label(d)} {v}" for d, v in zip(dims, key)) + ")" if key else "")
+            out.append((name, series, part.drop_duplicates("category").set_index(part["category"].astype(str))))
+    return out
+
+
 def plot_by_category(run: RunData) -> Figure | None:
     """Per prompt category (Spec-Bench's, from summary_by_category): each engine's speedup over AR with
     its 95% interval, and its tokens per forward."""
     df = run.by_category
-    if df.empty or "category" not in df.columns or df["category"].dropna().nunique() < 1:
+    if df.empty or "category" not in df.columns or not df["category"].notna().any():
         return None
     df = _non_ar(df[df["category"].notna()])
     panels = [
@@ -1014,27 +1031,30 @@ def plot_by_category(run: RunData) -> Figure | None:
     if not panels:
         return None
     categories = sorted(df["category"].astype(str).unique())
-    series = sorted(df["series"].unique(), key=series_order)
-    height = max(3.0, 0.22 * len(categories) * len(series) + 1.6)
+    groups = category_groups(df)
+    height = max(3.0, 0.22 * len(categories) * len(groups) + 1.6)
     fig, axes = _figure(ncols=len(panels), height=height, width=6.5)
     colours = _colours(run)
-    step = 0.8 / len(series)
+    step = 0.8 / len(groups)
+
+    def column_of(rows: pd.DataFrame, column: str) -> np.ndarray:
+        if column not in rows.columns:
+            return np.full(len(categories), np.nan)
+        return np.array([float(rows[column][c]) if c in rows.index else np.nan for c in categories])
+
     for ax, (column, label) in zip(axes, panels):
-        for i, name in enumerate(series):
-            rows = df[df["series"] == name].set_index(df[df["series"] == name]["category"].astype(str))
-            values = np.array([float(rows[column].get(c, np.nan)) if c in rows.index else np.nan for c in categories])
+        variants: dict[str, int] = defaultdict(int)
+        for i, (name, series, rows) in enumerate(groups):
+            values = column_of(rows, column)
             places = np.arange(len(categories)) + i * step - 0.4 + step / 2
-            ax.barh(places, values, height=step * 0.9, color=colours[name], label=name)
-            low, high = f"{column}_ci_low", f"{column}_ci_high"
-            if {low, high} <= set(rows.columns):
-                lows = np.array([float(rows[low].get(c, np.nan)) if c in rows.index else np.nan for c in categories])
-                highs = np.array([float(rows[high].get(c, np.nan)) if c in rows.index else np.nan for c in categories])
-                known = ~(np.isnan(lows) | np.isnan(highs) | np.isnan(values))
-                if known.any():
-                    errors = np.vstack([(values - lows)[known], (highs - values)[known]])
-                    ax.errorbar(
-                        values[known], places[known], xerr=errors, fmt="none", ecolor="black", capsize=2, lw=0.8
-                    )
+            hatch = _HATCHES[variants[series] % len(_HATCHES)]  # a series' settings told apart by hatching
+            variants[series] += 1
+            ax.barh(places, values, height=step * 0.9, color=colours[series], label=name, hatch=hatch)
+            lows, highs = column_of(rows, f"{column}_ci_low"), column_of(rows, f"{column}_ci_high")
+            known = ~(np.isnan(lows) | np.isnan(highs) | np.isnan(values))
+            if known.any():
+                errors = np.vstack([(values - lows)[known], (highs - values)[known]])
+                ax.errorbar(values[known], places[known], xerr=errors, fmt="none", ecolor="black", capsize=2, lw=0.8)
         if column == COLUMN.speedup_vs_ar:
             ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
         ax.set_yticks(np.arange(len(categories)))
@@ -1214,7 +1234,7 @@ def make_plots(run: RunData, out_dir: Path | None = None) -> tuple[list[PlotInfo
         if fig is None:
             path.unlink(missing_ok=True)  # a stale figure from an earlier render would mislead
             continue
-        made.append(PlotInfo(name, title, caption, path, wide=fig.get_figwidth() > 10))
+        made.append(PlotInfo(name, title, caption, path, wide=fig.get_figwidth() > 8))  # two panels or more
     return made, warnings
 
 
