@@ -124,7 +124,9 @@ def headlines(run: RunData) -> list[Headline]:
         worst = min(with_tpf, key=lambda r: r[COLUMN.tokens_per_forward_median])
         noun = "cell" if len(values) == 1 else "cells"
         lines = [f"scope: {scope(str(subject), with_tpf)}"]
-        if len(values) > 1:
+        if len(values) > 1 and f"{max(values):.2f}" == f"{min(values):.2f}":
+            lines.append("the same in every cell")
+        elif len(values) > 1:
             lines += [
                 f"highest: {best[COLUMN.tokens_per_forward_median]:.2f} at {where(best, varying(with_tpf))}",
                 f"lowest: {worst[COLUMN.tokens_per_forward_median]:.2f} at {where(worst, varying(with_tpf))}",
@@ -297,7 +299,8 @@ def summary_table(df: pd.DataFrame) -> dict[str, Any]:
         following = vocabulary.METRIC[metrics[i + 1][0]].samples if i + 1 < len(metrics) else None
         if samples and samples != following:
             columns.append((samples, "n"))
-    header = ["engine"] + params + [h for _, h in columns]
+    header = ["engine"] + [vocabulary.AXIS[p].label if p in vocabulary.AXIS else p for p in params]
+    header += [h for _, h in columns]
     body = []
     for row in df.to_dict("records"):
         cells = [{"value": row["series"], "text": str(row["series"])}]

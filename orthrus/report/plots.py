@@ -436,13 +436,16 @@ def _drafting_groups(run: RunData) -> dict[str, list[dict[str, Any]]]:
         if c not in NOT_DIMENSIONS and c != "context_length" and cells[c].astype(str).nunique() > 1
     ]
     groups: dict[str, list[dict[str, Any]]] = {}
+    order: dict[str, tuple] = {}
     for r in records:
         series = series_label(r["cell"])
         setting = ", ".join(
             f"{axis_label(p)} {_short(r['cell'].get(p))}" for p in params if is_present(r["cell"].get(p))
         )
-        groups.setdefault(f"{series} ({setting})" if setting else series, []).append(r)
-    return dict(sorted(groups.items(), key=lambda item: series_order(item[0])))
+        name = f"{series} ({setting})" if setting else series
+        groups.setdefault(name, []).append(r)
+        order[name] = (series_order(series), *(_order(r["cell"].get(p)) for p in params))
+    return dict(sorted(groups.items(), key=lambda item: order[item[0]]))
 
 
 FEW_CYCLES = 10  # a per-position rate over fewer cycles is drawn hollow: hardly an estimate
@@ -516,7 +519,8 @@ def plot_acceptance_histogram(run: RunData) -> Figure | None:
         rows_kept.append(row)
         shown += len(row)
     ncols = max(len(row) for row in rows_kept)
-    fig, axes = _figure(ncols=ncols, nrows=len(rows_kept), width=3.6 if ncols > 1 else 6.0, height=2.5)
+    width = max(9.0, 2.7 * ncols) / (0.62 * ncols) if ncols > 1 else 6.0  # across the page: small panels read
+    fig, axes = _figure(ncols=ncols, nrows=len(rows_kept), width=width, height=2.5)
     grid = [axes[i * ncols : (i + 1) * ncols] for i in range(len(rows_kept))]
     colours = _colours(run)
     used = []
@@ -775,7 +779,7 @@ def plot_identity_heatmap(run: RunData) -> Figure | None:
     series = sorted(grid["series"].unique(), key=series_order)
     contexts = sorted(grid["context"].unique(), key=_order)
     matrix = np.full((len(series), len(contexts)), np.nan)
-    fig, (ax,) = _figure(width=max(6.0, 1.2 * len(contexts) + 3), height=max(2.6, 0.6 * len(series) + 1.8))
+    fig, (ax,) = _figure(width=max(6.0, 0.9 * len(contexts) + 3), height=max(2.6, 0.55 * len(series) + 1.8))
     for entry in grid.to_dict("records"):
         matrix[series.index(entry["series"]), contexts.index(entry["context"])] = entry["exact_rate"]
     image = ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
@@ -1100,6 +1104,7 @@ def _sweep(name: str) -> tuple[str, str, str, Callable[[RunData], Figure | None]
     return (name, *_SWEEP_PLOTS[name])  # type: ignore[return-value]
 
 
+# in reading order: the suite's question first (speedup and throughput against what it sweeps)
 PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
     (
         "throughput_vs_context",
@@ -1113,6 +1118,19 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
     _sweep("speedup_vs_top_p"),
     _sweep("speedup_vs_top_k"),
     _sweep("speedup_vs_max_new_tokens"),
+    (
+        "speedup_vs_batch",
+        "Speedup vs batch size",
+        "Orthrus (and every non-AR engine) over AR at the same batch size: per request (row e2e) and per batch "
+        "(batch throughput), geometric means with bootstrap 95% intervals.",
+        plot_speedup_vs_batch,
+    ),
+    (
+        "throughput_vs_batch",
+        "Throughput vs batch size",
+        "New tokens per second over a whole batch (all rows), and relative to the same engine at batch 1.",
+        plot_throughput_vs_batch,
+    ),
     (
         "by_engine",
         "By engine",
@@ -1133,6 +1151,13 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
     _sweep("tpf_vs_top_p"),
     _sweep("tpf_vs_top_k"),
     _sweep("tpf_vs_max_new_tokens"),
+    (
+        "tpf_vs_batch",
+        "Tokens per forward vs batch size",
+        "Tokens per forward per row, its ratio to batch 1 (should stay flat at 1) and the row-passes spent on rows "
+        "that had already finished.",
+        plot_tpf_vs_batch,
+    ),
     (
         "acceptance_by_position",
         "Per-position acceptance",
@@ -1164,6 +1189,12 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         plot_latency_cdfs,
     ),
     (
+        "latency_vs_batch",
+        "Latency vs batch size",
+        "Per-request TTFT, time per output token and end-to-end latency (medians over rows).",
+        plot_latency_vs_batch,
+    ),
+    (
         "quality_vs_speed",
         "Quality vs speed",
         "Identity, matching fraction and AR-model NLL of the output against decode throughput.",
@@ -1184,32 +1215,6 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         "divergence is judged by the reference's top-1 minus top-2 logit margin (near-tie below the dtype's margin, "
         "else real). In fp32 both must be 1.",
         plot_batch_identity,
-    ),
-    (
-        "throughput_vs_batch",
-        "Throughput vs batch size",
-        "New tokens per second over a whole batch (all rows), and relative to the same engine at batch 1.",
-        plot_throughput_vs_batch,
-    ),
-    (
-        "speedup_vs_batch",
-        "Speedup vs batch size",
-        "Orthrus (and every non-AR engine) over AR at the same batch size: per request (row e2e) and per batch "
-        "(batch throughput), geometric means with bootstrap 95% intervals.",
-        plot_speedup_vs_batch,
-    ),
-    (
-        "tpf_vs_batch",
-        "Tokens per forward vs batch size",
-        "Tokens per forward per row, its ratio to batch 1 (should stay flat at 1) and the row-passes spent on rows "
-        "that had already finished.",
-        plot_tpf_vs_batch,
-    ),
-    (
-        "latency_vs_batch",
-        "Latency vs batch size",
-        "Per-request TTFT, time per output token and end-to-end latency (medians over rows).",
-        plot_latency_vs_batch,
     ),
 )
 
