@@ -710,48 +710,64 @@ def heatmap_x(df: pd.DataFrame) -> str:
     return "context_length"
 
 
+def _row_names(rows: pd.DataFrame, x: str) -> list[str]:
+    """Per summary row, its series and the settings that vary within that series besides ``x``
+    (``orthrus (T 0.7, top-p 0.95)``): a heat map row never averages settings together."""
+    names = []
+    dims_of = {
+        series: [d for d in _dimensions(part, x) if part[d].astype(str).nunique() > 1]
+        for series, part in rows.groupby("series")
+    }
+    for row in rows.to_dict("records"):
+        dims = dims_of[row["series"]]
+        setting = ", ".join(f"{axis_label(d)} {_short(row.get(d))}" for d in dims if is_present(row.get(d)))
+        names.append(f"{row['series']} ({setting})" if setting else str(row["series"]))
+    return names
+
+
 def identity_grid(run: RunData) -> pd.DataFrame | None:
-    """One row per (series, x): exact rate, divergences split into near-ties and real ones. ``x`` is
-    ``heatmap_x`` (the context, unless another parameter is swept and the context is not); the column
-    is called ``context`` for either."""
+    """One row per (series and setting, x): exact rate, divergences split into near-ties and real
+    ones. ``x`` is ``heatmap_x`` (the context, unless another parameter is swept and the context is
+    not); the column is called ``context`` for either, and is "-" for a cell without that parameter
+    (AR in a block-size sweep). ``series`` is the row's name: the label, plus any other setting that
+    varies within that label (block size, temperature...), so that no two settings are averaged."""
     df = run.summary
     if not _has(df, COLUMN.identity_exact_rate):
         return None
     x = heatmap_x(df)
-    has_context = x in df.columns
     rows = df[df[COLUMN.identity_exact_rate].notna()]
-    rows = rows.assign(_context=rows[x] if has_context else 0)
+    values = rows[x].map(lambda v: v if is_present(v) else "-") if x in rows.columns else pd.Series(0, rows.index)
+    rows = rows.assign(_context=values, _name=_row_names(rows, x))
     grid = []
-    for (series, context), part in rows.groupby(["series", "_context"], sort=True):
-        grid.append(
-            {
-                "series": series,
-                "context": context,
-                "exact_rate": float(part[COLUMN.identity_exact_rate].mean()),
-                "near_ties": 0,
-                "real": 0,
-                "unknown": 0,
-                "margin_median": part[COLUMN.divergence_margin_median].median()
-                if COLUMN.divergence_margin_median in part.columns
-                else np.nan,
-                "dtype": part["dtype"].iloc[0] if "dtype" in part.columns else None,
-            }
-        )
-    index = {(g["series"], g["context"]): g for g in grid}
+    by_cell: dict[str, dict[str, Any]] = {}
+    for (name, context), part in rows.groupby(["_name", "_context"], sort=True):
+        entry = {
+            "series": name,
+            "context": context,
+            "exact_rate": float(part[COLUMN.identity_exact_rate].mean()),
+            "near_ties": 0,
+            "real": 0,
+            "unknown": 0,
+            "margin_median": part[COLUMN.divergence_margin_median].median()
+            if COLUMN.divergence_margin_median in part.columns
+            else np.nan,
+            "dtype": part["dtype"].iloc[0] if "dtype" in part.columns else None,
+        }
+        grid.append(entry)
+        for cell_id in part["cell_id"] if "cell_id" in part.columns else ():
+            by_cell[str(cell_id)] = entry
     counted = set()
     for record in _ok_records(run):
         if record.get(FIELD.identity_exact) is not False:
             continue
-        cell = record["cell"]
-        key = (series_label(cell), cell.get(x, 0) if has_context else 0)
-        entry = index.get(key) or _float_key(index, key)
+        entry = by_cell.get(str(record.get("cell_id")))
         if entry is None:
             continue
         counted.add(id(entry))
         margin = record.get(FIELD.divergence_margin)
         if not is_present(margin):
             entry["unknown"] += 1
-        elif float(margin) < near_tie_margin(cell.get("dtype")):
+        elif float(margin) < near_tie_margin(record["cell"].get("dtype")):
             entry["near_ties"] += 1
         else:
             entry["real"] += 1
@@ -762,16 +778,6 @@ def identity_grid(run: RunData) -> pd.DataFrame | None:
     return pd.DataFrame(grid)
 
 
-def _float_key(index: dict, key: tuple) -> dict | None:
-    for (series, context), entry in index.items():
-        try:
-            if series == key[0] and float(context) == float(key[1]):
-                return entry
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
 def plot_identity_heatmap(run: RunData) -> Figure | None:
     grid = identity_grid(run)
     if grid is None or grid.empty:
@@ -779,7 +785,9 @@ def plot_identity_heatmap(run: RunData) -> Figure | None:
     series = sorted(grid["series"].unique(), key=series_order)
     contexts = sorted(grid["context"].unique(), key=_order)
     matrix = np.full((len(series), len(contexts)), np.nan)
-    fig, (ax,) = _figure(width=max(6.0, 0.9 * len(contexts) + 3), height=max(2.6, 0.55 * len(series) + 1.8))
+    longest = max(len(str(name)) for name in series)
+    width = max(6.0, 0.9 * len(contexts) + 3 + 0.06 * max(0, longest - 12))
+    fig, (ax,) = _figure(width=width, height=max(2.6, 0.55 * len(series) + 1.8))
     for entry in grid.to_dict("records"):
         matrix[series.index(entry["series"]), contexts.index(entry["context"])] = entry["exact_rate"]
     image = ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
