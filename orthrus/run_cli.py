@@ -23,8 +23,9 @@ from typing import Any
 import orthrus.report
 from orthrus.errors import ArgumentParser, UserInputError, remembering_interrupts
 from orthrus.report.commands import SUBCOMMANDS as REPORT_SUBCOMMANDS
-from orthrus.report.commands import check_gate_inputs
+from orthrus.report.commands import add_skip_damaged, check_gate_inputs
 from orthrus.report.outputs import check_output_dir, check_output_file, write_error
+from orthrus.results.rundir import RESULTS_FILE, read_records, skipping_damaged
 
 
 def build_run_parser() -> argparse.ArgumentParser:
@@ -59,6 +60,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run: skip every (cell, prompt, repeat) already recorded"
     )
+    add_skip_damaged(parser)  # with --resume: measure again what a damaged line of results.jsonl held
     parser.add_argument(
         "--shard", metavar="I/N", help="run slice I (0-based) of N of the matrix; merge the slices with 'merge'"
     )
@@ -148,6 +150,14 @@ def make_run_executor(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(argv: list[str]) -> int:
+    args = build_run_parser().parse_args(argv)
+    if args.skip_damaged and not args.resume:
+        raise UserInputError("--skip-damaged applies to --resume RUN_DIR (a new run has no results to read yet).")
+    with skipping_damaged(args.skip_damaged):
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from orthrus.bench.planning import describe_plan, plan
     from orthrus.bench.prompts import PromptFactory
     from orthrus.bench.resume import resumed_suite
@@ -156,7 +166,6 @@ def cmd_run(argv: list[str]) -> int:
     from orthrus.bench.suite.validate import load_suite
     from orthrus.bench.summary import print_summary
 
-    args = build_run_parser().parse_args(argv)
     executor = make_run_executor(args)
     if args.run_id is not None:
         check_run_id(args.run_id)
@@ -171,6 +180,7 @@ def cmd_run(argv: list[str]) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     resume_dir = Path(args.resume) if args.resume else None
     if resume_dir is not None:
+        read_records(resume_dir / RESULTS_FILE)  # a damaged line is refused (or noted) before anything loads
         suite, shard = resumed_suite(resume_dir, args.suite, args.sets, args.quick, args.device, engines, shard)
     elif not args.suite:
         raise UserInputError("give a suite file, e.g. python run_bench.py suites/long_context.yaml.")
@@ -205,11 +215,6 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
-    from orthrus.bench.merge import merge_runs
-    from orthrus.bench.summary import print_summary
-    from orthrus.results.rundir import RUN_INFO_FILE, read_json
-    from orthrus.results.summary import summarize
-
     parser = ArgumentParser(
         prog="run_bench.py merge",
         description="Merge the shard run directories of one run (--shard I/N) into one run directory.",
@@ -226,7 +231,18 @@ def cmd_merge(argv: list[str]) -> int:
         help="merge incomplete or overlapping inputs anyway (each measurement once); run.json says status partial",
     )
     parser.add_argument("--quiet", action="store_true")
+    add_skip_damaged(parser)
     args = parser.parse_args(argv)
+    with skipping_damaged(args.skip_damaged):
+        return _merge(args)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from orthrus.bench.merge import merge_runs
+    from orthrus.bench.summary import print_summary
+    from orthrus.results.rundir import RUN_INFO_FILE, read_json
+    from orthrus.results.summary import summarize
+
     if args.out:  # a file, or a folder that cannot be written: refused before anything is merged
         check_output_dir(args.out, "merge --out")
     out_dir, records = merge_runs(

@@ -57,19 +57,24 @@ def make_run(
     write_records: bool = True,
     suite_yaml: str = SUITE_YAML,
     memory_sources: Iterable[str] = ("rss_peak_mib",),
+    labels: dict[str, str] | None = None,  # engine -> its label in the suite (default: the engine's name)
+    # more AR rows: (label, engine "ar" or "hf_generate", options, e2e factor vs the plain ar), e.g. a compiled ar
+    ar_variants: Iterable[tuple[str, str, dict[str, Any], float]] = (),
 ) -> Path:
     rng = random.Random(seed)
     timing_rng = random.Random(seed if timing_seed is None else timing_seed)
     run_dir = root / "synthetic" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     records: list[MeasurementRecord] = []
+    rows = [(engine, (labels or {}).get(engine, engine), {}, 1.0) for engine in engines]
+    rows += [(engine, label, options, factor) for label, engine, options, factor in ar_variants]
     for context in contexts:
-        for engine in engines:
+        for engine, label, options, factor in rows:
             for block in block_sizes if engine == "orthrus" else (None,):
                 cell = {
                     "engine": engine,
-                    "label": engine,
-                    "engine_options": {"block_size": block} if block else {},
+                    "label": label,
+                    "engine_options": {"block_size": block, **options} if block else dict(options),
                     "model": "tiny-orthrus",
                     "dtype": "float32",
                     "device": "cpu",
@@ -98,6 +103,7 @@ def make_run(
                                 prompt_text,
                                 extra_kv_blocks,
                                 tuple(memory_sources),
+                                factor,
                             )
                         )
     if write_records:
@@ -138,8 +144,10 @@ def _record(
     text,
     extra_kv,
     memory_sources,
+    factor=1.0,
 ) -> MeasurementRecord:
     engine, context, block = cell["engine"], cell["context_length"], cell["block_size"]
+    autoregressive = engine in ("ar", "hf_generate")
     base = MeasurementRecord(
         run_id=run_id, cell_id=cell_id, cell=cell, prompt_id=f"p{p}", repeat=r, timestamp=1.7e9 + p
     )
@@ -151,8 +159,8 @@ def _record(
     jitter = 1 + timing_rng.uniform(-noise, noise)
     ar_step_ms = 10.0 * (1 + context / 4096)
     prefill_ms = 0.05 * context
-    if engine == "ar":
-        forwards, e2e = NEW_TOKENS + 1, prefill_ms + NEW_TOKENS * ar_step_ms
+    if autoregressive:
+        forwards, e2e = NEW_TOKENS + 1, (prefill_ms + NEW_TOKENS * ar_step_ms) * factor
         kv = (context + NEW_TOKENS - 1) * KV_BYTES_PER_TOKEN
         accepted_per_cycle = drafted = None
     elif engine == "orthrus":
@@ -182,7 +190,7 @@ def _record(
     base.e2e_ms, base.ttft_ms = e2e, ttft
     base.tpot_ms = (e2e - ttft) / (NEW_TOKENS - 1)
     base.decode_tokens_per_s = (NEW_TOKENS - 1) / ((e2e - ttft) / 1e3)
-    gaps = NEW_TOKENS - 1 if engine == "ar" else (len(accepted_per_cycle) if accepted_per_cycle else 11)
+    gaps = NEW_TOKENS - 1 if autoregressive else (len(accepted_per_cycle) if accepted_per_cycle else 11)
     base.itl_ms = [(e2e - ttft) / gaps] * gaps + [0.0] * (NEW_TOKENS - 1 - gaps)
     base.forward_passes = forwards
     base.tokens_per_forward = NEW_TOKENS / forwards
@@ -236,7 +244,9 @@ def summarise(records: list[MeasurementRecord]) -> list[dict[str, Any]]:
                 row[f"{name}_median"] = statistics.median(values)
                 row[f"{name}_p90"] = values[min(len(values) - 1, int(0.9 * len(values)))]
                 row[f"{name}_p99"] = values[-1]
+                row[f"{name}_n"] = len(values)
             itl = sorted(v for r in ok for v in r.itl_ms)
+            row["itl_ms_n"] = len(itl)
             row["itl_ms_p50"], row["itl_ms_p90"], row["itl_ms_p99"] = (
                 itl[int(q * (len(itl) - 1))] for q in (0.5, 0.9, 0.99)
             )

@@ -162,7 +162,10 @@ def test_a_single_batch_size_draws_no_batch_plots(tmp_path):
     out = tmp_path / "reports"
     assert main([str(write_suite(tmp_path, raw)), "--out", str(out), "--run-id", "one", "--quiet"]) == 0
     plots = out / "batchtest" / "one" / "plots"
-    assert not (plots / "throughput_vs_batch.png").exists() and (plots / "tpf_vs_context.png").exists()
+    # one batch size, one context: no batch plots, no plot against the context (single points), the
+    # per-engine bars instead (nothing is swept)
+    assert not (plots / "throughput_vs_batch.png").exists() and not (plots / "tpf_vs_context.png").exists()
+    assert (plots / "by_engine.png").exists()
 
 
 # ----------------------------------------------------------------------------------- bad input

@@ -105,3 +105,73 @@ def test_nvml_looks_the_gpu_up_by_its_pci_bus_id_string(monkeypatch):
     # properties without the ids (an older torch): looked up by index, never by a guessed id
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(pci_bus_id=0x18))
     assert NvmlReader(torch.device("cuda:0")).handle == ("handle", 0)
+
+
+class _Device:
+    """Stand-ins for the GPU the trackers read: torch's allocator (allocated, reserved and their peaks,
+    as torch.cuda keeps them) and NVML's per-process and device figures, with every NVML read logged
+    together with whether the timed region was open at that moment."""
+
+    def __init__(self) -> None:
+        self.allocated = self.reserved = self.peak_allocated = self.peak_reserved = 0.0
+        self.nvml_process = self.nvml_device = 0.0
+        self.timed = False
+        self.reads: list[bool] = []
+
+    def use(self, allocated: float, reserved: float, process: float) -> None:
+        self.allocated, self.reserved = allocated * trackers.MIB, reserved * trackers.MIB
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        self.nvml_process, self.nvml_device = process, process + 500
+
+    # torch.cuda
+    def reset_peak_memory_stats(self, device=None) -> None:
+        self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
+
+    def max_memory_allocated(self, device=None) -> float:
+        return self.peak_allocated
+
+    def max_memory_reserved(self, device=None) -> float:
+        return self.peak_reserved
+
+    # NvmlReader
+    available = True
+
+    def read(self) -> tuple[float, float]:
+        self.reads.append(self.timed)
+        return self.nvml_device, self.nvml_process
+
+
+def test_gpu_memory_three_ways_is_sampled_between_the_start_and_the_end_of_the_timed_region(monkeypatch):
+    """torch allocated, torch reserved and NVML per process: each is the peak of the timed region only
+    (stand-ins for the GPU, so that the CPU test runs it): what was held before the region (a warm-up's
+    peak) and after it is not counted, and NVML is never read outside it."""
+    import time
+
+    device = _Device()
+    for name in ("reset_peak_memory_stats", "max_memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(trackers.torch.cuda, name, getattr(device, name))
+    tracker = MemoryTracker("cuda", sample_interval_ms=2)
+    tracker.nvml = device
+
+    def timed_region(*steps: tuple[float, float, float]):
+        device.timed = True
+        tracker.start()
+        for step in steps:
+            device.use(*step)
+            time.sleep(0.03)  # several sampler ticks
+        sample = tracker.stop()
+        device.timed = False
+        return sample
+
+    device.use(8000, 9000, 9500)  # a warm-up's peak, before the region
+    device.use(1000, 2000, 2500)  # released before it starts
+    first = timed_region((3000, 4000, 4500), (1500, 4000, 4500))
+    assert (first.torch_max_allocated_mib, first.torch_max_reserved_mib) == (3000, 4000)
+    assert (first.nvml_process_used_mib, first.nvml_device_used_mib) == (4500, 5000)
+    device.use(7000, 7000, 7500)  # after the region: the next one must not see it
+    device.use(500, 1000, 1500)
+    second = timed_region((600, 1000, 1500))
+    assert (second.torch_max_allocated_mib, second.torch_max_reserved_mib) == (600, 1000)
+    assert second.nvml_process_used_mib == 1500
+    assert len(device.reads) > 6 and all(device.reads), "NVML was read outside the timed region"

@@ -86,7 +86,9 @@ def pages(tmp_path_factory):
 
 def test_report_renders_in_chromium(pages, tmp_path):
     dom = check_page(pages["report"], tmp_path, "report.png")
-    assert dom.count("<img ") == 8  # every plot but the block-size sweep (one block size here)
+    # contexts swept, one block size: the context plots, acceptance (by position, histogram), memory,
+    # latency, quality and identity
+    assert dom.count("<img ") == 9
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom  # shown as text
     assert "<title>synthetic / before</title>" in dom  # the prompt's script never ran
     assert 'id="gates"' in dom

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,10 +18,24 @@ from orthrus.report.rundata import load_run
 from tests.report_synthetic import make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# the synthetic run has one batch size, so the batch-sweep plots do not apply to it (they are drawn
-# only for runs with several batch sizes: tests/test_batch_harness.py renders them on a real run)
-BATCH_PLOTS = {"batch_identity", "throughput_vs_batch", "speedup_vs_batch", "tpf_vs_batch", "latency_vs_batch"}
-SINGLE_BATCH_PLOTS = [p for p in PLOTS if p[0] not in BATCH_PLOTS]
+# what the full synthetic run sweeps (contexts and block sizes) gets its plots; the batch-sweep plots
+# (one batch size here: tests/test_batch_harness.py renders them on a real run), the plots against
+# temperature, top-p, top-k or new tokens (not swept), the per-engine bars (drawn when nothing is
+# swept) and the per-category ones (no categories) do not apply to it
+FULL_RUN_PLOTS = {
+    "throughput_vs_context",
+    "speedup_vs_context",
+    "speedup_vs_block_size",
+    "tpf_vs_context",
+    "tpf_vs_block_size",
+    "acceptance_by_position",
+    "acceptance_histogram",
+    "memory_vs_context",
+    "latency_cdfs",
+    "quality_vs_speed",
+    "identity_heatmap",
+}
+SINGLE_BATCH_PLOTS = [p for p in PLOTS if p[0] in FULL_RUN_PLOTS]
 HOSTILE = "<script>alert('pwned')</script> & <img src=x onerror=alert(1)>"
 
 
@@ -44,6 +59,7 @@ def test_full_run_draws_every_plot_and_embeds_them(full_run, full_report):
         assert png.read_bytes()[:8] == PNG_MAGIC, name
         assert f'id="plot-{name}"' in html, name
     assert html.count('src="data:image/png;base64,') == len(SINGLE_BATCH_PLOTS)
+    assert {p.stem for p in (full_run / "plots").glob("*.png")} == FULL_RUN_PLOTS
     # self-contained: nothing is fetched from anywhere
     assert not re.search(r'(src|href)="(https?:)?//', html) and "<link" not in html
     assert "default-src 'none'" in html
@@ -54,8 +70,8 @@ def test_headlines_come_first_and_say_the_key_numbers(full_report):
     order = [html.index(f'id="{section}"') for section in ("headlines", "plots", "summary", "failed", "environment")]
     assert order == sorted(order)
     for label in (
-        "Best speedup vs AR",
-        "Tokens per forward",
+        "orthrus vs fastest AR, geo. mean of 6 cells",
+        "Tokens per forward, mean of 6 cells",
         "Identity of lossless engines",
         "KV memory overhead vs AR",
     ):
@@ -80,7 +96,9 @@ def test_prompt_and_output_text_is_escaped(full_report):
 
 def test_identity_grid_tells_near_ties_from_real_divergences(full_run):
     grid = identity_grid(load_run(full_run)).set_index(["series", "context"])
-    assert grid.loc[("orthrus", 2048), "near_ties"] > 0 and grid.loc[("orthrus", 2048), "real"] == 0
+    for block in (4, 8):  # one row per block size: settings are never averaged together
+        orthrus = grid.loc[(f"orthrus (block {block})", 2048)]
+        assert orthrus["near_ties"] > 0 and orthrus["real"] == 0 and orthrus["exact_rate"] == 0.75
     assert grid.loc[("dlm", 512), "real"] > 0 and grid.loc[("dlm", 512), "near_ties"] == 0
     assert grid.loc[("ar", 512), "exact_rate"] == 1.0
 
@@ -106,13 +124,16 @@ def test_run_with_only_ar_and_orthrus_and_no_records(tmp_path):
     (run / "summary.csv").unlink()  # summary.json alone is enough; the CSV is for spreadsheets
     report = render_run(run).read_text()
     drawn = {p.stem for p in (run / "plots").glob("*.png")}
-    assert {"latency_cdfs", "tpf_vs_block_size"}.isdisjoint(drawn)  # need records / a block-size sweep
-    assert {"speedup_vs_context", "identity_heatmap", "memory_vs_context"} <= drawn
-    assert "could not be drawn" not in report and "Best speedup vs AR" in report
+    # need records / a block-size sweep / two contexts
+    assert {"latency_cdfs", "tpf_vs_block_size", "speedup_vs_context", "memory_vs_context"}.isdisjoint(drawn)
+    assert {"by_engine", "identity_heatmap"} <= drawn  # one setting: each engine's speedup and TPF as bars
+    assert "could not be drawn" not in report and "orthrus vs fastest AR, geo. mean of 1 cell" in report
+    assert "no interval" in report  # one prompt: a ratio of medians, said to have no interval
 
 
 def test_run_with_columns_missing_and_all_null(tmp_path):
-    run = make_run(tmp_path / "reports", "sparse", engines=("ar", "orthrus"), contexts=(128, 256))
+    # no results.jsonl: the summary is all there is (with records it would be rebuilt, every column back)
+    run = make_run(tmp_path / "reports", "sparse", engines=("ar", "orthrus"), contexts=(128, 256), write_records=False)
     summary = pd.read_json(run / "summary.json")
     summary = summary.drop(
         columns=[
@@ -170,4 +191,41 @@ def test_old_run_re_renders_from_a_copy(full_run, tmp_path):
     copy = tmp_path / "elsewhere" / "run"
     shutil.copytree(full_run, copy, ignore=shutil.ignore_patterns("plots", "report.html"))
     html = render_run(copy).read_text()
-    assert html.count('src="data:image/png;base64,') == len(SINGLE_BATCH_PLOTS)
+    assert html.count('src="data:image/png;base64,') == len(SINGLE_BATCH_PLOTS) == len(FULL_RUN_PLOTS)
+
+
+def test_percentiles_carry_their_sample_counts_and_too_few_values_say_so(full_run, full_report):
+    html = full_report.read_text()
+    table = html[html.index('id="summary-table"') :].split("</table>")[0]
+    headers = re.findall(r"<th>([^<]*)</th>", table)
+    assert headers[headers.index("ITL p90 ms") : headers.index("ITL p90 ms") + 3] == ["ITL p90 ms", "ITL p99 ms", "n"]
+    assert 'data-sticky="' in table  # the engine and its parameters stay in view when the table scrolls
+    full = html[html.index('id="full-summary-table"') :].split("</table>")[0]
+    # 8 measurements per cell (4 prompts x 2 repetitions): no p90 (fewer than 10) and no p99 (fewer than 100)
+    assert full.count(">n &lt; 100<") >= 3 * 6 and full.count(">n &lt; 10<") >= 3 * 6
+    assert 'title="only 8 values: not a p99"' in full
+
+
+def test_an_old_summary_without_todays_columns_is_rebuilt_from_the_records(tmp_path):
+    run = make_run(tmp_path / "reports", "old", engines=("ar", "orthrus"), contexts=(128, 256))
+    rows = json.loads((run / "summary.json").read_text())
+    for row in rows:
+        del row["itl_ms_n"]  # written before the sample counts existed
+    (run / "summary.json").write_text(json.dumps(rows))
+    summary = load_run(run).summary
+    assert summary["itl_ms_n"].notna().all() and (summary["ttft_ms_n"] == 8).all()
+
+
+def test_per_category_results_are_shown(tmp_path):
+    """Spec-Bench style runs write summary_by_category: the report shows it as a table and a plot."""
+    run = tmp_path / "reports" / "cats" / "run"
+    run.mkdir(parents=True)
+    golden = Path(__file__).resolve().parent / "data" / "summary_golden" / "a"
+    shutil.copy(golden / "results.jsonl", run / "results.jsonl")
+    rows = json.loads((golden / "summary_by_category.json").read_text())
+    categories = sorted({r["category"] for r in rows if r["category"] is not None})
+    html = render_run(run, update_index=False).read_text()
+    section = html[html.index('id="categories"') :].split("</section>")[0]
+    assert all(f">{c}<" in section for c in categories) and "speedup vs AR" in section
+    assert 'id="plot-by_category"' in html and (run / "plots" / "by_category.png").is_file()
+    assert "could not be drawn" not in html

@@ -1,5 +1,6 @@
 """The report, compare and the gates read their metric lists from the vocabulary and behave as they
-did when each kept its own table: the same summary-table columns in the same order, the same noise
+did when each kept its own table: the same summary-table columns in the same order (plus the ITL p99
+and the two torch memory columns added since), the same noise
 rule and direction for every metric compare judges, the same memory sources, the same gate names,
 and the same wall-clock refusals (one more: harness_overhead_ms_median, a clock time). Added since, on
 purpose: the draft model's own KV cache (draft_kv_cache_bytes_peak_max) in compare, the report table and
@@ -44,6 +45,7 @@ TABLE_BEFORE = (
     ("decode_tokens_per_s_median", "decode tok/s"),
     ("ttft_ms_median", "TTFT ms"),
     ("itl_ms_p90", "ITL p90 ms"),
+    ("itl_ms_p99", "ITL p99 ms"),  # added, with its sample count beside it (and "n < 100" below 100 gaps)
     ("e2e_ms_median", "e2e ms"),
     ("identity_exact_rate", "identical"),
     ("match_fraction_mean", "match"),
@@ -51,6 +53,8 @@ TABLE_BEFORE = (
     ("kv_cache_bytes_peak_max", "KV peak MiB"),
     ("draft_kv_cache_bytes_peak_max", "draft KV MiB"),
     ("rss_peak_mib_max", "RSS MiB"),
+    ("torch_max_allocated_mib_max", "torch alloc MiB"),  # added: GPU memory three ways, side by side
+    ("torch_max_reserved_mib_max", "torch reserved MiB"),  # added
     ("nvml_process_used_mib_max", "NVML proc MiB"),
 )
 MEMORY_BEFORE = (
@@ -181,6 +185,7 @@ def test_a_new_column_is_gated_by_its_kind(column):
 @pytest.mark.parametrize("column", COLUMNS_BEFORE)
 def test_a_gate_refuses_a_wall_clock_column_as_before(column):
     refused_before = column.startswith(WALL_CLOCK_PREFIXES_BEFORE) or column == COLUMN.harness_overhead_ms_median
+    refused_before = refused_before and not column.endswith("_n")  # a sample count (added since): no clock
     if refused_before:
         with pytest.raises(UserInputError, match="wall-clock"):
             parse_rule(f"{column} >= 0")

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orthrus.errors import UserInputError
 from orthrus.models.zoo_index import zoo_path
 from orthrus.report.gates import evaluate_gates
 from orthrus.report.rundata import load_run
 from orthrus.results import RESULTS_FILE, MeasurementRecord, ResultsWriter, read_records, record_key
+from orthrus.results.rundir import DamagedLinesError, skipping_damaged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,19 +44,30 @@ def test_a_complete_looking_last_record_without_its_newline_is_not_counted_and_i
     assert path.read_bytes().endswith(b"\n")
 
 
-def test_damaged_lines_are_not_counted_by_the_harness_or_the_report(tmp_path):
+def test_a_damaged_line_is_an_error_naming_it_unless_skipped_and_the_unfinished_tail_is_not(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     path = run / RESULTS_FILE
     path.write_bytes(
         _lines(_record("p0")) + b'{"run_id": "r", "cell_\n' + b"[1, 2]\n\n" + _lines(_record("p1")) + b'{"x"'
     )
-    counted = [record_key(r) for r in read_records(path)]
-    assert counted == [("c", "p0", 0), ("c", "p1", 0)]
-    assert [record_key(r) for r in load_run(run).records] == counted  # the report counts the same lines
+    with pytest.raises(DamagedLinesError, match=r"results.jsonl line 2 is damaged \(not JSON.*and 1 more \(lines 3\)"):
+        read_records(path)
+    with pytest.raises(UserInputError, match="line 2 is damaged"):
+        load_run(run)  # the report reads by the same rule
+    with skipping_damaged():
+        counted = [record_key(r) for r in read_records(path)]
+        assert counted == [("c", "p0", 0), ("c", "p1", 0)]  # blank lines are nothing, the tail is not counted
+        assert [record_key(r) for r in load_run(run).records] == counted
+        assert load_run(run).damaged == (2, 3)
     with ResultsWriter(path):
         pass
     assert path.read_bytes().endswith(_lines(_record("p1")))  # only the unfinished tail was cut
+    path.write_bytes(_lines(_record("p0"), {"run_id": "r"}))  # a JSON object that is not a record
+    with pytest.raises(
+        DamagedLinesError, match="line 2 is damaged \\(not a complete record: a measurement record needs"
+    ):
+        read_records(path)
 
 
 def test_a_version_1_record_reads_with_its_facts_as_fields():

@@ -7,6 +7,12 @@
   kernel allows it; otherwise VmRSS sampled in the background thread. None where neither exists.
 
 A figure that could not be measured is None, never 0.
+
+Every figure is the peak of the timed region only: ``start()`` (called by the measurer after it
+synchronised the device, just before ``generate``) resets torch's peak statistics and the kernel's peak
+RSS, reads NVML once and starts the sampler thread; ``stop()`` (after ``generate`` and a second
+synchronisation) stops and joins the thread, reads once more and reads the peaks. Nothing is read
+before ``start()`` or after ``stop()`` returns (tests/test_bench_trackers.py checks it with stand-ins).
 """
 
 from __future__ import annotations

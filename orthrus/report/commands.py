@@ -7,6 +7,7 @@ harness's dispatch table; ``python -m orthrus.report <subcommand> ...`` works on
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import wraps
@@ -14,6 +15,28 @@ from pathlib import Path
 
 from orthrus.errors import ArgumentParser, UserInputError
 from orthrus.report.outputs import check_output_dir, check_output_file, writable, write_error
+from orthrus.results.rundir import skipping_damaged
+
+SKIP_DAMAGED_HELP = (
+    "read results.jsonl even when a line other than its unfinished last one is damaged: leave such lines "
+    "out (a note says how many and which) instead of refusing"
+)
+
+
+def add_skip_damaged(parser: ArgumentParser) -> None:
+    """``--skip-damaged``: the one escape from the reader's damaged-line error (orthrus.results.rundir)."""
+    parser.add_argument("--skip-damaged", action="store_true", help=SKIP_DAMAGED_HELP)
+
+
+def _reading(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run(args)`` reading run directories under ``--skip-damaged`` when the command line gave it."""
+
+    @wraps(run)
+    def reading(args: argparse.Namespace) -> int:
+        with skipping_damaged(bool(getattr(args, "skip_damaged", False))):
+            return run(args)
+
+    return reading
 
 
 def _user_errors(func: Callable[[list[str]], int]) -> Callable[[Sequence[str] | None], int]:
@@ -49,7 +72,13 @@ def cmd_report(argv: list[str]) -> int:
         metavar="DIR",
         help="write report.html and plots/ here instead of into the run directory (for a read-only, archived run)",
     )
+    add_skip_damaged(parser)
     args = parser.parse_args(argv)
+    return _report(args)
+
+
+@_reading
+def _report(args: argparse.Namespace) -> int:
     if not args.run_dirs and not args.index:
         raise UserInputError("report: pass a run directory (reports/<suite>/<run-id>) or --index.")
     if args.out and len(args.run_dirs) != 1:
@@ -86,7 +115,13 @@ def cmd_compare(argv: list[str]) -> int:
     parser.add_argument("run_b", metavar="RUN_B")
     parser.add_argument("--out", help="HTML file to write (default: reports/compare/<A>_vs_<B>.html)")
     parser.add_argument("--fail-on-worse", action="store_true", help="exit 1 when a metric got worse beyond noise")
+    add_skip_damaged(parser)
     args = parser.parse_args(argv)
+    return _compare(args)
+
+
+@_reading
+def _compare(args: argparse.Namespace) -> int:
     from orthrus.report.compare import render_compare
 
     path, comparison = render_compare(args.run_a, args.run_b, args.out)
@@ -115,7 +150,13 @@ def cmd_gate(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only the verdict when everything passes")
     parser.add_argument("--verbose", action="store_true", help="one line per checked cell, also when a rule passes")
     parser.add_argument("--no-report", action="store_true", help="do not re-render report.html with the results")
+    add_skip_damaged(parser)
     args = parser.parse_args(argv)
+    return _gate(args)
+
+
+@_reading
+def _gate(args: argparse.Namespace) -> int:
     from orthrus.report.gates import run_gates
 
     code = run_gates(args.run_dir, args.gate, args.baseline, args.junit, args.quiet, verbose=args.verbose)
@@ -137,7 +178,13 @@ def cmd_baseline(argv: list[str]) -> int:
     save = sub.add_parser("save", help="baseline save RUN_DIR FILE")
     save.add_argument("run_dir", metavar="RUN_DIR")
     save.add_argument("file", metavar="FILE")
+    add_skip_damaged(save)
     args = parser.parse_args(argv)
+    return _baseline(args)
+
+
+@_reading
+def _baseline(args: argparse.Namespace) -> int:
     from orthrus.report.gates import save_baseline
 
     check_output_file(args.file, "baseline save: FILE", "baseline.json")

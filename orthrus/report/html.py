@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +26,8 @@ from markupsafe import Markup
 
 from orthrus.report.formatting import fmt
 from orthrus.report.gates import GateReport, GateResult
-from orthrus.report.plots import PlotInfo, batch_identity_table, make_plots, near_tie_margin
+from orthrus.report.headline import scope, scope_params, subjects, varying, verdicts, where
+from orthrus.report.plots import PlotInfo, batch_identity_table, category_groups, make_plots, near_tie_margin
 from orthrus.report.rundata import (
     LABEL_COLUMN,
     VOLATILE_COLUMNS,
@@ -41,7 +42,7 @@ from orthrus.report.rundata import (
 )
 from orthrus.results import vocabulary
 from orthrus.results.derived import cost_model
-from orthrus.results.vocabulary import COLUMN, FIELD
+from orthrus.results.vocabulary import AR_ENGINE, COLUMN, FIELD
 
 TEMPLATES = Path(__file__).parent / "templates"
 # record.extra keys shown as sample text; the prompt's text also comes from prompts.jsonl
@@ -83,6 +84,8 @@ class Headline:
     value: str
     detail: str = ""
     tone: str = ""  # "good" | "bad" | ""
+    lines: list[str] = field(default_factory=list)  # secondary lines under the detail
+    wide: bool = False  # spans two card widths (the verdict, with its scope and best and worst cells)
 
 
 # ----------------------------------------------------------------------------- headline numbers
@@ -92,34 +95,48 @@ def headlines(run: RunData) -> list[Headline]:
     rows = df.to_dict("records")
     non_ar = [r for r in rows if r.get("engine") != "ar"]
 
-    with_speedup = [r for r in non_ar if is_present(r.get(COLUMN.speedup_vs_ar))]
-    if with_speedup:
-        best = max(with_speedup, key=lambda r: r[COLUMN.speedup_vs_ar])
-        ci = ""
-        if is_present(best.get(COLUMN.speedup_vs_ar_ci_low)) and is_present(best.get(COLUMN.speedup_vs_ar_ci_high)):
-            ci = f"; 95% CI {best[COLUMN.speedup_vs_ar_ci_low]:.2f}-{best[COLUMN.speedup_vs_ar_ci_high]:.2f}x"
+    for verdict in verdicts(run):  # the first card: Orthrus over the fastest AR, over every cell, with its interval
+        params = scope_params(verdict.cells)
+        noun = "cell" if len(verdict.cells) == 1 else "cells"
+        lines = [f"scope: {verdict.scope}", f"against {verdict.against}"]
+        if len(verdict.cells) > 1:
+            lines += [
+                f"best cell: {verdict.cell_text(verdict.best, params)}",
+                f"worst cell: {verdict.cell_text(verdict.worst, params)}",
+            ]
         out.append(
             Headline(
-                "Best speedup vs AR",
-                f"{best[COLUMN.speedup_vs_ar]:.2f}x",
-                f"{_where(best, df)}{ci}",
-                "good" if best[COLUMN.speedup_vs_ar] > 1 else "bad",
+                f"{verdict.subject} vs fastest AR, geo. mean of {len(verdict.cells)} {noun}",
+                f"{verdict.ratio:.2f}x",
+                f"{verdict.interval}; {verdict.reading}",
+                verdict.tone,
+                lines,
+                wide=True,
             )
         )
+    out += batch_headlines(run)
 
-    with_tpf = [r for r in non_ar if is_present(r.get(COLUMN.tokens_per_forward_median))]
-    orthrus = [r for r in with_tpf if r.get("engine") == "orthrus"] or with_tpf
-    if orthrus:
-        best = max(orthrus, key=lambda r: r[COLUMN.tokens_per_forward_median])
-        low = min(r[COLUMN.tokens_per_forward_median] for r in orthrus)
-        spread = (
-            f"; {low:.2f}-{best[COLUMN.tokens_per_forward_median]:.2f} across {len(orthrus)} cells"
-            if len(orthrus) > 1
-            else ""
-        )
+    subject = (subjects(run) or [None])[0]
+    with_tpf = [r for r in rows if r.get("series") == subject and is_present(r.get(COLUMN.tokens_per_forward_median))]
+    if with_tpf:
+        values = [float(r[COLUMN.tokens_per_forward_median]) for r in with_tpf]
+        best = max(with_tpf, key=lambda r: r[COLUMN.tokens_per_forward_median])
+        worst = min(with_tpf, key=lambda r: r[COLUMN.tokens_per_forward_median])
+        noun = "cell" if len(values) == 1 else "cells"
+        lines = [f"scope: {scope(str(subject), with_tpf)}"]
+        if len(values) > 1 and f"{max(values):.2f}" == f"{min(values):.2f}":
+            lines.append("the same in every cell")
+        elif len(values) > 1:
+            lines += [
+                f"highest: {best[COLUMN.tokens_per_forward_median]:.2f} at {where(best, varying(with_tpf))}",
+                f"lowest: {worst[COLUMN.tokens_per_forward_median]:.2f} at {where(worst, varying(with_tpf))}",
+            ]
         out.append(
             Headline(
-                "Tokens per forward", f"{best[COLUMN.tokens_per_forward_median]:.2f}", f"{_where(best, df)}{spread}"
+                f"Tokens per forward, mean of {len(values)} {noun}",
+                f"{sum(values) / len(values):.2f}",
+                "median per cell over prompts and repetitions (AR: 1)",
+                lines=lines,
             )
         )
 
@@ -133,7 +150,12 @@ def headlines(run: RunData) -> list[Headline]:
         names = ", ".join(sorted({r["series"] for r in lossless}))
         if worst[COLUMN.identity_exact_rate] >= 1:
             out.append(
-                Headline("Identity of lossless engines", "100% exact", f"{names}; {len(lossless)} greedy cells", "good")
+                Headline(
+                    "Identity of lossless engines",
+                    "100% exact",
+                    f"{names}; {len(lossless)} greedy {'cell' if len(lossless) == 1 else 'cells'}",
+                    "good",
+                )
             )
         else:
             ties = _near_tie_note(run, worst)
@@ -180,12 +202,59 @@ def headlines(run: RunData) -> list[Headline]:
     return out
 
 
+def batch_headlines(run: RunData) -> list[Headline]:
+    """A run of several batch sizes: each subject's throughput over AR's at the largest batch size
+    both decoded (the same prompts in the same batches), with its interval and its batch throughput."""
+    df = run.summary
+    if "batch_size" not in df.columns or df["batch_size"].dropna().nunique() < 2:
+        return []
+    out = []
+    rows = df.to_dict("records")
+    for subject in subjects(run):
+        mine = [
+            r
+            for r in rows
+            if r.get("series") == subject
+            and r.get("engine") != "ar"
+            and is_present(r.get(COLUMN.throughput_speedup_vs_ar))
+            and is_present(r.get("batch_size"))
+            and float(r["batch_size"]) > 1
+        ]
+        if not mine:
+            continue
+        largest = max(float(r["batch_size"]) for r in mine)
+        cells = [r for r in mine if float(r["batch_size"]) == largest]
+        ratios = [float(r[COLUMN.throughput_speedup_vs_ar]) for r in cells]
+        value = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+        if len(cells) == 1:
+            low, high = (
+                cells[0].get(COLUMN.throughput_speedup_vs_ar_ci_low),
+                cells[0].get(COLUMN.throughput_speedup_vs_ar_ci_high),
+            )
+        else:
+            low = high = None
+        tone = ""
+        detail = "one batch only: no interval"
+        if is_present(low) and is_present(high):
+            detail = f"95% CI {low:.2f}-{high:.2f}x over batches"
+            tone = "good" if low > 1 else "bad" if high < 1 else ""
+        elif len(cells) > 1:
+            detail = f"geo. mean of {len(cells)} cells, {min(ratios):.2f}-{max(ratios):.2f}x"
+        throughput = [r.get(COLUMN.batch_tokens_per_s_median) for r in cells]
+        lines = [f"scope: {scope(subject, cells)}"]
+        if all(is_present(t) for t in throughput):
+            lines.append(f"batch throughput {', '.join(f'{t:.0f}' for t in throughput)} tokens/s")
+        lines.append("AR batch e2e / this batch's e2e, the same prompts in the same batches")
+        out.append(
+            Headline(f"{subject} throughput vs AR at batch {_plain(largest)}", f"{value:.2f}x", detail, tone, lines)
+        )
+    return out
+
+
 def _where(row: dict[str, Any], df: pd.DataFrame) -> str:
-    parts = [str(row["series"])]
-    for column in _varying(df):
-        if column not in ("engine", "series") and is_present(row.get(column)):
-            parts.append(f"{column}={_plain(row[column])}")
-    return ", ".join(parts)
+    """``orthrus, context 1024``: a row named by its label and the parameters that vary over the run."""
+    at = where(row, [c for c in _varying(df) if c not in ("engine", "series")])
+    return f"{row['series']}, {at}" if at else str(row["series"])
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
@@ -219,38 +288,66 @@ def _near_tie_note(run: RunData, row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------- page content
 def summary_table(df: pd.DataFrame) -> dict[str, Any]:
     """The report's main table: the varying cell parameters, then the vocabulary's table metrics that
-    this run measured, in the unit shown (KV bytes in MiB), with a same-run ratio's 95% interval."""
+    this run measured, in the unit shown (KV bytes in MiB), with a same-run ratio's 95% interval; a
+    percentile is followed by its sample count, and is "n < 100" (p99) or "n < 10" (p90) below it."""
     params = [c for c in _varying(df) if c not in ("engine", "series")]
     metrics = [(c, h) for c, h in TABLE_METRICS if c in df.columns and df[c].notna().any()]
-    header = ["engine"] + params + [h for _, h in metrics]
+    columns: list[tuple[str, str]] = []  # (summary column, header), sample counts after their percentiles
+    for i, (column, header) in enumerate(metrics):
+        columns.append((column, header))
+        samples = vocabulary.METRIC[column].samples
+        following = vocabulary.METRIC[metrics[i + 1][0]].samples if i + 1 < len(metrics) else None
+        if samples and samples != following:
+            columns.append((samples, "n"))
+    header = ["engine"] + [vocabulary.AXIS[p].label if p in vocabulary.AXIS else p for p in params]
+    header += [h for _, h in columns]
     body = []
     for row in df.to_dict("records"):
-        cells = [row["series"]] + [_plain(row.get(p)) for p in params]
-        for column, _ in metrics:
-            value = row.get(column)
-            scale = vocabulary.METRIC[column].scale
-            if scale != 1.0 and is_present(value):
-                value = value * scale
-            low, high = f"{column}_ci_low", f"{column}_ci_high"  # a bootstrap interval, where it has one
-            if is_present(value) and is_present(row.get(low)):
-                cells.append(
-                    {
-                        "value": value,
-                        "text": f"{value:.3g} [{row[low]:.3g}, {row.get(high, float('nan')):.3g}]",
-                    }
-                )
-                continue
-            cells.append(value)
-        body.append([c if isinstance(c, dict) else {"value": c, "text": fmt(c)} for c in cells])
-    return {"header": header, "rows": body}
+        cells = [{"value": row["series"], "text": str(row["series"])}]
+        cells += [{"value": _plain(row.get(p)), "text": fmt(_plain(row.get(p)))} for p in params]
+        cells += [metric_cell(row, column) for column, _ in columns]
+        body.append(cells)
+    return {"header": header, "rows": body, "sticky": 1 + len(params)}
+
+
+def metric_cell(row: dict[str, Any], column: str) -> dict[str, Any]:
+    """One figure of a summary row as the page shows it: in the unit shown, a same-run ratio with its
+    interval, a percentile over too few values as "n < min" (sorted last), a sample count as an integer."""
+    value = row.get(column)
+    metric = vocabulary.METRIC.get(column)
+    if metric is None:
+        return {"value": value, "text": _cell_text(value)}
+    if metric.samples and is_present(value):
+        n = row.get(metric.samples)
+        if is_present(n) and n < metric.min_samples:
+            return {
+                "value": None,
+                "text": f"n < {metric.min_samples}",
+                "title": f"only {int(n)} values: not a p{metric.how[1:]}",
+            }
+    if metric.how == "n":
+        return {"value": value, "text": fmt(int(value)) if is_present(value) else "n/a"}
+    if metric.scale != 1.0 and is_present(value):
+        value = value * metric.scale
+    low, high = f"{column}_ci_low", f"{column}_ci_high"  # a bootstrap interval, where it has one
+    if is_present(value) and is_present(row.get(low)):
+        return {"value": value, "text": f"{value:.3g} [{row[low]:.3g}, {row.get(high, float('nan')):.3g}]"}
+    return {"value": value, "text": fmt(value)}
 
 
 def full_table(df: pd.DataFrame) -> dict[str, Any]:
     columns = [c for c in df.columns if c != "series"]
     rows = []
     for row in df.to_dict("records"):
-        rows.append([{"value": row.get(c), "text": _cell_text(row.get(c))} for c in columns])
-    return {"header": columns, "rows": rows}
+        cells = []
+        for c in columns:
+            metric = vocabulary.METRIC.get(c)
+            if metric is not None and (metric.samples or metric.how == "n"):
+                cells.append(metric_cell(row, c))  # the sample rule of the main table
+            else:
+                cells.append({"value": row.get(c), "text": _cell_text(row.get(c))})
+        rows.append(cells)
+    return {"header": columns, "rows": rows, "sticky": 1}
 
 
 def _cell_text(value: Any) -> str:
@@ -390,10 +487,45 @@ def batch_rows(run: RunData) -> list[dict[str, Any]]:
                     if is_present(row.get(COLUMN.speedup_vs_ar_ci_low))
                     else ""
                 ),
+                "throughput_speedup": _with_interval(row, COLUMN.throughput_speedup_vs_ar),
                 "wasted": fmt(row.get(COLUMN.wasted_row_pass_fraction_mean)),
             }
         )
     return rows
+
+
+def _with_interval(row: dict[str, Any], column: str) -> str:
+    """``1.23 [1.1, 1.4]``: a same-run ratio with its bootstrap 95% interval, where it has one."""
+    text = fmt(row.get(column))
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    return text + (f" [{fmt(low)}, {fmt(high)}]" if is_present(low) and is_present(high) else "")
+
+
+def category_table(run: RunData) -> dict[str, Any] | None:
+    """Per prompt category (summary_by_category): for each engine other than AR, its speedup over AR
+    with the interval over the category's prompts, its tokens per forward and accepted drafts per cycle."""
+    df = run.by_category
+    if df.empty or "category" not in df.columns or not df["category"].notna().any():
+        return None
+    groups = [g for g in category_groups(df) if (g[2]["engine"] != AR_ENGINE).any()] or category_groups(df)
+    columns = [
+        (COLUMN.speedup_vs_ar, "speedup vs AR"),
+        (COLUMN.tokens_per_forward_median, "TPF"),
+        (COLUMN.acceptance_length_mean, "accepted/cycle"),
+    ]
+    columns = [(c, h) for c, h in columns if c in df.columns and df[c].notna().any()]
+    header = ["category", "prompts"] + [f"{name}: {h}" for name, _, _ in groups for _, h in columns]
+    body = []
+    for category in sorted(df["category"].dropna().astype(str).unique()):
+        rows = df[df["category"].astype(str) == category]
+        prompts = int(rows[COLUMN.n_ok].max()) if COLUMN.n_ok in rows.columns else None
+        cells = [{"value": category, "text": category}, {"value": prompts, "text": fmt(prompts)}]
+        for _, _, part in groups:
+            mine = part.loc[[category]].to_dict("records") if category in part.index else []
+            for column, _ in columns:
+                cells.append(metric_cell(mine[0], column) if mine else {"value": None, "text": "-"})
+        body.append(cells)
+    return {"header": header, "rows": body, "sticky": 1}
 
 
 def cost_model_rows(run: RunData) -> list[dict[str, Any]]:
@@ -482,6 +614,26 @@ def gate_rows(gates: dict[str, Any] | None, verbose: bool = False) -> list[Any]:
     return GateReport("", results).rows(verbose)
 
 
+def _started(run: RunData) -> float:
+    """When the run started measuring (seconds since the epoch), for "newest first": run.json's first
+    session, else environment.json's time, else its earliest record; never when a file was last
+    touched (re-rendering an old run must not make it new). 0 when nothing says."""
+    sessions = run.info.get("sessions")
+    if isinstance(sessions, list) and sessions and isinstance(sessions[0], dict):
+        started = sessions[0].get("started")
+        if isinstance(started, (int, float)):
+            return float(started)
+    for key in ("timestamp", "started", "created", "start_time"):
+        if isinstance(run.environment.get(key), (int, float)):
+            return float(run.environment[key])
+    stamps = [float(r["timestamp"]) for r in run.records if isinstance(r.get("timestamp"), (int, float))]
+    if stamps:
+        return min(stamps)
+    if isinstance(run.info.get("merged_at"), (int, float)):
+        return float(run.info["merged_at"])
+    return 0.0
+
+
 def _created(run: RunData) -> str:
     sessions = run.info.get("sessions")
     candidates = (
@@ -513,6 +665,13 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
     if out_dir is not None:
         target.mkdir(parents=True, exist_ok=True)
     plots, warnings = make_plots(run, target / "plots")
+    notices = [run.unfinished] if run.unfinished else []
+    if run.damaged:
+        lines = ", ".join(str(n) for n in run.damaged)
+        notices.append(
+            f"{len(run.damaged)} damaged line(s) of results.jsonl (line {lines}) were left out (--skip-damaged): "
+            "their measurements are missing from every figure below."
+        )
     nodes, node_warning = node_breakdown(run)
     if node_warning:
         warnings = [node_warning, *warnings]
@@ -527,6 +686,7 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
             device=run.device,
             n_cells=len(run.summary),
             n_records=len(run.records),
+            notices=notices,
             headlines=headlines(run),
             plots=[_plot_entry(p) for p in plots],
             warnings=warnings,
@@ -534,6 +694,7 @@ def render_run(run_dir: str | Path, update_index: bool = True, out_dir: str | Pa
             full_table=full_table(run.summary) if len(run.summary) else None,
             cost_model=cost_model_rows(run),
             batching=batch_rows(run),
+            categories=category_table(run),
             nodes=nodes,
             projection=_projection_markup(run.path),
             samples=samples(run),
@@ -587,6 +748,8 @@ def render_index(root: str | Path = "reports") -> Path:
                     "cells": "",
                     "failed": "",
                     "speedup": "",
+                    "speedup_sort": "",
+                    "speedup_tone": "",
                     "gates": f"unreadable: {err}",
                     "href": "",
                     "sort": 0.0,
@@ -594,14 +757,7 @@ def render_index(root: str | Path = "reports") -> Path:
             )
             continue
         df = run.summary
-        best = ""
-        if (
-            COLUMN.speedup_vs_ar in df.columns
-            and "engine" in df.columns
-            and df[df["engine"] != "ar"][COLUMN.speedup_vs_ar].notna().any()
-        ):
-            idx = df[df["engine"] != "ar"][COLUMN.speedup_vs_ar].idxmax()
-            best = f"{df.loc[idx, COLUMN.speedup_vs_ar]:.2f}x ({df.loc[idx, 'series']})"
+        found = verdicts(run)  # the report's first card: geometric mean over cells vs the fastest AR, its interval
         report = path / "report.html"
         rows.append(
             {
@@ -613,10 +769,12 @@ def render_index(root: str | Path = "reports") -> Path:
                 "failed": int(df[COLUMN.n_failed].fillna(0).sum())
                 if COLUMN.n_failed in df.columns
                 else len(run.failed_records()),
-                "speedup": best,
+                "speedup": "; ".join(v.short() for v in found),
+                "speedup_sort": found[0].ratio if found else "",
+                "speedup_tone": found[0].tone if found else "",
                 "gates": (run.gates or {}).get("status", ""),
                 "href": quote(os.path.relpath(report if report.is_file() else path, root)),
-                "sort": max((p.stat().st_mtime for p in path.iterdir() if p.is_file()), default=0.0),
+                "sort": _started(run),
             }
         )
     rows.sort(key=lambda r: r["sort"], reverse=True)

@@ -1,4 +1,4 @@
-"""The report's figures, drawn with matplotlib's Agg canvas from a run's results files only.
+r"""The report's figures, drawn with matplotlib's Agg canvas from a run's results files only.
 
 Each ``plot_*`` function takes a ``RunData`` and returns a ``Figure`` or ``None`` when the run has no
 data for it (a run with only ``ar`` and ``orthrus``, no GPU memory figures, no block-size sweep...).
@@ -6,7 +6,14 @@ data for it (a run with only ``ar`` and ``orthrus``, no GPU memory figures, no b
 
 Legend entries are series (see ``rundata``); when a series was measured at several values of a
 parameter that is not on the x axis (e.g. block_size in a context-length plot), each value gets its
-own line, named ``series (block_size=16)``.
+own line, named ``series (block 16)``. A series keeps one colour in every plot of a report.
+
+A report plots its suite's own question: a line plot against every swept parameter that takes two
+values or more (context length, block size, temperature, top-p, top-k, new tokens, batch size), and
+per-engine bars when nothing is swept. Text from suites (labels, options) is drawn as typed: mathtext
+is off for every figure, and log axes get a plain number formatter (matplotlib's own writes mathtext,
+which would then show as ``$\mathdefault{10^{2}}$``). Legends with more than a few entries go below
+the panels, never over the data; layouts are constrained, so titles and labels are not clipped.
 
 Near-ties: a divergence from the reference whose ``divergence_margin`` (the reference model's
 top-1 minus top-2 logit there) is below ``NEAR_TIE_MARGIN[dtype]`` (absolute, in logits) is a
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -33,12 +42,13 @@ from orthrus.report.rundata import (
     LABEL_COLUMN,
     VOLATILE_COLUMNS,
     RunData,
+    ar_counterpart,
     cell_columns,
     is_present,
     kv_overhead_bytes,
     series_label,
 )
-from orthrus.results.vocabulary import COLUMN, FIELD, METRICS
+from orthrus.results.vocabulary import AR_ENGINE, AXIS, COLUMN, FIELD, METRICS
 
 # absolute logit margins below which a divergence counts as a numerical near-tie, by dtype
 NEAR_TIE_MARGIN = {"float32": 1e-3, "float64": 1e-6, "float16": 0.05, "bfloat16": 0.25}
@@ -58,6 +68,7 @@ NOT_DIMENSIONS = {
 }
 _MARKERS = "osD^vP*Xh<>"
 _STYLES = ("-", "--", ":", "-.")
+_HATCHES = ("", "//", "..", "xx", "\\\\", "++", "--", "oo")
 
 
 @dataclass
@@ -66,7 +77,7 @@ class PlotInfo:
     title: str
     caption: str
     path: Path
-    wide: bool = False  # three panels or more: shown across the whole page
+    wide: bool = False  # two panels or more: shown across the whole page
 
 
 def near_tie_margin(dtype: Any) -> float:
@@ -75,7 +86,7 @@ def near_tie_margin(dtype: Any) -> float:
 
 # ------------------------------------------------------------------------------------ helpers
 def _figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 4.3) -> tuple[Figure, list]:
-    fig = Figure(figsize=(width * (1 if ncols == 1 else 0.62 * ncols), height * nrows), dpi=100)
+    fig = Figure(figsize=(width * (1 if ncols == 1 else 0.62 * ncols), height * nrows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, [ax for row in axes for ax in row]
@@ -85,23 +96,67 @@ def _has(frame: pd.DataFrame, *columns: str) -> bool:
     return all(c in frame.columns for c in columns) and bool(frame[list(columns)].notna().all(axis=1).any())
 
 
-def _colours(labels: list[str]) -> dict[str, Any]:
-    import matplotlib
+def series_order(label: str) -> tuple[bool, str]:
+    """AR first, then by name: the order of legends and colours."""
+    return (label != AR_ENGINE, label)
 
-    palette = matplotlib.colormaps["tab10"].colors
-    ordered = sorted(set(labels), key=lambda s: (s != "ar", s))
-    return {label: palette[i % len(palette)] for i, label in enumerate(ordered)}
+
+def _colours(run: RunData) -> dict[str, Any]:
+    """One colour per series of the run (its summary and its records), the same in every plot."""
+    labels = set(run.summary["series"]) if "series" in run.summary.columns else set()
+    labels |= {series_label(r["cell"]) for r in run.records if isinstance(r.get("cell"), dict)}
+    ordered = sorted(labels, key=series_order)
+    palette = matplotlib.colormaps["tab10" if len(ordered) <= 10 else "tab20"].colors
+    return defaultdict(lambda: "gray", {label: palette[i % len(palette)] for i, label in enumerate(ordered)})
+
+
+class PlainLogFormatter(ticker.LogFormatter):
+    r"""Log-axis tick labels as plain numbers (``100``, ``0.5``), never mathtext: with mathtext off (labels
+    from suites are drawn as typed) matplotlib's default log formatter would print ``$\mathdefault{10^{2}}$``."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
+def plain_tick_labels(fig: Figure) -> None:
+    """Give every log or symlog axis of ``fig`` (colour bars too) plain-number tick labels."""
+    mathtext = (ticker.LogFormatterSciNotation, ticker.LogFormatterMathtext)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() not in ("log", "symlog"):
+                continue
+            base = getattr(axis.get_transform(), "base", 10)
+            if axis.get_scale() == "symlog":  # signed values: the decades, their signs kept
+                if isinstance(axis.get_major_formatter(), mathtext):
+                    axis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+                if isinstance(axis.get_minor_formatter(), mathtext):
+                    axis.set_minor_formatter(ticker.NullFormatter())
+                continue
+            if isinstance(axis.get_major_formatter(), mathtext):
+                axis.set_major_formatter(PlainLogFormatter(base, labelOnlyBase=False))
+            if isinstance(axis.get_minor_formatter(), mathtext):
+                axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _dimensions(frame: pd.DataFrame, x: str) -> list[str]:
     return [c for c in cell_columns(frame) if c not in NOT_DIMENSIONS and c != x]
 
 
+def axis_label(param: str) -> str:
+    """The vocabulary's short label of a cell parameter (``context``, ``block``, ``T``...)."""
+    axis = AXIS.get(param)
+    return axis.label if axis is not None else param
+
+
 def _lines(frame: pd.DataFrame, x: str, y: str) -> list[tuple[str, str, int, pd.DataFrame]]:
     """(line name, series, variant index, rows sorted by x) for every line of a y-vs-x plot."""
     frame = frame[frame[x].notna() & frame[y].notna()]
     out = []
-    for series in sorted(frame["series"].unique(), key=lambda s: (s != "ar", s)):
+    for series in sorted(frame["series"].unique(), key=series_order):
         rows = frame[frame["series"] == series]
         dims = [d for d in _dimensions(rows, x) if rows[d].astype(str).nunique() > 1]
         if not dims:
@@ -110,7 +165,7 @@ def _lines(frame: pd.DataFrame, x: str, y: str) -> list[tuple[str, str, int, pd.
         keys = [tuple(_short(v) for v in values) for values in rows[dims].itertuples(index=False)]
         for i, key in enumerate(sorted(set(keys), key=lambda k: tuple(_order(v) for v in k))):
             part = rows[[k == key for k in keys]]
-            name = series + " (" + ", ".join(f"{d}={v}" for d, v in zip(dims, key)) + ")"
+            name = series + " (" + ", ".join(f"{axis_label(d)} {v}" for d, v in zip(dims, key)) + ")"
             out.append((name, series, i, part.sort_values(x)))
     return out
 
@@ -130,16 +185,17 @@ def _short(value: Any) -> Any:
 
 
 def _scale_x(ax: Any, values: pd.Series, discrete: bool = True) -> None:
-    """Log2 axis when values span 4x or more; a discrete axis (context, block size) ticks each value."""
-    values = values[values > 0]
+    """Log2 axis when values are all positive and span 4x or more; a discrete axis (context, block size,
+    temperature) ticks each value, 0 included."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
     if not len(values):
         return
-    if values.max() / values.min() >= 4:
+    if (values > 0).all() and values.max() / values.min() >= 4:
         ax.set_xscale("log", base=2 if discrete else 10)
     if discrete:
         ticks = sorted(set(values.tolist()))
         ax.set_xticks(ticks)
-        ax.set_xticklabels([str(_short(t)) for t in ticks])
+        ax.set_xticklabels([f"{_short(t):g}" if isinstance(t, float) else str(t) for t in ticks])
         ax.minorticks_off()
 
 
@@ -149,18 +205,43 @@ def _scale_y(ax: Any, values: pd.Series) -> None:
         ax.set_yscale("log")
 
 
+INSIDE_LEGEND = 3  # a single panel's legend of at most this many entries stays inside it ("best" place)
+
+
 def _finish(fig: Figure, axes: list, title: str) -> Figure:
-    fig.suptitle(title, fontsize=12, fontweight="bold")
+    """Title, grids, legends (one, below the panels, when there are several panels or many entries,
+    so that no legend covers data), plain log-axis tick labels."""
+    fig.suptitle(_wrap(title, int(fig.get_figwidth() * 100 / 9.5)), fontsize=12, fontweight="bold")
+    entries: dict[str, Any] = {}
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        handles, _ = ax.get_legend_handles_labels()
-        if handles:
-            ax.legend(fontsize=7, loc="best", framealpha=0.8)
-    fig.tight_layout()
+        panel = ax.get_position().width * fig.get_figwidth()  # inches
+        ax.set_ylabel(_wrap(ax.get_ylabel(), 40), fontsize=ax.yaxis.label.get_fontsize())
+        if ax.get_title():
+            ax.set_title(_wrap(ax.get_title(), max(24, int(panel * 100 / 7))), fontsize=ax.title.get_fontsize())
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        if len(axes) == 1 and len(entries) <= INSIDE_LEGEND:
+            axes[0].legend(fontsize=8, loc="best", framealpha=0.85)
+        else:
+            ncols = min(len(entries), 4 if max(len(label) for label in entries) < 30 else 2)
+            fig.legend(
+                list(entries.values()),
+                list(entries),
+                loc="outside lower center",
+                ncols=ncols,
+                fontsize=8,
+                frameon=False,
+            )
+    plain_tick_labels(fig)
     return fig
 
 
-def _line_plot(ax: Any, frame: pd.DataFrame, x: str, y: str, colours: dict[str, Any], scale: float = 1.0) -> bool:
+def _line_plot(
+    ax: Any, frame: pd.DataFrame, x: str, y: str, colours: dict[str, Any], scale: float = 1.0, band: bool = False
+) -> bool:
+    """One line per series (and setting); with ``band``, the column's bootstrap 95% interval shaded."""
     drawn = False
     for name, series, variant, rows in _lines(frame, x, y):
         ax.plot(
@@ -172,74 +253,83 @@ def _line_plot(ax: Any, frame: pd.DataFrame, x: str, y: str, colours: dict[str, 
             label=name,
             markersize=4,
         )
+        low, high = f"{y}_ci_low", f"{y}_ci_high"
+        if band and {low, high} <= set(rows.columns):
+            shown = rows[rows[low].notna() & rows[high].notna()]
+            if len(shown):
+                ax.fill_between(
+                    shown[x], shown[low] * scale, shown[high] * scale, color=colours[series], alpha=0.15, lw=0
+                )
         drawn = True
     return drawn
 
 
-# -------------------------------------------------------------------------------------- plots
-def plot_throughput_vs_context(run: RunData) -> Figure | None:
-    df = run.summary
-    if not _has(df, "context_length", COLUMN.decode_tokens_per_s_median):
-        return None
-    fig, (ax,) = _figure()
-    _line_plot(ax, df, "context_length", COLUMN.decode_tokens_per_s_median, _colours(df["series"].tolist()))
-    _scale_x(ax, df["context_length"].dropna())
-    _scale_y(ax, df[COLUMN.decode_tokens_per_s_median].dropna())
-    ax.set_xlabel("context length (prompt tokens)")
-    ax.set_ylabel("decode throughput (tokens/s, median)")
-    return _finish(fig, [ax], "Decode throughput vs context length")
+# ----------------------------------------------------------------------------- the swept axes
+# the parameters a suite sweeps that a line plot can take as its x axis (batch size has its own plots),
+# with the x label; a plot against one is drawn when the run measured two values of it or more
+SWEEP_X = (
+    ("context_length", "context length (prompt tokens)"),
+    ("block_size", "block size K (tokens drafted and verified per cycle)"),
+    ("temperature", "sampling temperature T (0 = greedy)"),
+    ("top_p", "top-p (nucleus) filter (1 = off)"),
+    ("top_k", "top-k filter (0 = off)"),
+    ("max_new_tokens", "new tokens per request (generation budget)"),
+)
+_NUMERIC_AXES = frozenset(name for name, _ in SWEEP_X) | {"batch_size"}
 
 
-def plot_speedup_vs_context(run: RunData) -> Figure | None:
-    df = run.summary
-    df = df[df["engine"] != "ar"] if "engine" in df.columns else df
-    if not _has(df, "context_length", COLUMN.speedup_vs_ar):
+def swept(frame: pd.DataFrame, param: str) -> bool:
+    """The run measured two or more values of ``param`` (a question the report must plot)."""
+    return param in frame.columns and pd.to_numeric(frame[param], errors="coerce").dropna().nunique() > 1
+
+
+def _numeric(frame: pd.DataFrame, param: str) -> pd.DataFrame:
+    return frame.assign(**{param: pd.to_numeric(frame[param], errors="coerce")})
+
+
+def _non_ar(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["engine"] != AR_ENGINE] if "engine" in frame.columns else frame
+
+
+def _along(frame: pd.DataFrame, x: str, y: str) -> bool:
+    """Some line of a y-vs-x plot has two points or more (else ``x`` varies only together with another
+    parameter, e.g. top-p with the temperature, and a plot against it would be single points)."""
+    return any(rows[x].nunique() > 1 for *_, rows in _lines(frame, x, y))
+
+
+def _speedup_vs(run: RunData, x: str, xlabel: str) -> Figure | None:
+    df = _non_ar(run.summary)
+    if not swept(df, x) or not _has(df, x, COLUMN.speedup_vs_ar):
+        return None
+    df = _numeric(df, x)
+    if not _along(df, x, COLUMN.speedup_vs_ar):
         return None
     fig, (ax,) = _figure()
-    colours = _colours(run.summary["series"].tolist())
-    for name, series, variant, rows in _lines(df, "context_length", COLUMN.speedup_vs_ar):
-        colour = colours[series]
-        ax.plot(
-            rows["context_length"],
-            rows[COLUMN.speedup_vs_ar],
-            marker=_MARKERS[variant % len(_MARKERS)],
-            linestyle=_STYLES[variant % len(_STYLES)],
-            color=colour,
-            label=name,
-            markersize=4,
-        )
-        if {COLUMN.speedup_vs_ar_ci_low, COLUMN.speedup_vs_ar_ci_high} <= set(rows.columns):
-            band = rows[rows[COLUMN.speedup_vs_ar_ci_low].notna() & rows[COLUMN.speedup_vs_ar_ci_high].notna()]
-            if len(band):
-                ax.fill_between(
-                    band["context_length"],
-                    band[COLUMN.speedup_vs_ar_ci_low],
-                    band[COLUMN.speedup_vs_ar_ci_high],
-                    color=colour,
-                    alpha=0.15,
-                    linewidth=0,
-                )
+    _line_plot(ax, df, x, COLUMN.speedup_vs_ar, _colours(run), band=True)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="AR (1x)")
-    _scale_x(ax, df["context_length"].dropna())
-    ax.set_xlabel("context length (prompt tokens)")
-    ax.set_ylabel("speedup vs AR (x, geometric mean; band = 95% CI)")
-    return _finish(fig, [ax], "Speedup over autoregressive decoding vs context length")
+    _scale_x(ax, df[x].dropna())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("speedup vs AR (x, geometric mean over prompts; band: 95% CI)")
+    return _finish(fig, [ax], f"Speedup over autoregressive decoding vs {xlabel.split(' (')[0]}")
 
 
-def _tpf_acceptance(run: RunData, x: str, xlabel: str, title: str) -> Figure | None:
+def _tpf_acceptance(run: RunData, x: str, xlabel: str) -> Figure | None:
     df = run.summary
+    if not swept(df, x):
+        return None
+    df = _numeric(df, x)
     panels = [
         (c, label)
         for c, label in (
             (COLUMN.tokens_per_forward_median, "tokens per forward pass (median)"),
             (COLUMN.acceptance_length_mean, "accepted drafts per cycle (mean per request)"),
         )
-        if _has(df, x, c)
+        if _has(df, x, c) and _along(df, x, c)
     ]
     if not panels:
         return None
     fig, axes = _figure(ncols=len(panels))
-    colours = _colours(df["series"].tolist())
+    colours = _colours(run)
     for ax, (column, label) in zip(axes, panels):
         _line_plot(ax, df, x, column, colours)
         few_lines = len(_lines(df, x, column)) <= 4
@@ -253,6 +343,7 @@ def _tpf_acceptance(run: RunData, x: str, xlabel: str, title: str) -> Figure | N
                     rows[x],
                     rows[COLUMN.acceptance_length_token_weighted],
                     linestyle=":",
+                    linewidth=2.2,
                     color=colours[series],
                     alpha=0.7,
                     label=f"{name}, token-weighted",
@@ -260,91 +351,270 @@ def _tpf_acceptance(run: RunData, x: str, xlabel: str, title: str) -> Figure | N
         _scale_x(ax, df[x].dropna())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
-    return _finish(fig, axes, title)
+    return _finish(fig, axes, f"Tokens per forward and accepted drafts vs {xlabel.split(' (')[0]}")
 
 
-def plot_tpf_vs_context(run: RunData) -> Figure | None:
-    if "context_length" not in run.summary.columns:
-        return None
-    return _tpf_acceptance(
-        run,
-        "context_length",
-        "context length (prompt tokens)",
-        "Tokens per forward and accepted length vs context length",
-    )
-
-
-def plot_tpf_vs_block_size(run: RunData) -> Figure | None:
+# -------------------------------------------------------------------------------------- plots
+def plot_throughput_vs_context(run: RunData) -> Figure | None:
     df = run.summary
-    if "block_size" not in df.columns or df["block_size"].dropna().nunique() < 2:
+    if not swept(df, "context_length") or not _has(df, "context_length", COLUMN.decode_tokens_per_s_median):
         return None
-    return _tpf_acceptance(
-        run, "block_size", "block size (draft tokens per cycle)", "Tokens per forward and accepted length vs block size"
-    )
+    fig, (ax,) = _figure()
+    _line_plot(ax, df, "context_length", COLUMN.decode_tokens_per_s_median, _colours(run))
+    _scale_x(ax, df["context_length"].dropna())
+    _scale_y(ax, df[COLUMN.decode_tokens_per_s_median].dropna())
+    ax.set_xlabel("context length (prompt tokens)")
+    ax.set_ylabel("decode throughput (tokens/s, median)")
+    return _finish(fig, [ax], "Decode throughput vs context length")
+
+
+def plot_by_engine(run: RunData) -> Figure | None:
+    """Nothing swept (one setting per engine, e.g. a dataset suite): speedup and TPF per engine."""
+    df = run.summary
+    if any(swept(df, param) for param in _NUMERIC_AXES) or "series" not in df.columns:
+        return None
+    panels = [
+        (c, label)
+        for c, label in (
+            (COLUMN.speedup_vs_ar, "speedup vs AR (x, geometric mean over prompts; bars: 95% CI)"),
+            (COLUMN.tokens_per_forward_median, "tokens per forward pass (median)"),
+        )
+        if _has(df, c)
+    ]
+    if not panels:
+        return None
+    fig, axes = _figure(ncols=len(panels))
+    colours = _colours(run)
+    for ax, (column, label) in zip(axes, panels):
+        rows = df[df[column].notna()].copy()
+        rows["_order"] = [series_order(s) for s in rows["series"]]
+        rows = rows.sort_values("_order")
+        names = [f"{s} ({i})" if list(rows["series"]).count(s) > 1 else s for i, s in enumerate(rows["series"])]
+        values = rows[column].to_numpy(dtype=float)
+        ax.barh(names, values, color=[colours[s] for s in rows["series"]])
+        low, high = f"{column}_ci_low", f"{column}_ci_high"
+        if {low, high} <= set(rows.columns):
+            lows, highs = rows[low].to_numpy(dtype=float), rows[high].to_numpy(dtype=float)
+            known = ~(np.isnan(lows) | np.isnan(highs))
+            errors = np.vstack([np.where(known, values - lows, 0), np.where(known, highs - values, 0)])
+            ax.errorbar(values, names, xerr=errors, fmt="none", ecolor="black", capsize=3, linewidth=1)
+        if column == COLUMN.speedup_vs_ar:
+            ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+    return _finish(fig, axes, "Speedup and tokens per forward by engine (one setting, nothing swept)")
+
+
+def _position_counts(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled over the records' cycles, for each draft position j (index j-1): cycles that drafted j,
+    those that accepted j (a >= j), and those that reached j (drafted j and accepted j-1: a >= j-1)."""
+    drafted_all: list[int] = []
+    accepted_all: list[int] = []
+    for r in records:
+        accepted = r.get("accepted_per_cycle") or []
+        drafted = r.get("drafted_per_cycle") or [max(accepted, default=0)] * len(accepted)
+        drafted_all.extend(int(d) for d in drafted)
+        accepted_all.extend(int(a) for a in accepted)
+    width = max(drafted_all, default=0)
+    d, a = np.asarray(drafted_all), np.asarray(accepted_all)
+    tried = np.array([np.sum(d >= j) for j in range(1, width + 1)])
+    kept = np.array([np.sum((d >= j) & (a >= j)) for j in range(1, width + 1)])
+    reached = np.array([np.sum((d >= j) & (a >= j - 1)) for j in range(1, width + 1)])
+    return tried, kept, reached
+
+
+def _drafting_groups(run: RunData) -> dict[str, list[dict[str, Any]]]:
+    """The ok records of drafting engines, one group per series and setting (every cell parameter that
+    varies over the run but the context: block size, temperature, top-p...), pooled over contexts."""
+    records = [r for r in _ok_records(run) if r.get("accepted_per_cycle")]
+    if not records:
+        return {}
+    cells = pd.DataFrame([r["cell"] for r in records])
+    params = [
+        c
+        for c in cells.columns
+        if c not in NOT_DIMENSIONS and c != "context_length" and cells[c].astype(str).nunique() > 1
+    ]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    order: dict[str, tuple] = {}
+    for r in records:
+        series = series_label(r["cell"])
+        setting = ", ".join(
+            f"{axis_label(p)} {_short(r['cell'].get(p))}" for p in params if is_present(r["cell"].get(p))
+        )
+        name = f"{series} ({setting})" if setting else series
+        groups.setdefault(name, []).append(r)
+        order[name] = (series_order(series), *(_order(r["cell"].get(p)) for p in params))
+    return dict(sorted(groups.items(), key=lambda item: order[item[0]]))
+
+
+FEW_CYCLES = 10  # a per-position rate over fewer cycles is drawn hollow: hardly an estimate
 
 
 def plot_acceptance_by_position(run: RunData) -> Figure | None:
-    df = run.summary
-    if COLUMN.acceptance_by_position not in df.columns:
+    groups = _drafting_groups(run)
+    if not groups:
         return None
-    df = df[df[COLUMN.acceptance_by_position].map(lambda v: isinstance(v, list) and len(v) > 0)]
-    if df.empty:
+    fig, axes = _figure(ncols=2)
+    colours = _colours(run)
+    contexts = sorted({_short(r["cell"].get("context_length")) for g in groups.values() for r in g}, key=_order)
+    for i, (name, records) in enumerate(groups.items()):
+        tried, kept, reached = _position_counts(records)
+        positions = np.arange(1, len(tried) + 1)
+        colour = colours[series_label(records[0]["cell"])]
+        for ax, rate, counts in (
+            (axes[0], kept / np.maximum(tried, 1), tried),
+            (axes[1], kept / np.maximum(reached, 1), reached),
+        ):
+            shown = counts > 0
+            style = {"color": colour, "linestyle": _STYLES[i % len(_STYLES)], "markersize": 4}
+            ax.plot(positions[shown], rate[shown], marker=_MARKERS[i % len(_MARKERS)], label=name, **style)
+            few = shown & (counts < FEW_CYCLES)
+            if few.any():
+                ax.plot(positions[few], rate[few], "o", mfc="white", color=colour, markersize=6)
+    scope = ", ".join(str(c) for c in contexts if is_present(c))
+    axes[0].set_title("unconditional u_j = P(a >= j): cycles accepting j / cycles drafting j", fontsize=10)
+    axes[1].set_title("conditional c_j = P(a >= j | a >= j-1): given draft j-1 was accepted", fontsize=10)
+    for ax in axes:
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("draft position j in the block (1 = first drafted token)")
+        ax.set_ylabel("acceptance (fraction of cycles)")
+    title = "Per-position acceptance, pooled over every cycle of the run"
+    title += f" (contexts {scope})" if len(contexts) > 1 else ""
+    return _finish(fig, axes, title + f"; hollow: fewer than {FEW_CYCLES} cycles")
+
+
+MAX_HISTOGRAMS = 20
+HISTOGRAM_COLUMNS = 5
+
+
+def plot_acceptance_histogram(run: RunData) -> Figure | None:
+    """Per cell of a drafting engine: how many drafts each cycle accepted (0 .. K-1), as a fraction of
+    the cell's cycles, with the per-request means' spread and the counts it stands on. One row of
+    panels per series, one panel per setting (context, block size, temperature...)."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for r in _ok_records(run):
+        if r.get("accepted_per_cycle"):
+            by_cell.setdefault(str(r.get("cell_id")), []).append(r)
+    if not by_cell:
         return None
-    group_by = ["series"] + (["block_size"] if "block_size" in df.columns else [])
-    fig, (ax,) = _figure()
-    colours = _colours(run.summary["series"].tolist())
-    for i, (key, rows) in enumerate(df.groupby(group_by, sort=True, dropna=False)):
-        key = key if isinstance(key, tuple) else (key,)
-        width = max(len(v) for v in rows[COLUMN.acceptance_by_position])
-        stack = np.full((len(rows), width), np.nan)
-        for r, values in enumerate(rows[COLUMN.acceptance_by_position]):
-            stack[r, : len(values)] = [np.nan if v is None else v for v in values]
-        mean = np.nanmean(stack, axis=0)
-        name = key[0] + (f" (block_size={_short(key[1])})" if len(key) > 1 and is_present(key[1]) else "")
-        ax.plot(
-            range(1, width + 1),
-            mean,
-            marker=_MARKERS[i % len(_MARKERS)],
-            color=colours[key[0]],
-            linestyle=_STYLES[i % len(_STYLES)],
-            label=name,
-            markersize=4,
-        )
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("draft position j in the block (1 = first drafted token)")
-    ax.set_ylabel("fraction of cycles accepting position j")
-    return _finish(fig, [ax], "Per-position acceptance (mean over the run's cells)")
+    cells_frame = pd.DataFrame([records[0]["cell"] for records in by_cell.values()])
+    varying = [
+        c
+        for c in cells_frame.columns
+        if c not in NOT_DIMENSIONS and not c.endswith("_path") and cells_frame[c].astype(str).nunique() > 1
+    ]
+    by_series: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
+    for records in by_cell.values():
+        by_series[series_label(records[0]["cell"])].append(records)
+    layout: list[list[list[dict[str, Any]]]] = []  # rows of panels
+    for series in sorted(by_series, key=series_order):
+        cells = sorted(by_series[series], key=lambda rs: tuple(_order(rs[0]["cell"].get(p)) for p in varying))
+        layout += [cells[i : i + HISTOGRAM_COLUMNS] for i in range(0, len(cells), HISTOGRAM_COLUMNS)]
+    shown = 0
+    rows_kept = []
+    for row in layout:
+        if shown + len(row) > MAX_HISTOGRAMS:
+            break
+        rows_kept.append(row)
+        shown += len(row)
+    ncols = max(len(row) for row in rows_kept)
+    width = max(9.0, 2.7 * ncols) / (0.62 * ncols) if ncols > 1 else 6.0  # across the page: small panels read
+    fig, axes = _figure(ncols=ncols, nrows=len(rows_kept), width=width, height=2.5)
+    grid = [axes[i * ncols : (i + 1) * ncols] for i in range(len(rows_kept))]
+    colours = _colours(run)
+    used = []
+    for panel_row, row in zip(grid, rows_kept):
+        for column, (ax, records) in enumerate(zip(panel_row, row)):
+            cell = records[0]["cell"]
+            accepted = np.array([a for r in records for a in r["accepted_per_cycle"]], dtype=int)
+            block = records[0].get("block_size") or cell.get("block_size")
+            width = int(block) if is_present(block) else int(accepted.max()) + 1
+            counts = np.bincount(accepted, minlength=width)
+            ax.bar(np.arange(len(counts)), counts / counts.sum(), color=colours[series_label(cell)], width=0.85)
+            per_request = [float(np.mean(r["accepted_per_cycle"])) for r in records]
+            ax.axvline(float(accepted.mean()), color="black", linewidth=1, linestyle="--")
+            where = ", ".join(f"{axis_label(p)} {_short(cell.get(p))}" for p in varying if is_present(cell.get(p)))
+            ax.set_title(where or series_label(cell), fontsize=9)
+            ax.text(
+                0.97,
+                0.96,
+                f"{len(accepted)} cycles, {len(records)} requests\nmean {accepted.mean():.2f}, "
+                f"per request {min(per_request):.2f}-{max(per_request):.2f}",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=7,
+            )
+            ax.set_xlabel("drafts accepted in a cycle", fontsize=8)
+            ax.set_ylabel(f"{series_label(cell)}: fraction of cycles" if column == 0 else "", fontsize=8)
+            ax.set_ylim(0, 1.2)
+            used.append(ax)
+        for ax in panel_row[len(row) :]:
+            ax.set_visible(False)
+    more = f" (the first {shown} of {len(by_cell)} cells)" if shown < len(by_cell) else ""
+    return _finish(fig, used, f"Drafts accepted per cycle, per cell; dashed: the cell's mean{more}")
+
+
+def _kv_overhead(df: pd.DataFrame) -> pd.DataFrame:
+    """``kv_overhead_bytes`` for the rows measured on the model of their AR counterpart (the same model:
+    a DLM's cache of another model is not an overhead over AR's), NaN elsewhere and for AR itself."""
+    rows = df.to_dict("records")
+    values = []
+    for row in rows:
+        ar = ar_counterpart(df, row) if row.get("engine") != AR_ENGINE else None
+        same_model = ar is not None and (not is_present(row.get("model")) or row.get("model") == ar.get("model"))
+        value = kv_overhead_bytes(df, row) if same_model else None
+        values.append(np.nan if value is None else value)
+    return df.assign(kv_overhead_bytes=values)
+
+
+def _zero_lines(ax: Any, df: pd.DataFrame, column: str, scale: float) -> str:
+    """A panel of overheads where a few lines are far above the rest: a symlog axis, so that the small
+    ones (Orthrus's 0) are not flattened onto one another; returns a note naming the series that are 0
+    everywhere (for the panel's title: a note inside the panel could cover a line)."""
+    rows = df[df[column].notna()]
+    values = (rows[column] * scale).abs()
+    nonzero = values[values > 0]
+    if len(nonzero) and (values == 0).any() and nonzero.max() / max(nonzero.min(), 1e-9) >= 20:
+        ax.set_yscale("symlog", linthresh=10 ** math.floor(math.log10(max(float(nonzero.min()), 1.0))))
+    zero = [name for name, part in rows.groupby("series") if (part[column] == 0).all()]
+    return "0 at every context: " + ", ".join(sorted(zero, key=series_order)) if zero else ""
 
 
 def plot_memory_vs_context(run: RunData) -> Figure | None:
     df = run.summary
-    if "context_length" not in df.columns:
+    if not swept(df, "context_length"):
         return None
     sources = [s for s in MEMORY_SOURCES if _has(df, "context_length", s[0])]
     if not sources:
         return None
-    if sources[0][0] == COLUMN.kv_cache_bytes_peak_max and "engine" in df.columns and (df["engine"] == "ar").any():
-        overhead = [kv_overhead_bytes(df, row) if row.get("engine") != "ar" else None for row in df.to_dict("records")]
-        df = df.assign(kv_overhead_bytes=[np.nan if v is None else v for v in overhead])
+    if sources[0][0] == COLUMN.kv_cache_bytes_peak_max and "engine" in df.columns and (df["engine"] == AR_ENGINE).any():
+        df = _kv_overhead(df)
         if _has(df, "context_length", "kv_overhead_bytes"):
-            sources.insert(1, ("kv_overhead_bytes", "KV cache beyond AR's at the same context", "KiB", 1 / 2**10))
+            title = "KV cache beyond AR's at the same context (engines on AR's model)"
+            sources.insert(1, ("kv_overhead_bytes", title, "KiB", 1 / 2**10))
     ncols = min(3, len(sources))
     nrows = math.ceil(len(sources) / ncols)
     fig, axes = _figure(ncols=ncols, nrows=nrows, height=3.8)
-    colours = _colours(df["series"].tolist())
+    colours = _colours(run)
     for ax, (column, title, unit, scale) in zip(axes, sources):
         _line_plot(ax, df, "context_length", column, colours, scale)
         _scale_x(ax, df["context_length"].dropna())
-        ax.set_title(title, fontsize=10)
+        note = _zero_lines(ax, df, column, scale) if column == "kv_overhead_bytes" else ""
+        ax.set_title(f"{title}\n{note}" if note else title, fontsize=10)
         ax.set_xlabel("context length (prompt tokens)")
         ax.set_ylabel(f"peak ({unit})")
     for ax in axes[len(sources) :]:
         ax.set_visible(False)
-    return _finish(fig, axes[: len(sources)], "Memory vs context length, by source")
+    return _finish(fig, axes[: len(sources)], "Memory vs context length, by source (each over the timed region only)")
 
 
 def _ok_records(run: RunData) -> list[dict[str, Any]]:
     return [r for r in run.records if r.get("status", "ok") == "ok" and isinstance(r.get("cell"), dict)]
+
+
+LINEAR_MS = 1.0  # the ITL axis is linear below this many ms (the zeros of a block committed at once) and log above
 
 
 def plot_latency_cdfs(run: RunData) -> Figure | None:
@@ -367,24 +637,34 @@ def plot_latency_cdfs(run: RunData) -> Figure | None:
     if not panels:
         return None
     fig, axes = _figure(ncols=len(panels))
-    colours = _colours([*ttft, *itl, *run.summary["series"].tolist()])
+    colours = _colours(run)
     for ax, (data, title, xlabel) in zip(axes, panels):
-        for series in sorted(data, key=lambda s: (s != "ar", s)):
+        for series in sorted(data, key=series_order):
             values = np.sort(np.asarray(data[series]))
             ax.step(
                 values,
                 np.arange(1, len(values) + 1) / len(values),
                 where="post",
                 color=colours[series],
-                label=f"{series} (n={len(values)})",
+                label=series,
             )
-        positive = np.concatenate([np.asarray(v) for v in data.values()])
-        positive = positive[positive > 0]
-        if len(positive) and positive.max() / positive.min() >= 20 and data is ttft:
+        pooled = np.concatenate([np.asarray(v) for v in data.values()])
+        positive = pooled[pooled > 0]
+        wide = len(positive) and positive.max() / max(np.median(positive), 1e-9) >= 20
+        if data is ttft and len(positive) and positive.max() / positive.min() >= 20:
             ax.set_xscale("log")
-        ax.set_title(title, fontsize=10)
+        elif data is itl and wide:  # one engine's long gaps would flatten every other engine to a vertical line
+            ax.set_xscale("symlog", linthresh=LINEAR_MS, linscale=0.5)
+            xlabel = f"{xlabel}, log scale above {LINEAR_MS:g} ms"
+        sizes = {len(v) for v in data.values()}
+        counts = (
+            f"{sizes.pop():,} per engine"
+            if len(sizes) == 1
+            else ", ".join(f"{s} {len(data[s]):,}" for s in sorted(data, key=series_order))
+        )
+        ax.set_title(f"{title}; n = {counts}", fontsize=10)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("fraction of measurements <= x")
+        ax.set_ylabel("fraction of values <= x")
         ax.set_ylim(0, 1.02)
     return _finish(fig, axes, "Latency distributions (CDF over prompts and repetitions)")
 
@@ -403,15 +683,15 @@ def plot_quality_vs_speed(run: RunData) -> Figure | None:
     if not panels:
         return None
     fig, axes = _figure(ncols=len(panels))
-    colours = _colours(df["series"].tolist())
+    colours = _colours(run)
     for ax, (column, label) in zip(axes, panels):
         rows = df[df[COLUMN.decode_tokens_per_s_median].notna() & df[column].notna()]
-        for i, (series, part) in enumerate(rows.groupby("series", sort=True)):
+        for series, part in sorted(rows.groupby("series", sort=True), key=lambda item: series_order(item[0])):
             ax.scatter(
                 part[COLUMN.decode_tokens_per_s_median],
                 part[column],
                 color=colours[series],
-                marker=_MARKERS[i % len(_MARKERS)],
+                marker=_MARKERS[sorted(colours, key=series_order).index(series) % len(_MARKERS)],
                 label=series,
                 s=28,
                 alpha=0.85,
@@ -422,45 +702,72 @@ def plot_quality_vs_speed(run: RunData) -> Figure | None:
     return _finish(fig, axes, "Quality vs speed (each point is one cell)")
 
 
+def heatmap_x(df: pd.DataFrame) -> str:
+    """The identity heat map's columns: the context when it is swept, else the first swept parameter."""
+    for param, _ in SWEEP_X:
+        if swept(df, param):
+            return param
+    return "context_length"
+
+
+def _row_names(rows: pd.DataFrame, x: str) -> list[str]:
+    """Per summary row, its series and the settings that vary within that series besides ``x``
+    (``orthrus (T 0.7, top-p 0.95)``): a heat map row never averages settings together."""
+    names = []
+    dims_of = {
+        series: [d for d in _dimensions(part, x) if part[d].astype(str).nunique() > 1]
+        for series, part in rows.groupby("series")
+    }
+    for row in rows.to_dict("records"):
+        dims = dims_of[row["series"]]
+        setting = ", ".join(f"{axis_label(d)} {_short(row.get(d))}" for d in dims if is_present(row.get(d)))
+        names.append(f"{row['series']} ({setting})" if setting else str(row["series"]))
+    return names
+
+
 def identity_grid(run: RunData) -> pd.DataFrame | None:
-    """One row per (series, context): exact rate, divergences split into near-ties and real ones."""
+    """One row per (series and setting, x): exact rate, divergences split into near-ties and real
+    ones. ``x`` is ``heatmap_x`` (the context, unless another parameter is swept and the context is
+    not); the column is called ``context`` for either, and is "-" for a cell without that parameter
+    (AR in a block-size sweep). ``series`` is the row's name: the label, plus any other setting that
+    varies within that label (block size, temperature...), so that no two settings are averaged."""
     df = run.summary
     if not _has(df, COLUMN.identity_exact_rate):
         return None
-    has_context = "context_length" in df.columns
+    x = heatmap_x(df)
     rows = df[df[COLUMN.identity_exact_rate].notna()]
-    rows = rows.assign(_context=rows["context_length"] if has_context else 0)
+    values = rows[x].map(lambda v: v if is_present(v) else "-") if x in rows.columns else pd.Series(0, rows.index)
+    rows = rows.assign(_context=values, _name=_row_names(rows, x))
     grid = []
-    for (series, context), part in rows.groupby(["series", "_context"], sort=True):
-        grid.append(
-            {
-                "series": series,
-                "context": context,
-                "exact_rate": float(part[COLUMN.identity_exact_rate].mean()),
-                "near_ties": 0,
-                "real": 0,
-                "unknown": 0,
-                "margin_median": part[COLUMN.divergence_margin_median].median()
-                if COLUMN.divergence_margin_median in part.columns
-                else np.nan,
-                "dtype": part["dtype"].iloc[0] if "dtype" in part.columns else None,
-            }
-        )
-    index = {(g["series"], g["context"]): g for g in grid}
+    by_cell: dict[str, dict[str, Any]] = {}
+    for (name, context), part in rows.groupby(["_name", "_context"], sort=True):
+        entry = {
+            "series": name,
+            "context": context,
+            "exact_rate": float(part[COLUMN.identity_exact_rate].mean()),
+            "near_ties": 0,
+            "real": 0,
+            "unknown": 0,
+            "margin_median": part[COLUMN.divergence_margin_median].median()
+            if COLUMN.divergence_margin_median in part.columns
+            else np.nan,
+            "dtype": part["dtype"].iloc[0] if "dtype" in part.columns else None,
+        }
+        grid.append(entry)
+        for cell_id in part["cell_id"] if "cell_id" in part.columns else ():
+            by_cell[str(cell_id)] = entry
     counted = set()
     for record in _ok_records(run):
         if record.get(FIELD.identity_exact) is not False:
             continue
-        cell = record["cell"]
-        key = (series_label(cell), cell.get("context_length", 0) if has_context else 0)
-        entry = index.get(key) or _float_key(index, key)
+        entry = by_cell.get(str(record.get("cell_id")))
         if entry is None:
             continue
         counted.add(id(entry))
         margin = record.get(FIELD.divergence_margin)
         if not is_present(margin):
             entry["unknown"] += 1
-        elif float(margin) < near_tie_margin(cell.get("dtype")):
+        elif float(margin) < near_tie_margin(record["cell"].get("dtype")):
             entry["near_ties"] += 1
         else:
             entry["real"] += 1
@@ -471,24 +778,16 @@ def identity_grid(run: RunData) -> pd.DataFrame | None:
     return pd.DataFrame(grid)
 
 
-def _float_key(index: dict, key: tuple) -> dict | None:
-    for (series, context), entry in index.items():
-        try:
-            if series == key[0] and float(context) == float(key[1]):
-                return entry
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
 def plot_identity_heatmap(run: RunData) -> Figure | None:
     grid = identity_grid(run)
     if grid is None or grid.empty:
         return None
-    series = sorted(grid["series"].unique(), key=lambda s: (s != "ar", s))
-    contexts = sorted(grid["context"].unique(), key=lambda c: (str(type(c)), c))
+    series = sorted(grid["series"].unique(), key=series_order)
+    contexts = sorted(grid["context"].unique(), key=_order)
     matrix = np.full((len(series), len(contexts)), np.nan)
-    fig, (ax,) = _figure(width=max(6.0, 1.2 * len(contexts) + 3), height=max(2.6, 0.6 * len(series) + 1.8))
+    longest = max(len(str(name)) for name in series)
+    width = max(6.0, 0.9 * len(contexts) + 3 + 0.06 * max(0, longest - 12))
+    fig, (ax,) = _figure(width=width, height=max(2.6, 0.55 * len(series) + 1.8))
     for entry in grid.to_dict("records"):
         matrix[series.index(entry["series"]), contexts.index(entry["context"])] = entry["exact_rate"]
     image = ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
@@ -510,10 +809,10 @@ def plot_identity_heatmap(run: RunData) -> Figure | None:
             ax.add_patch(_hatch(j, i))
         ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black")
     ax.set_xticks(range(len(contexts)))
-    ax.set_xticklabels([str(_short(c)) for c in contexts])
+    ax.set_xticklabels([f"{_short(c):g}" if isinstance(c, float) else str(_short(c)) for c in contexts])
     ax.set_yticks(range(len(series)))
     ax.set_yticklabels(series)
-    ax.set_xlabel("context length (prompt tokens)")
+    ax.set_xlabel(dict(SWEEP_X).get(heatmap_x(run.summary), "context length (prompt tokens)"))
     cbar = fig.colorbar(image, ax=ax)
     cbar.set_label("identical to reference (fraction)")
     ax.set_title("hatched: every divergence is a numerical near-tie", fontsize=9)
@@ -537,11 +836,11 @@ def _panels_vs_batch(
     df = _batched(run)
     if df is None:
         return None
-    panels = [(c, label) for c, label in panels if _has(df, "batch_size", c)]
+    panels = [(c, label) for c, label in panels if _has(df, "batch_size", c) and _along(df, "batch_size", c)]
     if not panels:
         return None
     fig, axes = _figure(ncols=len(panels))
-    colours = _colours(run.summary["series"].tolist())
+    colours = _colours(run)
     for ax, (column, label) in zip(axes, panels):
         for name, series, variant, rows in _lines(df, "batch_size", column):
             ax.plot(
@@ -664,7 +963,7 @@ def plot_batch_identity(run: RunData) -> Figure | None:
     if table is None or not table[["identical_to_ar", "identical_to_batch1"]].notna().any().any():
         return None
     fig, axes = _figure(ncols=2)
-    colours = _colours(run.summary["series"].tolist())
+    colours = _colours(run)
     for ax, (column, what, prefix) in zip(
         axes,
         (("identical_to_ar", "solo AR", "ar"), ("identical_to_batch1", "the same engine at batch 1", "batch1")),
@@ -683,14 +982,21 @@ def plot_batch_identity(run: RunData) -> Figure | None:
                 label=f"{series} (context {_short(context)})",
                 markersize=4,
             )
+            low, high = table["batch_size"].min(), table["batch_size"].max()
             for x, y, ties, real in zip(
                 rows["x"], rows[column], rows[f"near_ties_vs_{prefix}"], rows[f"real_vs_{prefix}"]
             ):
-                if ties or real:
+                if ties or real:  # above the point, kept inside the panel at its edges
                     ax.annotate(
-                        f"{ties} tie / {real} real", (x, y), fontsize=7, textcoords="offset points", xytext=(0, -10)
+                        f"{ties} near-tie, {real} real",
+                        (x, y),
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(0, 5),
+                        ha="left" if x == low else "right" if x == high else "center",
+                        va="bottom",
                     )
-        ax.set_ylim(-0.05, 1.08)
+        ax.set_ylim(-0.05, 1.12)
         _scale_x(ax, table["batch_size"].astype(float))
         ax.set_xlabel("batch size (rows decoded together)")
         ax.set_ylabel(f"rows identical to {what} (fraction)")
@@ -703,6 +1009,110 @@ def _hatch(x: int, y: int) -> Any:
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="dimgray", linewidth=0)
 
 
+def category_groups(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(name, series, rows indexed by category) for every series and setting of a per-category summary
+    (a run of several contexts or batch sizes has one group per value, named ``orthrus (context 512)``)."""
+    frame = frame[frame["category"].notna()]
+    out = []
+    for series in sorted(frame["series"].unique(), key=series_order):
+        rows = frame[frame["series"] == series]
+        dims = [d for d in _dimensions(rows, "category") if rows[d].astype(str).nunique() > 1]
+        keys = [tuple(_short(v) for v in values) for values in rows[dims].itertuples(index=False)] if dims else None
+        for key in sorted(set(keys), key=lambda k: tuple(_order(v) for v in k)) if keys else [()]:
+            part = rows[[k == key for k in keys]] if keys else rows
+            name = series + (" (" + ", ".join(f"{axis_label(d)} {v}" for d, v in zip(dims, key)) + ")" if key else "")
+            out.append((name, series, part.drop_duplicates("category").set_index(part["category"].astype(str))))
+    return out
+
+
+def plot_by_category(run: RunData) -> Figure | None:
+    """Per prompt category (Spec-Bench's, from summary_by_category): each engine's speedup over AR with
+    its 95% interval, and its tokens per forward."""
+    df = run.by_category
+    if df.empty or "category" not in df.columns or not df["category"].notna().any():
+        return None
+    df = _non_ar(df[df["category"].notna()])
+    panels = [
+        (c, label)
+        for c, label in (
+            (COLUMN.speedup_vs_ar, "speedup vs AR (x, geometric mean over the category's prompts; bars: 95% CI)"),
+            (COLUMN.tokens_per_forward_median, "tokens per forward pass (median)"),
+        )
+        if _has(df, c)
+    ]
+    if not panels:
+        return None
+    categories = sorted(df["category"].astype(str).unique())
+    groups = category_groups(df)
+    height = max(3.0, 0.22 * len(categories) * len(groups) + 1.6)
+    fig, axes = _figure(ncols=len(panels), height=height, width=6.5)
+    colours = _colours(run)
+    step = 0.8 / len(groups)
+
+    def column_of(rows: pd.DataFrame, column: str) -> np.ndarray:
+        if column not in rows.columns:
+            return np.full(len(categories), np.nan)
+        return np.array([float(rows[column][c]) if c in rows.index else np.nan for c in categories])
+
+    for ax, (column, label) in zip(axes, panels):
+        variants: dict[str, int] = defaultdict(int)
+        for i, (name, series, rows) in enumerate(groups):
+            values = column_of(rows, column)
+            places = np.arange(len(categories)) + i * step - 0.4 + step / 2
+            hatch = _HATCHES[variants[series] % len(_HATCHES)]  # a series' settings told apart by hatching
+            variants[series] += 1
+            ax.barh(places, values, height=step * 0.9, color=colours[series], label=name, hatch=hatch)
+            lows, highs = column_of(rows, f"{column}_ci_low"), column_of(rows, f"{column}_ci_high")
+            known = ~(np.isnan(lows) | np.isnan(highs) | np.isnan(values))
+            if known.any():
+                errors = np.vstack([(values - lows)[known], (highs - values)[known]])
+                ax.errorbar(values[known], places[known], xerr=errors, fmt="none", ecolor="black", capsize=2, lw=0.8)
+        if column == COLUMN.speedup_vs_ar:
+            ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
+        ax.set_yticks(np.arange(len(categories)))
+        ax.set_yticklabels(categories, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(_wrap(label, 60))
+    return _finish(fig, axes, "By prompt category (summary_by_category)")
+
+
+def _sweep_plots() -> tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...]:
+    """A speedup plot and a tokens-per-forward plot against every swept parameter (SWEEP_X), each
+    drawn only when the run measured two values of it or more."""
+    short = {"context_length": "context"}
+    out: list[tuple[str, str, str, Callable[[RunData], Figure | None]]] = []
+    for param, xlabel in SWEEP_X:
+        name = short.get(param, param)
+        what = xlabel.split(" (")[0]
+        out.append(
+            (
+                f"speedup_vs_{name}",
+                f"Speedup vs AR by {what}",
+                f"Geometric mean over prompts of AR end-to-end time / engine end-to-end time, same run, against "
+                f"the AR cell of the same {what} and settings; band: bootstrap 95% CI.",
+                lambda run, param=param, xlabel=xlabel: _speedup_vs(run, param, xlabel),
+            )
+        )
+        out.append(
+            (
+                f"tpf_vs_{name}",
+                f"Tokens per forward vs {what}",
+                "Tokens per forward pass (TPF) and drafts accepted per cycle (mean per request); dotted: "
+                "token-weighted (every cycle pooled).",
+                lambda run, param=param, xlabel=xlabel: _tpf_acceptance(run, param, xlabel),
+            )
+        )
+    return tuple(out)
+
+
+_SWEEP_PLOTS = {name: entry for name, *entry in _sweep_plots()}
+
+
+def _sweep(name: str) -> tuple[str, str, str, Callable[[RunData], Figure | None]]:
+    return (name, *_SWEEP_PLOTS[name])  # type: ignore[return-value]
+
+
+# in reading order: the suite's question first (speedup and throughput against what it sweeps)
 PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
     (
         "throughput_vs_context",
@@ -710,41 +1120,87 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         "Median decode tokens/s per engine; the long-context figure.",
         plot_throughput_vs_context,
     ),
+    _sweep("speedup_vs_context"),
+    _sweep("speedup_vs_block_size"),
+    _sweep("speedup_vs_temperature"),
+    _sweep("speedup_vs_top_p"),
+    _sweep("speedup_vs_top_k"),
+    _sweep("speedup_vs_max_new_tokens"),
     (
-        "speedup_vs_context",
-        "Speedup vs AR",
-        "Geometric mean over prompts of AR end-to-end time / engine end-to-end time, same run; band: bootstrap 95% CI.",
-        plot_speedup_vs_context,
+        "speedup_vs_batch",
+        "Speedup vs batch size",
+        "Orthrus (and every non-AR engine) over AR at the same batch size: per request (row e2e) and per batch "
+        "(batch throughput), geometric means with bootstrap 95% intervals.",
+        plot_speedup_vs_batch,
     ),
     (
-        "tpf_vs_context",
-        "Tokens per forward vs context",
-        "Tokens per forward pass (TPF) and drafts accepted per cycle; dotted: token-weighted.",
-        plot_tpf_vs_context,
+        "throughput_vs_batch",
+        "Throughput vs batch size",
+        "New tokens per second over a whole batch (all rows), and relative to the same engine at batch 1.",
+        plot_throughput_vs_batch,
     ),
     (
-        "tpf_vs_block_size",
-        "Tokens per forward vs block size",
-        "How far each draft block gets, by block size.",
-        plot_tpf_vs_block_size,
+        "by_engine",
+        "By engine",
+        "Nothing is swept in this run: each engine's speedup over AR (bars: bootstrap 95% CI) and its tokens per "
+        "forward.",
+        plot_by_engine,
+    ),
+    (
+        "by_category",
+        "By prompt category",
+        "Each engine per prompt category (summary_by_category.json): speedup over AR with its bootstrap 95% "
+        "interval over the category's prompts, and tokens per forward.",
+        plot_by_category,
+    ),
+    _sweep("tpf_vs_context"),
+    _sweep("tpf_vs_block_size"),
+    _sweep("tpf_vs_temperature"),
+    _sweep("tpf_vs_top_p"),
+    _sweep("tpf_vs_top_k"),
+    _sweep("tpf_vs_max_new_tokens"),
+    (
+        "tpf_vs_batch",
+        "Tokens per forward vs batch size",
+        "Tokens per forward per row, its ratio to batch 1 (should stay flat at 1) and the row-passes spent on rows "
+        "that had already finished.",
+        plot_tpf_vs_batch,
     ),
     (
         "acceptance_by_position",
         "Per-position acceptance",
-        "How often the j-th drafted token of a block is accepted.",
+        "Left: unconditional u_j, the fraction of cycles drafting position j that accepted it; right: conditional "
+        "c_j, the fraction of cycles that reached j (drafted it and accepted j-1) that accepted it "
+        "(docs/metric_conventions.md). Pooled over every cycle of the run, one line per engine and setting "
+        "(block size, temperature...), never averaged across settings; hollow points stand on fewer than "
+        f"{FEW_CYCLES} cycles.",
         plot_acceptance_by_position,
+    ),
+    (
+        "acceptance_histogram",
+        "Accepted drafts per cycle",
+        "Per cell: the distribution of drafts accepted per draft-verify cycle (0 to K-1), over every cycle of "
+        "every request; with the number of cycles and requests, the mean, and the range of the per-request means.",
+        plot_acceptance_histogram,
     ),
     (
         "memory_vs_context",
         "Memory vs context",
-        "Peak memory by source; sources not measurable on this machine are left out.",
+        "Peak memory by source, each sampled between the start and the end of the timed region only; sources not "
+        "measurable on this machine are left out. KV beyond AR's: engines on the AR cell's model only.",
         plot_memory_vs_context,
     ),
     (
         "latency_cdfs",
         "Latency distributions",
-        "TTFT and inter-token latency over all prompts and repetitions.",
+        "TTFT and inter-token latency over all prompts and repetitions; n: values per engine.",
         plot_latency_cdfs,
+    ),
+    (
+        "latency_vs_batch",
+        "Latency vs batch size",
+        "Per-request TTFT, time per output token and end-to-end latency (medians over rows).",
+        plot_latency_vs_batch,
     ),
     (
         "quality_vs_speed",
@@ -767,32 +1223,6 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         "divergence is judged by the reference's top-1 minus top-2 logit margin (near-tie below the dtype's margin, "
         "else real). In fp32 both must be 1.",
         plot_batch_identity,
-    ),
-    (
-        "throughput_vs_batch",
-        "Throughput vs batch size",
-        "New tokens per second over a whole batch (all rows), and relative to the same engine at batch 1.",
-        plot_throughput_vs_batch,
-    ),
-    (
-        "speedup_vs_batch",
-        "Speedup vs batch size",
-        "Orthrus (and every non-AR engine) over AR at the same batch size: per request (row e2e) and per batch "
-        "(batch throughput), geometric means with bootstrap 95% intervals.",
-        plot_speedup_vs_batch,
-    ),
-    (
-        "tpf_vs_batch",
-        "Tokens per forward vs batch size",
-        "Tokens per forward per row, its ratio to batch 1 (should stay flat at 1) and the row-passes spent on rows "
-        "that had already finished.",
-        plot_tpf_vs_batch,
-    ),
-    (
-        "latency_vs_batch",
-        "Latency vs batch size",
-        "Per-request TTFT, time per output token and end-to-end latency (medians over rows).",
-        plot_latency_vs_batch,
     ),
 )
 
@@ -817,7 +1247,7 @@ def make_plots(run: RunData, out_dir: Path | None = None) -> tuple[list[PlotInfo
         if fig is None:
             path.unlink(missing_ok=True)  # a stale figure from an earlier render would mislead
             continue
-        made.append(PlotInfo(name, title, caption, path, wide=fig.get_figwidth() > 10))
+        made.append(PlotInfo(name, title, caption, path, wide=fig.get_figwidth() > 8))  # two panels or more
     return made, warnings
 
 

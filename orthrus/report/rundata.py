@@ -6,7 +6,10 @@ summary.json when it counts the same measurements, else (a run killed before its
 written, or resumed since) rebuilt from results.jsonl with ``orthrus.results.summary``. A run that
 has not finished (run.json status running or interrupted, a partial merge) is loaded with a note on
 stderr saying so, so that a report, gate or comparison of it is not taken for the whole run. A
-directory with no measurement at all is a user error. Missing optional files give empty tables.
+directory with no measurement at all is a user error. Missing optional files give empty tables. A
+damaged line in results.jsonl (any but the unfinished last one) is an error naming the file and the
+line (``orthrus.results.rundir``), unless the command was given ``--skip-damaged``: ``damaged`` then
+lists the lines left out, and the report says so at its top.
 
 Conventions used by every plot, table and gate:
 - a *series* is what a legend shows: the engine's ``label`` from the suite;
@@ -34,11 +37,13 @@ from orthrus.results.rundir import (
     RESULTS_FILE,
     RUN_INFO_FILE,
     SUITE_FILE,
+    SUMMARY_BY_CATEGORY_FILE,
     is_locked,
     read_json,
     read_jsonl,
     read_records,
     read_summary_rows,
+    skipped_lines,
 )
 from orthrus.results.summary import dedupe, frame_rows, summarize
 from orthrus.results.vocabulary import COLUMN, SUMMARY_COLUMNS
@@ -61,6 +66,8 @@ class RunData:
     info: dict[str, Any] = field(default_factory=dict)  # run.json: run id, suite, sessions
     prompts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # prompts.jsonl by (source, id)
     unfinished: str | None = None  # why the run is not whole (killed, still running, partial merge), else None
+    damaged: tuple[int, ...] = ()  # lines of results.jsonl left out as damaged (--skip-damaged), else ()
+    by_category: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (cell, prompt category)
 
     @property
     def run_id(self) -> str:
@@ -127,7 +134,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise UserInputError(f"run directory {str(path)!r} does not exist; pass a reports/<suite>/<run-id> folder.")
     records = read_records(path / RESULTS_FILE)
     rows = read_summary_rows(path)
-    if rows is None or (records and not _counts_all(rows, records)):
+    if rows is None or (records and (not _counts_all(rows, records) or _lacks_columns(rows))):
         if not records:
             if (path / RESULTS_FILE).is_file():
                 raise UserInputError(
@@ -162,6 +169,8 @@ def load_run(run_dir: str | Path) -> RunData:
         info,
         prompts,
         unfinished,
+        skipped_lines(path / RESULTS_FILE),
+        _by_category(path, records),
     )
 
 
@@ -171,6 +180,23 @@ def _counts_all(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> bo
         int(row.get(COLUMN.n_ok) or 0) + int(row.get(COLUMN.n_failed) or 0) for row in rows if COLUMN.n_ok in row
     ]
     return len(counted) < len(rows) or sum(counted) == len(dedupe(records))
+
+
+def _by_category(path: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """summary_by_category: from results.jsonl when its records name categories (the file may be older
+    than them), else the file as written (a run copied without its records), else empty."""
+    if any(r.get("category") is not None for r in records):
+        return summary_table(frame_rows(summarize(records, by_category=True)))
+    rows = read_json(path / SUMMARY_BY_CATEGORY_FILE)
+    if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows):
+        return summary_table(rows)
+    return pd.DataFrame()
+
+
+def _lacks_columns(rows: list[dict[str, Any]]) -> bool:
+    """summary.json was written before some of today's columns existed (the sample counts...): the
+    summary is rebuilt from results.jsonl, so an old run shows every figure a new one does."""
+    return bool(rows) and any(column not in rows[0] for column in SUMMARY_COLUMNS)
 
 
 def _unfinished(path: Path, info: dict[str, Any], measurements: int) -> str | None:

@@ -13,11 +13,17 @@ A run directory ``reports/<suite>/<run-id>/`` holds:
   run.lock          held (``fcntl.flock``) by the one process measuring into the directory, for the
                     run's life; the OS releases it when that process ends, however it ends
 
-One rule for a JSON-lines file, read or resumed: a line counts only if it ends with a newline and
-parses as a JSON object. A run killed at any moment leaves whole lines plus at most one unfinished
-last line; the reader does not count that line (even when it looks complete), and the writer, on
-reopening for --resume, cuts off exactly that tail, so its measurement is made again: nothing is
-lost and nothing is counted twice.
+One rule for a JSON-lines file, read or resumed, by every command (report, gate, compare, merge,
+--resume, project): a line counts only if it ends with a newline and parses as a JSON object (in
+results.jsonl: a measurement record). A run killed at any moment leaves whole lines plus at most one
+unfinished last line; the reader does not count that line (even when it looks complete), and the
+writer, on reopening for --resume, cuts off exactly that tail, so its measurement is made again:
+nothing is lost and nothing is counted twice. Any other line that is not a complete record (not
+blank, not the unfinished tail) was damaged after it was written (an edit, a bad copy, a disk
+error): reading the file is then an error naming the file and the line (``DamagedLinesError``, a
+user error: exit 2), since going on would drop a measurement without a word. A command given
+``--skip-damaged`` reads inside ``skipping_damaged()``: the damaged lines are left out and a note on
+stderr says how many and which (``skipped_lines`` tells the report, which says it too).
 """
 
 from __future__ import annotations
@@ -26,15 +32,19 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from orthrus.errors import UserInputError
-from orthrus.results.record import MeasurementRecord
+
+if TYPE_CHECKING:
+    from orthrus.results.record import MeasurementRecord
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -53,31 +63,106 @@ def _counted_length(data: bytes) -> int:
     return data.rfind(b"\n") + 1
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file, by the one rule (see the module docstring)."""
+class DamagedLinesError(UserInputError):
+    """A JSON-lines file holds lines, other than its unfinished last one, that are not complete records."""
+
+    def __init__(self, path: Path, damaged: list[tuple[int, str]]) -> None:
+        self.path = path
+        self.lines = [number for number, _ in damaged]
+        first, why = damaged[0]
+        more = f" and {len(damaged) - 1} more (lines {_line_list(self.lines[1:])})" if len(damaged) > 1 else ""
+        super().__init__(
+            f"{path} line {first} is damaged ({why}){more}: a killed run leaves at most its last line "
+            "unfinished, so this was damaged after it was written; restore the file from a copy, or pass "
+            "--skip-damaged to go on without the damaged line(s) and their measurements."
+        )
+
+
+# set by a command given --skip-damaged (``skipping_damaged``): damaged lines are left out, and said
+# once per file and command (the files already said, with their lines); None: a damaged line is an error
+_SKIP_DAMAGED: ContextVar[dict[Path, tuple[int, ...]] | None] = ContextVar("skip_damaged", default=None)
+_SKIPPED: dict[Path, tuple[int, ...]] = {}  # file -> the damaged lines its last read left out
+
+
+@contextlib.contextmanager
+def skipping_damaged(skip: bool = True) -> Iterator[None]:
+    """Inside: a damaged line is left out (and said once on stderr) instead of being an error."""
+    token = _SKIP_DAMAGED.set({} if skip else None)
+    try:
+        yield
+    finally:
+        _SKIP_DAMAGED.reset(token)
+
+
+def skipped_lines(path: Path) -> tuple[int, ...]:
+    """The damaged lines of ``path`` that its last read (under ``skipping_damaged()``) left out."""
+    return _SKIPPED.get(path.absolute(), ())
+
+
+def _line_list(numbers: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    return shown + (f", ... ({len(numbers)} in all)" if len(numbers) > limit else "")
+
+
+def _why(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _read_lines(path: Path, parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """``parse(object)`` for every counted line of a JSON-lines file, by the one rule (module docstring):
+    the unfinished tail is not counted, blank lines are nothing, any other line that is not a JSON
+    object ``parse`` accepts is damaged: an error, or left out with a note under ``skipping_damaged``."""
     if not path.is_file():
         return []
     data = path.read_bytes()
-    rows = []
-    for line in data[: _counted_length(data)].split(b"\n"):
+    rows, damaged = [], []
+    for number, line in enumerate(data[: _counted_length(data)].split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-        except ValueError:  # empty, damaged or not UTF-8: not counted
+        except ValueError as err:  # cut short, garbled or not UTF-8
+            damaged.append((number, _why(f"not JSON: {err}")))
             continue
-        if isinstance(row, dict):
-            rows.append(row)
+        if not isinstance(row, dict):
+            damaged.append((number, f"a JSON {type(row).__name__}, not an object"))
+            continue
+        try:
+            rows.append(parse(row))
+        except (ValueError, TypeError, KeyError) as err:
+            damaged.append((number, _why(f"not a complete record: {err}")))
+    _SKIPPED.pop(path.absolute(), None)
+    if damaged:
+        said = _SKIP_DAMAGED.get()
+        if said is None:
+            raise DamagedLinesError(path, damaged)
+        lines = _SKIPPED[path.absolute()] = tuple(number for number, _ in damaged)
+        if said.get(path.absolute()) != lines:  # said once per command, however often the file is read
+            said[path.absolute()] = lines
+            noun = "line" if len(lines) == 1 else "lines"
+            print(
+                f"note: skipped {len(lines)} damaged {noun} of {path} (--skip-damaged): line "
+                f"{_line_list(list(lines))}; what is shown lacks their measurements.",
+                file=sys.stderr,
+            )
     return rows
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, by the one rule (see the module docstring)."""
+    return _read_lines(path, lambda row: row)
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    from orthrus.results.record import MeasurementRecord  # torch: loaded when records are read, not on import
+
+    return MeasurementRecord.from_dict(row).to_dict()
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The counted records of a results file, each with every field of the current MeasurementRecord."""
-    records = []
-    for row in read_jsonl(path):
-        try:
-            records.append(MeasurementRecord.from_dict(row).to_dict())
-        except (ValueError, TypeError):  # a JSON object that is not a measurement: not counted
-            continue
-    return records
+    """The counted records of a results file, each with every field of the current MeasurementRecord;
+    a line that is not one (but the unfinished last) is damaged: see the module docstring."""
+    return _read_lines(path, _record)
 
 
 class ResultsWriter:
@@ -90,7 +175,7 @@ class ResultsWriter:
         self._handle = path.open("ab", buffering=0)  # unbuffered: nothing is left to flush after a failed write
 
     def append(self, record: MeasurementRecord | dict[str, Any]) -> None:
-        data = record.to_dict() if isinstance(record, MeasurementRecord) else record
+        data = record if isinstance(record, dict) else record.to_dict()
         line = (json.dumps(data, separators=(",", ":"), default=_json_default) + "\n").encode("utf-8")
         start = self._handle.seek(0, os.SEEK_END)
         try:

@@ -3,7 +3,8 @@
 Both the harness (summary.csv/json at the end of a run or a merge) and the report (a run without
 summary.json) build summaries here. The columns and their definitions are the vocabulary's
 (``orthrus.results.vocabulary``, written out in docs/metrics.md):
-* latencies: medians and p90/p99 over prompts x repetitions (ok records only);
+* latencies: medians and p90/p99 over prompts x repetitions (ok records only), and ``*_n``, how many
+  values they were taken over (a p99 of fewer than 100 values is their maximum: the report says so);
 * ``itl_ms_p*``: pooled over every inter-token gap of every ok record;
 * acceptance: ``orthrus.results.derived.pooled_acceptance``;
 * ``speedup_vs_ar``: per prompt, median e2e of the AR counterpart cell (``derived.ar_counterpart``)
@@ -74,6 +75,8 @@ def _values(records: list[dict[str, Any]], name: str) -> np.ndarray:
 
 
 def _stat(values: np.ndarray, how: str) -> float | None:
+    if how == "n":  # how many values the median and percentiles of the field were taken over
+        return int(values.size)
     if values.size == 0:
         return None
     if how == "rate":  # of true values

@@ -123,6 +123,9 @@ SWEPT_AXES = tuple(axis for axis in AXES if axis.sweep_key is not None)
 MATRIX_AXES = ("engine", "prompt_source", *(axis.name for axis in SWEPT_AXES))
 AR_MATCH = tuple(axis.name for axis in AXES if axis.ar_match)
 AR_ENGINE = "ar"
+# the engines that decode autoregressively, one token per target pass (the project's own loop and
+# transformers' generate()): a headline compares Orthrus with the fastest lossless one of them
+AR_ENGINES = (AR_ENGINE, "hf_generate")
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -131,7 +134,8 @@ class Metric:
     """One summary column.
 
     ``field``: the record field it aggregates (None: derived from several cells or records);
-    ``how``: median | mean | max | p50 | p90 | p99 | rate (of true values) | count | fact (the
+    ``how``: median | mean | max | p50 | p90 | p99 | rate (of true values) | n (how many values) |
+    count (of records) | fact (the
     engine's, as its records state it) | other (computed by the summary itself); the summary computes
     every metric with a field and a plain aggregation (median ... rate) in one loop, over the ok
     records, or once per decoded batch for a ``batch_`` field; a field of lists (``itl_ms``) is pooled;
@@ -145,7 +149,10 @@ class Metric:
     is still comparable across runs, since the machine divides out, so gates take it without
     ``allow_wall_clock`` and ``compare`` judges it by its bootstrap interval when it has one;
     ``exact``: a deterministic figure of which any change is news (identity, failure counts):
-    ``compare`` flags any change, not only one beyond its deterministic tolerance.
+    ``compare`` flags any change, not only one beyond its deterministic tolerance;
+    ``samples``: the column holding how many values a percentile was taken over, shown beside it;
+    ``min_samples``: below that many values the percentile is no estimate (with fewer than 100
+    values a p99 is the maximum, and with fewer than 10 a p90 is): the report shows "n < min" instead.
     """
 
     column: str
@@ -166,6 +173,25 @@ class Metric:
     exact: bool = False
     table_rank: int = 0
     compare_rank: int = 0
+    samples: str | None = None
+    min_samples: int = 0
+
+
+# the fewest values a percentile needs to be more than the largest (or second largest) of them
+MIN_SAMPLES = {"p50": 1, "p90": 10, "p99": 100}
+
+
+def _samples(name: str, label: str) -> Metric:
+    """How many values the percentiles of ``name`` were taken over (shown beside each of them)."""
+    return Metric(
+        f"{name}_n",
+        f"{label} samples",
+        "deterministic",
+        "values",
+        name,
+        "n",
+        description=f"how many values of {name} the median and percentiles were taken over",
+    )
 
 
 def _latency(
@@ -190,9 +216,14 @@ def _latency(
             table_rank=table_rank,
             compare_rank=compare_rank,
         ),
-        Metric(f"{name}_p90", f"{label} p90", "wall_clock", unit, name, "p90", "lower"),
-        Metric(f"{name}_p99", f"{label} p99", "wall_clock", unit, name, "p99", "lower"),
+        Metric(f"{name}_p90", f"{label} p90", "wall_clock", unit, name, "p90", "lower", **_percentile(name, "p90")),
+        Metric(f"{name}_p99", f"{label} p99", "wall_clock", unit, name, "p99", "lower", **_percentile(name, "p99")),
+        _samples(name, label),
     )
+
+
+def _percentile(name: str, how: str) -> dict[str, Any]:
+    return {"samples": f"{name}_n", "min_samples": MIN_SAMPLES[how]}
 
 
 MIB = 2.0**20
@@ -234,11 +265,42 @@ METRICS: tuple[Metric, ...] = (
     *_latency("ttft_ms", "TTFT", table_median="TTFT ms", table_rank=7, compare_rank=10),
     *_latency("tpot_ms", "TPOT", compare_rank=11),
     Metric(
-        "itl_ms_p50", "ITL p50", "wall_clock", "ms", "itl_ms", "p50", "lower", description="pooled inter-token gaps"
+        "itl_ms_p50",
+        "ITL p50",
+        "wall_clock",
+        "ms",
+        "itl_ms",
+        "p50",
+        "lower",
+        description="pooled inter-token gaps",
+        **_percentile("itl_ms", "p50"),
     ),
-    Metric("itl_ms_p90", "ITL p90", "wall_clock", "ms", "itl_ms", "p90", "lower", table="ITL p90 ms", table_rank=8),
-    Metric("itl_ms_p99", "ITL p99", "wall_clock", "ms", "itl_ms", "p99", "lower"),
-    *_latency("e2e_ms", "end to end", table_median="e2e ms", table_rank=9, compare_rank=12),
+    Metric(
+        "itl_ms_p90",
+        "ITL p90",
+        "wall_clock",
+        "ms",
+        "itl_ms",
+        "p90",
+        "lower",
+        table="ITL p90 ms",
+        table_rank=8,
+        **_percentile("itl_ms", "p90"),
+    ),
+    Metric(
+        "itl_ms_p99",
+        "ITL p99",
+        "wall_clock",
+        "ms",
+        "itl_ms",
+        "p99",
+        "lower",
+        table="ITL p99 ms",
+        table_rank=9,
+        **_percentile("itl_ms", "p99"),
+    ),
+    _samples("itl_ms", "ITL"),
+    *_latency("e2e_ms", "end to end", table_median="e2e ms", table_rank=10, compare_rank=12),
     Metric(
         "decode_tokens_per_s_median",
         "decode tokens/s",
@@ -345,7 +407,7 @@ METRICS: tuple[Metric, ...] = (
         compared=True,
         description="fraction of outputs whose tokens equal the reference engine's (same prompt and settings)",
         exact=True,
-        table_rank=10,
+        table_rank=11,
         compare_rank=5,
     ),
     Metric(
@@ -361,7 +423,7 @@ METRICS: tuple[Metric, ...] = (
         compared=True,
         description="mean over requests of the fraction of positions whose token equals the reference's",
         exact=True,
-        table_rank=11,
+        table_rank=12,
         compare_rank=6,
     ),
     Metric(
@@ -387,7 +449,7 @@ METRICS: tuple[Metric, ...] = (
         "AR NLL",
         compared=True,
         description="mean negative log-likelihood of the output under the AR model, per token",
-        table_rank=12,
+        table_rank=13,
         compare_rank=7,
     ),
     Metric(
@@ -404,7 +466,7 @@ METRICS: tuple[Metric, ...] = (
         plot="KV cache held (exact, from tensors)",
         scale=1 / MIB,
         description="the largest total size of the target model's K/V tensors the engine held at once (bytes)",
-        table_rank=13,
+        table_rank=14,
         compare_rank=13,
     ),
     Metric(
@@ -422,7 +484,7 @@ METRICS: tuple[Metric, ...] = (
         scale=1 / MIB,
         description="the largest total size of K/V tensors a draft model (assisted's, a DFlash or EAGLE-3 drafter) "
         "held beside the target's at once (bytes; null: the engine keeps none)",
-        table_rank=14,
+        table_rank=15,
         compare_rank=14,
     ),
     Metric(
@@ -477,7 +539,7 @@ METRICS: tuple[Metric, ...] = (
         table="NVML proc MiB",
         compared=True,
         plot="NVML this process",
-        table_rank=16,
+        table_rank=19,
         compare_rank=16,
     ),
     Metric(
@@ -488,8 +550,10 @@ METRICS: tuple[Metric, ...] = (
         "torch_max_allocated_mib",
         "max",
         "lower",
+        table="torch alloc MiB",
         compared=True,
         plot="torch max allocated",
+        table_rank=17,
         compare_rank=17,
     ),
     Metric(
@@ -500,7 +564,9 @@ METRICS: tuple[Metric, ...] = (
         "torch_max_reserved_mib",
         "max",
         "lower",
+        table="torch reserved MiB",
         plot="torch max reserved",
+        table_rank=18,
     ),
     Metric(
         "rss_peak_mib_max",
@@ -513,7 +579,7 @@ METRICS: tuple[Metric, ...] = (
         table="RSS MiB",
         compared=True,
         plot="process peak RSS",
-        table_rank=15,
+        table_rank=16,
         compare_rank=15,
     ),
     Metric(
@@ -704,7 +770,7 @@ WALL_CLOCK_COLUMNS = frozenset(
 )
 MEMORY_COLUMNS = tuple(metric.column for metric in METRICS if metric.plot)
 # the plain aggregations the summary computes in one loop (record field -> summary column)
-AGGREGATIONS = ("median", "mean", "max", "p50", "p90", "p99", "rate")
+AGGREGATIONS = ("median", "mean", "max", "p50", "p90", "p99", "rate", "n")
 AGGREGATED = tuple(metric for metric in METRICS if metric.field is not None and metric.how in AGGREGATIONS)
 # the report's summary table and compare's side-by-side, each in its own order
 TABLE_METRICS = tuple(sorted((metric for metric in METRICS if metric.table), key=lambda metric: metric.table_rank))
