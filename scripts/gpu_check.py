@@ -15,6 +15,9 @@ the next one runs; only a failed preflight stops the check):
                  NVML readings plausible, synchronised timers
   zoo_fp32/bf16  (30 s each) suites/ci.yaml on CUDA in fp32 and in bf16, 2 repetitions (identity,
                  divergence margins)
+  compiled_zoo   (50 s) ar and orthrus on the zoo in fp32, eager and compiled (compile: true:
+                 torch.compile with CUDA graphs), 1K context: tokens/s of each, compile_s, and identity
+                 of the compiled engines with eager ar
   profile_1.7b   (55 s) python -m orthrus profile of qwen3-shape:1.7b in bf16 up to 32K context; it also
                  saves the model's random weights as the checkpoint the suites below run
   profile_8b     (60 s) the same for qwen3-shape:8b (no checkpoint)
@@ -27,7 +30,8 @@ the next one runs; only a failed preflight stops the check):
                  stage did not, and the drafters, about 5 s)
   project        (10 s, in this process) the shapes run projected with this GPU's 1.7B and 0.6B profiles:
                  projection vs measurement, a check of the cost model
-  batch_sweep    (90 s) ar and orthrus on the 1.7B shape in bf16 at batch sizes 1, 4, 16 (2K context,
+  batch_sweep    (90 s) ar, orthrus and orthrus with block_size auto on the 1.7B shape in bf16 at
+                 batch sizes 1, 4, 16 (2K context,
                  16 prompts): throughput, speedup over AR at the same batch size, TPF vs batch 1,
                  identity vs solo AR and vs batch 1 with divergence margins
 
@@ -35,13 +39,14 @@ Caps that add up. Every cap includes its process's start-up and imports (10-15 s
 and the stage's own estimate with room; a stage may also use what the stages before it left unused
 (its deadline is the start plus the sum of the caps up to and including it), so time saved early goes
 to the later, larger stages (the batch sweep was estimated at 45-60 s: it gets 90 s and whatever is
-left). The caps sum to BUDGET_S = 450 s (7.5 minutes). Why that total: one command on the device
+left). The caps sum to BUDGET_S = 500 s (8 minutes 20 s). Why that total: one command on the device
 may run at most 10 minutes (600 s). Outside the stages the check spends about OUTSIDE_STAGES_S = 30 s
 (its own start and torch import, waiting for a killed stage, copying results, removing about 6 GB of
-checkpoints), so it ends by about 480 s: run it with timeout_s=540, which still leaves a minute under
-the limit. A session has 15 minutes of device time including 1-2 minutes of start-up: 2 + 9 leaves
-about 4 minutes on the warm machine for one rerun of the stages that failed (--stages, into a new
-OUT_DIR, with --cap STAGE=SECONDS where a cap was short).
+checkpoints), so it ends by about 530 s: run it with timeout_s=540, which still leaves a minute under
+the limit (and a summary is on disk after every stage, so a kill at the very end loses nothing before
+it). A session has 15 minutes of device time including 1-2 minutes of start-up: 2 + 9 leaves about 4
+minutes on the warm machine for one rerun of the stages that failed (--stages, into a new OUT_DIR,
+with --cap STAGE=SECONDS where a cap was short).
 
 Results survive anything. summary.json and summary.md are rewritten before and after every stage (a
 stage being run is marked so), and each stage's results are copied into OUT_DIR as soon as it ends:
@@ -77,7 +82,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET_S = 450  # all caps together, preflight included (see the docstring for why)
+BUDGET_S = 500  # all caps together, preflight included (see the docstring for why)
 OUTSIDE_STAGES_S = 30  # the check's own start, a killed stage's wait, copies, removing the work dir
 COMMAND_LIMIT_S = 600  # one command on the device machine
 RECOMMENDED_TIMEOUT_S = 540  # timeout_s to run it with: BUDGET_S + OUTSIDE_STAGES_S and a minute to spare
@@ -134,6 +139,8 @@ class Settings:
     batch_sizes: tuple[int, ...]
     batch_prompts: int
     batch_new_tokens: int
+    compiled_engines: tuple[str, ...] = ("ar", "orthrus")  # eager and compiled (compile: true) on the zoo
+    compiled_contexts: tuple[int, ...] = (1024,)
 
 
 GPU = Settings(
@@ -186,6 +193,8 @@ REHEARSAL = Settings(
     batch_sizes=(1, 2),
     batch_prompts=2,
     batch_new_tokens=16,
+    compiled_engines=("ar",),  # one CPU compile of the zoo model (~20-40 s) keeps the rehearsal short
+    compiled_contexts=(64,),
 )
 
 # (stage, cap in seconds): each includes 10-15 s of process start-up and imports on the GPU machine
@@ -194,6 +203,9 @@ CAPS: dict[str, int] = {
     "cuda_tests": 40,  # pytest start-up 15, 11 tests on the zoo ~10, room 15
     "zoo_fp32": 30,  # start-up 15, ci.yaml at 2 repetitions ~8, report ~3
     "zoo_bf16": 30,
+    # start-up 15, load ~2, compiled engines built and compiled in their warm-up (dynamic shapes: one graph
+    # per view, triton + CUDA-graph capture; not measured on a GPU yet), 2 prompts x 2 calls per engine ~5
+    "compiled_zoo": 50,
     "profile_1.7b": 55,  # start-up 15, build + save 4 GB ~8, 3 contexts x 22 cells ~25
     "profile_8b": 60,  # start-up 15, build 16 GB ~5, 3 contexts x 22 cells ~35
     "profile_0.6b": 25,  # start-up 15, build + save ~3, decode only ~3
@@ -269,6 +281,32 @@ def shape_suite(settings: Settings, target: Path, draft: Path, drafters: dict[st
     }
 
 
+def compiled_suite(settings: Settings) -> dict[str, Any]:
+    """The zoo on the device, eager and compiled (torch.compile; CUDA graphs on a GPU), fp32: what the
+    compiled steps buy over the eager loop, and that they are still lossless (identity with eager ar)."""
+    engines: list[dict[str, Any]] = []
+    for name in settings.compiled_engines:
+        engines += [
+            {"engine": name, "model": "zoo"},
+            {"engine": name, "label": f"{name}-compiled", "model": "zoo", "options": {"compile": True}},
+        ]
+    return {
+        "name": "gpu_check_compiled",
+        "description": "Eager vs compiled engines on the zoo in fp32 on this device.",
+        "models": {"zoo": {"path": "tiny-orthrus", "dtype": "float32", "device": settings.device}},
+        "engines": engines,
+        "sweep": {
+            "context_lengths": list(settings.compiled_contexts),
+            "block_sizes": [16],
+            "temperatures": [0.0],
+            "max_new_tokens": [64],
+        },
+        "prompts": [{"source": "synthetic", "corpus": "heldout", "count": 2}],
+        "measure": {"repetitions": 2, "warmup": 1, "order": "interleaved"},
+        "reference": {"engine": "ar", "model": "zoo"},
+    }
+
+
 def batch_suite(settings: Settings, target: Path) -> dict[str, Any]:
     """The GPU regime of suites/batch.yaml: does Orthrus's advantage survive batching in bf16, and is
     every batched row still the AR output (a divergence is judged near-tie or real by its margin)?"""
@@ -279,7 +317,11 @@ def batch_suite(settings: Settings, target: Path) -> dict[str, Any]:
         "models": {
             "target": {"path": str(target), "dtype": "bfloat16", "device": settings.device, "tokenizer": TOKENIZER}
         },
-        "engines": [{"engine": "ar", "model": "target"}, {"engine": "orthrus", "model": "target"}],
+        "engines": [
+            {"engine": "ar", "model": "target"},
+            {"engine": "orthrus", "model": "target"},
+            {"engine": "orthrus", "label": "orthrus-auto", "model": "target", "options": {"block_size": "auto"}},
+        ],
         "sweep": {
             "context_lengths": [settings.batch_context],
             "block_sizes": [settings.batch_block],
@@ -330,6 +372,8 @@ def stages(out: Path, work: Path, settings: Settings = GPU, caps: dict[str, floa
     suite_file.write_text(json.dumps(shape_suite(settings, target, draft, drafters), indent=1))  # JSON is YAML
     batch_file = work / "batch.yaml"
     batch_file.write_text(json.dumps(batch_suite(settings, target), indent=1))
+    compiled_file = work / "compiled.yaml"
+    compiled_file.write_text(json.dumps(compiled_suite(settings), indent=1))
     device = settings.device
 
     def write_checkpoints(*pairs: tuple[str, Path]) -> Command:
@@ -406,6 +450,14 @@ def stages(out: Path, work: Path, settings: Settings = GPU, caps: dict[str, floa
             model="tiny-orthrus",
         ),
         Stage(
+            "compiled_zoo",
+            caps["compiled_zoo"],
+            "eager vs compiled (compile: true) " + ", ".join(settings.compiled_engines) + " on the zoo in fp32",
+            [bench(compiled_file, "compiled")],
+            collect_run(runs / "gpu_check_compiled" / "compiled", "compiled"),
+            model="tiny-orthrus",
+        ),
+        Stage(
             "profile_1.7b",
             caps["profile_1.7b"],
             "latency profile in bf16 (passes and engine steps); saves the suites' target checkpoint",
@@ -463,7 +515,7 @@ def stages(out: Path, work: Path, settings: Settings = GPU, caps: dict[str, floa
         Stage(
             "batch_sweep",  # last: it gets its cap and whatever the stages before it left
             caps["batch_sweep"],
-            "ar and orthrus in bf16 at batch sizes " + ", ".join(map(str, settings.batch_sizes)),
+            "ar, orthrus and orthrus with block_size auto in bf16 at batch sizes " + ", ".join(map(str, settings.batch_sizes)),
             [write_checkpoints((settings.target, target)), bench(batch_file, "batch")],
             collect_run(runs / "gpu_check_batch" / "batch", "batch"),
             model=settings.target,

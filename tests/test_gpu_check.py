@@ -204,7 +204,7 @@ def test_the_cpu_rehearsal_runs_every_stage_end_to_end(gpu_check, tmp_path):
         "environment.json",
         *(
             f"{run}-summary.{ext}"
-            for run in ("zoo-float32", "zoo-bfloat16", "shapes", "batch")
+            for run in ("zoo-float32", "zoo-bfloat16", "compiled", "shapes", "batch")
             for ext in ("json", "csv")
         ),
     }

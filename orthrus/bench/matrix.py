@@ -108,13 +108,18 @@ def _make_cell(suite: Suite, engine: EngineSpec, source: PromptSourceSpec, value
         draft_model=suite.models[engine.draft_model] if engine.draft_model else None,
         source=source,
         context_length=values[CONTEXT],
-        block_size=engine.options.get(BLOCK, values[BLOCK]),  # fixed in the options: that one
+        block_size=_block(engine.options.get(BLOCK, values[BLOCK])),  # fixed in the options: that one
         sampling=sampling,
         max_new_tokens=values["max_new_tokens"],
         batch_size=values["batch_size"],
         seed=suite.measure.seed,
         stop_at_eos=suite.measure.stop_at_eos,
     )
+
+
+def _block(value: Any) -> int | None:
+    """The cell's block size: a number, or None for the engine's own or one chosen per cycle (auto)."""
+    return None if value == "auto" else value
 
 
 def _check_context_fits(cells: list[Cell]) -> None:

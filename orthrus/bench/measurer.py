@@ -134,9 +134,12 @@ class Measurer:
             start = time.perf_counter()
             notes: dict[str, Any] = {}
             try:
-                quality = asdict(
-                    self.reference.check(cell, prompt, list(row.tokens), setup.eos, description.lossless, self.existing)
-                )
+                if description.synthetic:  # acceptance at a set rate: its output is not meant to be AR's
+                    quality, notes["identity"] = {}, "not checked: synthetic acceptance (a cost measurement)"
+                else:
+                    quality = asdict(
+                        self.reference.check(cell, prompt, list(row.tokens), setup.eos, description.lossless, self.existing)
+                    )
             except Exception as err:  # noqa: BLE001 - a quality check must not lose the measurement
                 free_after_error(err)
                 quality, notes["quality_error"] = {}, one_line(err)

@@ -41,6 +41,8 @@ class EngineDescription:
     extra_parameter_bytes: int | None = None
     # bytes of K and V one position occupies in the draft model's own cache (None: it keeps none)
     draft_kv_bytes_per_token: int | None = None
+    # its verifier accepts at a set rate (synthetic acceptance): its cost is real, its output is not AR's
+    synthetic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class EngineDescription:
             "extra_parameters": self.extra_parameters,
             "extra_parameter_bytes": self.extra_parameter_bytes,
             "draft_kv_bytes_per_token": self.draft_kv_bytes_per_token,
+            "synthetic": self.synthetic,
         }
 
 
@@ -66,6 +69,8 @@ class GenerationResult:
     forward_passes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FORWARD_KINDS, 0))
     drafted_per_cycle: list[int] = field(default_factory=list)
     accepted_per_cycle: list[int] = field(default_factory=list)
+    # block_size: auto: the K chosen at each step (1: a plain AR step); empty for a fixed block
+    chosen_blocks: list[int] = field(default_factory=list)
     start_time: float = 0.0
     # (host time, tokens committed at that moment), one entry per commit event
     commits: list[tuple[float, int]] = field(default_factory=list)
@@ -216,6 +221,7 @@ class GenerationResult:
             "cycles": self.cycles,
             "drafted_per_cycle": self.drafted_per_cycle,
             "accepted_per_cycle": self.accepted_per_cycle,
+            "chosen_blocks": self.chosen_blocks,
             "acceptance_length": self.acceptance_length,
             "acceptance_by_position": self.acceptance_by_position,
             "ttft_ms": self.ttft_ms,

@@ -184,6 +184,10 @@ class CachedEngine(Engine):
         """Slots a static cache needs per row beyond prompt + budget (none here)."""
         return 0
 
+    def before_clock(self, prompts: list[list[int]], max_new_tokens: int, seed: int | None) -> None:
+        """Work a call needs before its clock starts (nothing here; a load-aware block size measures
+        the costs it will compare)."""
+
     def static_shapes(self) -> list[tuple[int, bool]]:
         """(tokens, diffusion view) of every pass a compiled step runs (compiled before the clock)."""
         return [(1, False)]
@@ -227,6 +231,7 @@ class CachedEngine(Engine):
 
     @torch.inference_mode()
     def _generate_batch(self, prompts, max_new_tokens, settings, generator, seed, eos_token_id) -> BatchResult:
+        self.before_clock(prompts, max_new_tokens, seed)
         state = self.prefill(prompts, max_new_tokens, settings, generator, eos_token_id)
         return self._decode(state, max_new_tokens, settings, generator, eos_token_id)
 

@@ -12,7 +12,9 @@ The committed text is exactly what the AR view alone would produce.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,11 +22,21 @@ import torch
 from orthrus.engines.base import (
     DEFAULT_BLOCK_SIZE,
     BatchResult,
+    EngineDescription,
     SamplingSettings,
     pick_token,
     row_finished,
     truncate_at_eos,
     warp_probs,
+)
+from orthrus.engines.block_choice import (
+    CANDIDATES,
+    CONTEXT_GRAIN,
+    BlockChooser,
+    CostTable,
+    read_profile,
+    synthetic_acceptance_rates,
+    timed,
 )
 from orthrus.engines.decoding import CachedEngine
 from orthrus.errors import UserInputError
@@ -49,6 +61,7 @@ def accept_all(agrees: list[bool]) -> int:
 
 ACCEPT_RULES: dict[str, Callable[[list[bool]], int]] = {"exact": accept_agreed_prefix, "accept_all": accept_all}
 LOSSLESS_ACCEPT_RULES = ("exact",)
+AUTO = "auto"  # block_size: auto (orthrus.engines.block_choice)
 
 
 class OrthrusEngine(CachedEngine):
@@ -67,24 +80,72 @@ class OrthrusEngine(CachedEngine):
     def __init__(
         self,
         model: Any,
-        block_size: int | None = None,
+        block_size: int | str | None = None,
         cache: str = "static",
         accept_rule: str = "exact",
         compile: bool = False,
+        profile: str | None = None,
+        synthetic_acceptance_length: float | None = None,
+        synthetic_rates: list[float] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model, cache=cache, compile=compile, **options)
-        if block_size is None:  # the model's own training block, else the one default
-            block_size = getattr(model.config, "block_size", None) or DEFAULT_BLOCK_SIZE
-        self.block_size = int(block_size)
+        self.chooser: BlockChooser | None = None
+        if block_size == AUTO:  # a K per cycle that follows the load (orthrus.engines.block_choice)
+            self.block_size = max(CANDIDATES)
+            dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+            table = read_profile(profile, model.config, self.device.type, dtype) if profile else None
+            self.chooser = BlockChooser(CostTable(self._measured_cost, table))
+        else:
+            if profile is not None:
+                raise UserInputError("profile is read by block_size: auto only; set block_size: auto or drop profile.")
+            if block_size is None:  # the model's own training block, else the one default
+                block_size = getattr(model.config, "block_size", None) or DEFAULT_BLOCK_SIZE
+            if isinstance(block_size, str) and not block_size.isdigit():
+                raise UserInputError(f"block_size must be an integer >= 1 or auto, got {block_size!r}.")
+            self.block_size = int(block_size)
         if self.block_size < 1:
             raise UserInputError(f"block_size must be >= 1, got {self.block_size}.")
         if accept_rule not in ACCEPT_RULES:
             raise UserInputError(f"accept_rule must be one of {', '.join(ACCEPT_RULES)}, got {accept_rule!r}.")
         self.accept_rule = accept_rule
         self.accept = ACCEPT_RULES[accept_rule]
-        self.lossless = accept_rule in LOSSLESS_ACCEPT_RULES
+        self.synthetic = synthetic_acceptance_rates(synthetic_acceptance_length, synthetic_rates, self.block_size)
+        self.lossless = accept_rule in LOSSLESS_ACCEPT_RULES and self.synthetic is None
         self.mask_token_id = int(model.config.mask_token_id)
+        self._synthetic_generator: torch.Generator | None = None
+
+    def describe(self) -> EngineDescription:
+        facts = super().describe()
+        block = None if self.chooser is not None else facts.block_size  # auto: several, per cycle
+        return replace(facts, block_size=block, synthetic=self.synthetic is not None)
+
+    def before_clock(self, prompts: list[list[int]], max_new_tokens: int, seed: int | None) -> None:
+        if self.synthetic is not None:  # its own draws: the output does not depend on sampling's generator
+            self._synthetic_generator = torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
+        if self.chooser is not None:  # every cost this call may need, measured (or read) now
+            low, high = min(map(len, prompts)), max(map(len, prompts)) + max_new_tokens
+            for context in range(low, high + CONTEXT_GRAIN, CONTEXT_GRAIN):
+                self.chooser.costs.prepare(len(prompts), min(context, high), self.chooser.candidates)
+
+    def _measured_cost(self, batch: int, context: int, block: int) -> float:
+        """Seconds of one step at ``block`` (decode at 1; draft + verify otherwise) on this engine's own
+        passes over a scratch cache holding ``context`` entries per row (values do not matter)."""
+        cache = self.model.new_cache(batch, context + block)
+        ids = torch.full((batch, block), self.mask_token_id, dtype=torch.long, device=self.device)
+        starts = [context] * batch
+
+        def step() -> None:
+            if block > 1:
+                self.forward(ids, cache, starts, [block] * batch).argmax(-1)
+            self.forward(ids, cache, starts)[:, -1].argmax(-1).tolist()
+
+        def synchronize() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        with torch.inference_mode():
+            return timed(step, 3, synchronize)
 
     def extra_parameter_tensors(self) -> list:
         return self.model.diffusion_parameters()  # the *_diff projections and norms of the diffusion view
@@ -116,11 +177,16 @@ class OrthrusEngine(CachedEngine):
         while any(active) and (max_steps is None or steps < max_steps):
             steps += 1
             budgets = [max_new_tokens - row.new_tokens if live else 0 for row, live in zip(rows, active)]
+            block, context, began = self.block_size, 0, 0.0
+            if self.chooser is not None:  # one K for every row of the batch, from the load at hand
+                context = max(length for length, live in zip(lengths, active) if live)
+                block = self.chooser.choose(len(rows), context, max(budgets))
+                began = time.perf_counter()
             # the last blocks shrink; a compiled engine keeps whole blocks (fixed shapes) and caps
             # what each row may keep by its budget instead, which commits the same tokens
-            size = min(self.block_size, max(budgets))
+            size = min(block, max(budgets))
             if self.compiled and size > 1:
-                size = self.block_size
+                size = block
             if size == 1:  # no live row has anything left to draft: one plain AR step
                 logits = self.forward(anchors.view(-1, 1), cache, lengths)
                 anchors = pick_token(logits[:, -1], settings, generator)
@@ -134,6 +200,10 @@ class OrthrusEngine(CachedEngine):
             # AR prediction after its anchor, booked as that row's one decode pass, and the draft
             # pass did no work for it (a wasted row-pass).
             drafting = [live and limit > 0 for live, limit in zip(active, limits)]
+            if self.chooser is not None:  # what the step cost and what each drafting row kept
+                kept = [(limit, acc) for limit, acc, d in zip(limits, accepted, drafting) if d]
+                seconds = time.perf_counter() - began
+                self.chooser.observe(size, len(rows), context, seconds, [k[0] for k in kept], [k[1] for k in kept])
             for kind in passes:
                 batch.record_pass(kind, drafting if kind == "draft" else active)
             for r, row in enumerate(rows):
@@ -145,6 +215,8 @@ class OrthrusEngine(CachedEngine):
                     row.record_step(passes, new, limits[r], accepted[r])
                 else:
                     row.record_step("decode", new)
+                if self.chooser is not None:
+                    row.chosen_blocks.append(size if drafting[r] else 1)
                 active[r] = not row_finished(row, max_new_tokens, eos_token_id)
             self.after_cycle(cache, lengths, [row.tokens for row in rows])
         return batch.finish(kv_bytes=cache.storage_bytes())
@@ -190,6 +262,8 @@ class OrthrusEngine(CachedEngine):
         #    in a block shrunk to its budget). Greedy is the degenerate case of the sampling rule:
         #    with one-hot p and q, "keep d_i with probability min(1, p/q)" means d_i == argmax p, and
         #    max(p - q, 0) puts all mass on argmax p.
+        if self.synthetic is not None:  # the verifier keeps draft j with a set probability, whatever it is
+            return self._synthetic_cycle(drafts, verify_logits, limits, settings, generator)
         if q is None:
             predicted = verify_logits.argmax(-1)  # [B, size]
             host = torch.cat([drafts, predicted], 1).tolist()  # one device -> host copy per cycle
@@ -215,6 +289,30 @@ class OrthrusEngine(CachedEngine):
         #    those of its anchor and accepted drafts are exactly what AR decoding writes for them;
         #    the slots of rejected drafts lie past the committed length, hidden from every query and
         #    overwritten by the next block.
+        return commits, next_anchors, accepted
+
+    def _synthetic_cycle(
+        self,
+        drafts: torch.Tensor,
+        verify_logits: torch.Tensor,
+        limits: list[int],
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+    ) -> tuple[list[list[int]], torch.Tensor, list[int]]:
+        """Synthetic acceptance: row r keeps drafts while a draw stays below the rate of their position
+        (at most limits[r]), then commits the AR view's own next token after them (its argmax, or a
+        sample of its distribution). Not the AR model's output; its cost is a real cycle's."""
+        assert self.synthetic is not None
+        count, n = drafts.shape
+        rates = torch.tensor([self.synthetic[min(j, len(self.synthetic) - 1)] for j in range(n)], device=drafts.device)
+        draws = torch.rand((count, n), generator=self._synthetic_generator, device=drafts.device)
+        verdicts = (draws < rates).tolist()
+        accepted = [self.accept(verdicts[r][: limits[r]]) for r in range(count)]
+        rows = torch.arange(count, device=drafts.device)
+        after = verify_logits[rows, torch.tensor(accepted, device=drafts.device)]  # [B, V]
+        next_anchors = pick_token(after, settings, generator)
+        drafted = drafts.tolist()
+        commits = [drafted[r][: accepted[r]] + [t] for r, t in enumerate(next_anchors.tolist())]
         return commits, next_anchors, accepted
 
 

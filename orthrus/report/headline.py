@@ -203,8 +203,9 @@ def overall(cells: list[CellRatio], seed: int = 0) -> tuple[float, float | None,
 
 
 def subjects(run: RunData) -> list[str]:
-    """The labels a headline speaks of: those of the orthrus engine, else every non-AR label."""
-    rows = run.summary.to_dict("records")
+    """The labels a headline speaks of: those of the orthrus engine, else every non-AR label; never a
+    cell with synthetic acceptance (a cost measurement at a set acceptance, not a verdict)."""
+    rows = [r for r in run.summary.to_dict("records") if r.get("synthetic") is not True]
     labels = list(dict.fromkeys(r["series"] for r in rows if r.get("engine") == SUBJECT_ENGINE))
     return labels or list(dict.fromkeys(r["series"] for r in rows if not is_ar_row(r)))
 

@@ -556,6 +556,66 @@ def plot_acceptance_histogram(run: RunData) -> Figure | None:
     return _finish(fig, used, f"Drafts accepted per cycle, per cell; dashed: the cell's mean{more}")
 
 
+def plot_chosen_blocks(run: RunData) -> Figure | None:
+    """block_size: auto: per cell, the fraction of steps at each K it chose (1: a plain AR step), and the
+    mean K chosen against batch size (one line per context), so "does K follow the load" is seen."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for r in _ok_records(run):
+        if r.get(FIELD.chosen_blocks):
+            by_cell.setdefault(str(r.get("cell_id")), []).append(r)
+    if not by_cell:
+        return None
+    cells = []
+    for records in by_cell.values():
+        cell = records[0]["cell"]
+        blocks = np.array([k for r in records for k in r[FIELD.chosen_blocks]], dtype=int)
+        cells.append((cell, blocks))
+    cells.sort(
+        key=lambda c: (
+            series_order(series_label(c[0])),
+            _order(c[0].get("batch_size")),
+            _order(c[0].get("context_length")),
+        )
+    )
+    values = sorted({int(k) for _, blocks in cells for k in blocks})
+    fig, (left, right) = _figure(ncols=2, width=12.0, height=max(3.5, 0.32 * len(cells) + 1.5))
+    cmap = matplotlib.colormaps["viridis"].resampled(max(len(values), 2))
+    names = []
+    for y, (cell, blocks) in enumerate(cells):
+        start = 0.0
+        for i, k in enumerate(values):
+            share = float(np.mean(blocks == k))
+            left.barh(y, share, left=start, color=cmap(i), label=f"K = {k}" if y == 0 else None, height=0.8)
+            start += share
+        names.append(
+            f"{series_label(cell)}, B {_short(cell.get('batch_size'))}, ctx {_short(cell.get('context_length'))}"
+        )
+    left.set_yticks(range(len(cells)), [_wrap(n, 34) for n in names], fontsize=7)
+    left.invert_yaxis()
+    left.set_xlabel("fraction of steps")
+    left.set_xlim(0, 1)
+    left.set_title("K chosen per step (K = 1: a plain AR step)", fontsize=9)
+    contexts = sorted({c.get("context_length") for c, _ in cells}, key=_order)
+    for i, context in enumerate(contexts):
+        points = sorted(
+            (float(c.get("batch_size") or 1), float(blocks.mean()))
+            for c, blocks in cells
+            if c.get("context_length") == context
+        )
+        right.plot(
+            [x for x, _ in points],
+            [y for _, y in points],
+            marker="o",
+            label=f"context {_short(context)}",
+            color=matplotlib.colormaps["tab10"](i % 10),
+        )
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size")
+    right.set_ylabel("mean K chosen per step")
+    right.set_title("The chosen K against batch size and context", fontsize=9)
+    return _finish(fig, [left, right], "Block size chosen by block_size: auto")
+
+
 def _kv_overhead(df: pd.DataFrame) -> pd.DataFrame:
     """``kv_overhead_bytes`` for the rows measured on the model of their AR counterpart (the same model:
     a DLM's cache of another model is not an overhead over AR's), NaN elsewhere and for AR itself."""
@@ -1182,6 +1242,14 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         "Per cell: the distribution of drafts accepted per draft-verify cycle (0 to K-1), over every cycle of "
         "every request; with the number of cycles and requests, the mean, and the range of the per-request means.",
         plot_acceptance_histogram,
+    ),
+    (
+        "chosen_blocks",
+        "Block size chosen by block_size: auto",
+        "Per cell of an engine choosing its block size per cycle: the fraction of steps at each K (1: a plain AR "
+        "step), chosen from its measured acceptance and the measured cost of a cycle at that batch size and "
+        "context; right: the mean K against batch size, one line per context.",
+        plot_chosen_blocks,
     ),
     (
         "memory_vs_context",

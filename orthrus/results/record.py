@@ -18,7 +18,7 @@ RECORD_VERSION = 2  # 2: block_size / kv_bytes_per_token / lossless are fields (
 # (batch_* and *_vs_batch1 fields, status "skipped", draft_kv_cache_bytes_peak and extra_parameter* came
 # later as optional fields: older records read as None)
 # what a record says about the engine that ran (from EngineDescription), copied into the summary row
-ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless", "extra_parameters", "extra_parameter_bytes")
+ENGINE_FACTS = ("block_size", "kv_bytes_per_token", "lossless", "extra_parameters", "extra_parameter_bytes", "synthetic")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class MeasurementRecord:
     block_size: int | None = None  # the block size it actually used (None: the engine takes none)
     kv_bytes_per_token: int | None = None  # bytes of K and V one position occupies in its model's cache
     lossless: bool | None = None  # its output is the AR model's (greedy: identical tokens)
+    synthetic: bool | None = None  # synthetic acceptance: a real cost, not the AR model's output (never exact)
     compile_s: float | None = None  # a compiled engine's seconds spent compiling so far (not in e2e)
     compiled_graphs: int | None = None  # a compiled engine's graphs compiled so far
     extra_parameters: int | None = None  # weights it adds over the base model (None: it runs its own model)
@@ -62,6 +63,7 @@ class MeasurementRecord:
     accepted_per_cycle: list[int] | None = None
     acceptance_length: float | None = None  # per request mean of accepted_per_cycle
     acceptance_by_position: list[float] | None = None
+    chosen_blocks: list[int] | None = None  # block_size: auto: the K chosen at each step (1: a plain AR step)
     denoise_steps: int | None = None  # DLM engines
     tokens_per_step: float | None = None  # DLM engines
     memory_bandwidth_gb_s: float | None = None  # weight bytes per forward x forwards per second
@@ -160,6 +162,7 @@ class MeasurementRecord:
             accepted_per_cycle=list(result.accepted_per_cycle),
             acceptance_length=result.acceptance_length,
             acceptance_by_position=result.acceptance_by_position,
+            chosen_blocks=list(result.chosen_blocks) or None,
             kv_cache_bytes_peak=result.kv_cache_bytes_peak,
             draft_kv_cache_bytes_peak=result.draft_kv_cache_bytes_peak,
             harness_overhead_ms=harness_overhead_ms,
@@ -313,6 +316,7 @@ def _facts(description: EngineDescription) -> dict[str, Any]:
         "block_size": description.block_size,
         "kv_bytes_per_token": description.kv_bytes_per_token,
         "lossless": description.lossless,
+        "synthetic": description.synthetic,
         "compile_s": description.compile_s,
         "compiled_graphs": description.compiled_graphs,
         "extra_parameters": description.extra_parameters,

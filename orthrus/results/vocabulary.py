@@ -614,6 +614,18 @@ METRICS: tuple[Metric, ...] = (
         description="time per measurement spent outside generate()",
     ),
     Metric(
+        "chosen_block_median",
+        "chosen block size",
+        "wall_clock",
+        "tokens",
+        "chosen_blocks",
+        "median",
+        None,
+        ("chosen_block",),
+        description="block_size: auto: the median K chosen per step (1: a plain AR step), pooled over a cell's"
+        " steps; a choice made from measured costs, so it moves with the machine",
+    ),
+    Metric(
         "compile_s_max",
         "compile time",
         "wall_clock",
@@ -769,6 +781,15 @@ WALL_CLOCK_COLUMNS = frozenset(
     metric.column for metric in METRICS if metric.kind == "wall_clock" and not metric.same_run
 )
 MEMORY_COLUMNS = tuple(metric.column for metric in METRICS if metric.plot)
+# what says whether an output is the reference's: never asked of synthetic acceptance (not AR's by design)
+EXACTNESS_FIELDS = (
+    "identity_exact",
+    "match_fraction",
+    "divergence_margin",
+    "identity_vs_batch1_exact",
+    "divergence_margin_vs_batch1",
+)
+EXACTNESS_COLUMNS = frozenset(metric.column for metric in METRICS if metric.field in EXACTNESS_FIELDS)
 # the plain aggregations the summary computes in one loop (record field -> summary column)
 AGGREGATIONS = ("median", "mean", "max", "p50", "p90", "p99", "rate", "n")
 AGGREGATED = tuple(metric for metric in METRICS if metric.field is not None and metric.how in AGGREGATIONS)

@@ -153,6 +153,8 @@ def validate_engine_options(name: str, options: dict[str, Any], path: str) -> No
 
 def _check_option(name: str, value: Any, path: str, param: inspect.Parameter) -> None:
     check_finite(value, path)
+    if name == "block_size" and value == "auto":  # a block size per cycle that follows the load
+        return
     rule = OPTION_RULES.get(name)
     if rule is not None and value is not None:
         kind, minimum = rule

@@ -25,6 +25,7 @@ from orthrus.bench.suite.checks import (
     fail,
     suggestion,
 )
+from orthrus.bench.suite.engine_checks import check_engine_settings
 from orthrus.bench.suite.engines import validate_engines, validate_reference
 from orthrus.bench.suite.load import read_suite_file
 from orthrus.bench.suite.models import validate_models
@@ -128,6 +129,7 @@ def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sh
     suite.cells = expand(suite)  # also checks context lengths against each model's maximum
     if not suite.cells:
         raise fail("sweep", "the matrix is empty after exclude/include and select; keep at least one combination.")
+    check_engine_settings(suite)
     return suite
 
 

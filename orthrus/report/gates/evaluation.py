@@ -35,7 +35,7 @@ from orthrus.report.rundata import (
     same_cell,
     summary_table,
 )
-from orthrus.results.vocabulary import COLUMN
+from orthrus.results.vocabulary import COLUMN, EXACTNESS_COLUMNS
 
 
 @dataclass
@@ -254,6 +254,10 @@ def _check_rule(
         measured = cells.value(rule.column, row)
         if not cells.value(COLUMN.n_ok, row) and cells.value(COLUMN.n_skipped, row):  # not measured on purpose
             message = "the cell was skipped (its engine cannot run it as asked; see its record)."
+            results.append(GateResult(rule.text, rule.name, scope, None, None, rule.op, "skip", message))
+            continue
+        if rule.column in EXACTNESS_COLUMNS and row.get("synthetic") is True:
+            message = "synthetic acceptance: a cost measurement whose output is not meant to be AR's."
             results.append(GateResult(rule.text, rule.name, scope, None, None, rule.op, "skip", message))
             continue
         absent = [n for n in sorted(params) if not is_present(row.get(n))]

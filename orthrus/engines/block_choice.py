@@ -1,0 +1,259 @@
+"""A block size that follows the load (``block_size: auto``), and a verifier that accepts at a set rate
+(synthetic acceptance).
+
+**The chooser.** Before each cycle the engine picks K from a set of candidates that includes 1 (a
+plain AR step, no drafting) to maximise the expected committed tokens per second of the batch:
+
+    rate(K) = E[tokens per cycle at K] / cost(K, batch, context)
+    E[tokens at K] = 1 + sum_{j=1..K-1} prod_{i<=j} c_i       (E = 1 at K = 1)
+
+with c_i the conditional acceptance of draft position i, estimated from the cycles this engine ran
+(a Beta prior of ``PRIOR_WEIGHT`` cycles at ``PRIOR_RATE`` per position, raised by an optimism that
+fades as cycles reach the position: drafting is tried before measured acceptance can rule it out),
+and cost(K) the seconds of one cycle at K (one decode step at K = 1)
+for the batch size and context at hand: from a latency profile of this device and model (the
+``profile`` option: ``python -m orthrus profile``'s file) or, without one, measured briefly on the
+engine's own passes before the clock of the first call that needs it, then corrected from the
+engine's own measured cycle and step times as it runs (per K and batch size: a running ratio of
+measured to predicted), so a profile from a machine that is not this one cannot mislead it for
+long. One K serves every row of a batch. ``choose`` and ``observe`` do a few dozen float operations
+over at most ``len(CANDIDATES)`` candidates per cycle (about 20 us in CPython; cycles take
+milliseconds), inside the timed region.
+
+**Synthetic acceptance.** The verifier keeps draft j with a set conditional probability (a constant
+one solving a mean acceptance length, or per-position rates) instead of comparing it with the AR
+view, so an engine's cost can be measured at acceptance the drafter does not reach. Its output is
+not the AR model's: an engine with it is not lossless, and its records say ``synthetic``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from orthrus.errors import UserInputError
+
+CANDIDATES = (1, 2, 4, 8, 16, 32)
+PRIOR_RATE = 0.5
+PRIOR_WEIGHT = 4.0
+OPTIMISM = 0.5  # a position's rate is raised by OPTIMISM / sqrt(1 + cycles that reached it), so a chooser
+# that has not tried drafting (or a deep position) tries it, and stops once measured acceptance says no
+CONTEXT_GRAIN = 256  # costs are kept per context bucket of this many positions
+CORRECTION = 0.2  # weight of the newest measured / predicted ratio in its running mean
+PROFILE_FORMAT = "orthrus-latency-profile"
+
+
+def expected_tokens(rates: Sequence[float], block: int) -> float:
+    """E[committed tokens per cycle] at block ``block`` (K - 1 drafts) for conditional rates c_1..."""
+    total, reach = 1.0, 1.0
+    for j in range(block - 1):
+        reach *= rates[j] if j < len(rates) else 0.0
+        total += reach
+    return total
+
+
+def constant_rate_for(length: float, block: int) -> float:
+    """The constant conditional rate c with 1 + c + c^2 + ... + c^(K-1) = ``length`` (tokens per cycle)."""
+    if not 1.0 <= length <= block:
+        raise UserInputError(
+            f"synthetic acceptance length {length:g} is outside 1..{block} (tokens per cycle at block size {block}); "
+            f"give a length from 1 to the block size."
+        )
+    if block == 1 or length == 1.0:
+        return 0.0
+    if length >= block:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if expected_tokens([mid] * block, block) < length else (low, mid)
+    return (low + high) / 2
+
+
+def synthetic_acceptance_rates(length: float | None, rates: Sequence[float] | None, block: int) -> list[float] | None:
+    """The conditional acceptance per draft position a synthetic verifier uses (None: not synthetic)."""
+    if length is not None and rates is not None:
+        raise UserInputError("give synthetic_acceptance_length or synthetic_rates, not both.")
+    if rates is not None:
+        rates = [float(r) for r in rates]
+        if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
+            raise UserInputError(f"synthetic_rates must be conditional probabilities in [0, 1], got {rates}.")
+        return rates
+    if length is not None:
+        return [constant_rate_for(float(length), block)] * max(block - 1, 1)
+    return None
+
+
+class CostTable:
+    """Seconds of one step at K for a batch size and a context bucket: measured, or from a profile."""
+
+    def __init__(self, measure: Callable[[int, int, int], float] | None, profile: dict[str, Any] | None) -> None:
+        self.measure = measure  # (batch, context, K) -> seconds, on the engine's own passes
+        self.profile = profile
+        self.table: dict[tuple[int, int, int], float] = {}
+
+    @staticmethod
+    def bucket(context: int) -> int:
+        return max(CONTEXT_GRAIN, -(-context // CONTEXT_GRAIN) * CONTEXT_GRAIN)
+
+    def prepare(self, batch: int, context: int, blocks: Sequence[int]) -> None:
+        """Make sure every cost the chooser may need at this batch and context is known (called
+        before a call's clock starts)."""
+        key = self.bucket(context)
+        for block in blocks:
+            if (batch, key, block) not in self.table:
+                self.table[(batch, key, block)] = self._cost(batch, key, block)
+
+    def cost(self, batch: int, context: int, block: int) -> float:
+        key = (batch, self.bucket(context), block)
+        if key not in self.table:  # a context the call outgrew: measured once, then kept
+            self.table[key] = self._cost(batch, key[1], block)
+        return self.table[key]
+
+    def _cost(self, batch: int, context: int, block: int) -> float:
+        if self.profile is not None:
+            return profile_cost(self.profile, batch, context, block)
+        assert self.measure is not None
+        return self.measure(batch, context, block)
+
+
+def profile_cost(profile: dict[str, Any], batch: int, context: int, block: int) -> float:
+    """A cycle's seconds at K (a decode step at K = 1) from a latency profile's engine steps: the
+    nearest batch size the profile has (scaled linearly in the rows beyond it), linear in context
+    between the profiled ones (held flat beyond them)."""
+    kind = "ar_step" if block == 1 else "orthrus_cycle"
+    rows = [t for t in profile["timings"] if t["kind"] == kind and int(t["block"]) == block]
+    if not rows:
+        raise UserInputError(f"the profile has no {kind} at block {block}; profile these block sizes.")
+    batches = sorted({int(t.get("batch", 1)) for t in rows})
+    near = min(batches, key=lambda b: (abs(b - batch), b))
+    points = sorted((int(t["context"]), float(t["median_ms"])) for t in rows if int(t.get("batch", 1)) == near)
+    if context <= points[0][0]:
+        ms = points[0][1]
+    elif context >= points[-1][0]:
+        ms = points[-1][1]
+    else:
+        (c0, m0), (c1, m1) = next((a, b) for a, b in zip(points, points[1:]) if a[0] <= context <= b[0])
+        ms = m0 + (m1 - m0) * (context - c0) / (c1 - c0)
+    return ms / 1e3 * (batch / near if batch > near else 1.0)
+
+
+def config_shape(config: Any) -> dict[str, Any]:
+    """The latency-relevant shape of a Qwen3 config, named as a profile's ``model.shape`` names it."""
+    heads = int(config.num_attention_heads)
+    return {
+        "layers": int(config.num_hidden_layers),
+        "hidden": int(config.hidden_size),
+        "heads": heads,
+        "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+        "intermediate": int(config.intermediate_size),
+        "vocab": int(config.vocab_size),
+    }
+
+
+def read_profile(path: str | Path, config: Any, device: str, dtype: str) -> dict[str, Any]:
+    """A latency profile file for this model, device kind and dtype, with the engine steps the chooser
+    needs; anything else is one sentence (the harness calls this when it validates a suite)."""
+    file = Path(path).expanduser()
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserInputError(
+            f"profile {file} cannot be read as a latency profile ({err}); make one with python -m orthrus profile."
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT or not isinstance(data.get("timings"), list):
+        raise UserInputError(
+            f"profile {file} is not an Orthrus latency profile; make one with python -m orthrus profile."
+        )
+    shape = (data.get("model") or {}).get("shape") or {}
+    mine = config_shape(config)
+    differing = [k for k, v in mine.items() if shape.get(k) != v]
+    if differing:
+        raise UserInputError(
+            f"profile {file} was measured on another model ({', '.join(differing)} differ); profile this model "
+            "with python -m orthrus profile --model ..."
+        )
+    their_device, their_dtype = str((data.get("device") or {}).get("type")), str(data.get("dtype"))
+    if their_device != device or their_dtype != dtype:
+        raise UserInputError(
+            f"profile {file} was measured on {their_device} in {their_dtype}, this engine runs on {device} in {dtype}; "
+            "profile this device and dtype with python -m orthrus profile."
+        )
+    kinds = {t.get("kind") for t in data["timings"]}
+    if not {"ar_step", "orthrus_cycle"} <= kinds:
+        raise UserInputError(
+            f"profile {file} has no engine steps (ar_step, orthrus_cycle), which block_size: auto needs; "
+            "re-measure it with python -m orthrus profile (without --no-engine-steps)."
+        )
+    return data
+
+
+class BlockChooser:
+    """Picks K per cycle (see the module docstring) and learns acceptance and costs as it goes."""
+
+    def __init__(self, costs: CostTable, candidates: Sequence[int] = CANDIDATES) -> None:
+        self.costs = costs
+        self.candidates = tuple(sorted(set(candidates) | {1}))
+        width = max(self.candidates)
+        self.tried = [0.0] * width  # cycles that reached draft position j (1-based, index j - 1)
+        self.kept = [0.0] * width
+        self.correction: dict[tuple[int, int], float] = {}  # (K, batch) -> running measured / predicted
+
+    def rates(self) -> list[float]:
+        """Conditional acceptance per draft position: the posterior mean, raised optimistically where few
+        cycles reached the position (so drafting is tried before it is ruled out)."""
+        return [
+            min(1.0, (k + PRIOR_RATE * PRIOR_WEIGHT) / (t + PRIOR_WEIGHT) + OPTIMISM / math.sqrt(1.0 + t))
+            for k, t in zip(self.kept, self.tried)
+        ]
+
+    def predicted(self, block: int, batch: int, context: int) -> float:
+        return self.costs.cost(batch, context, block) * self.correction.get((block, batch), 1.0)
+
+    def choose(self, batch: int, context: int, budget: int) -> int:
+        """The K with the most expected tokens per second for ``batch`` rows at ``context`` (at most
+        ``budget``, the most tokens a row may still commit)."""
+        rates = self.rates()
+        best, best_rate = 1, -1.0
+        for block in self.candidates:
+            if block > max(budget, 1):
+                break
+            rate = expected_tokens(rates, block) / self.predicted(block, batch, context)
+            if rate > best_rate:
+                best, best_rate = block, rate
+        return best
+
+    def observe(
+        self, block: int, batch: int, context: int, seconds: float, drafted: Sequence[int], accepted: Sequence[int]
+    ) -> None:
+        """What one step at ``block`` cost and, per row that drafted, how many drafts it kept."""
+        for d, a in zip(drafted, accepted):
+            for j in range(min(d, len(self.tried))):
+                if a >= j:  # the cycle reached draft j + 1
+                    self.tried[j] += 1
+                    if a > j:
+                        self.kept[j] += 1
+        base = self.costs.cost(batch, context, block)
+        if base > 0 and seconds > 0 and math.isfinite(seconds):
+            key = (block, batch)
+            ratio = seconds / base
+            self.correction[key] = (
+                ratio if key not in self.correction else ((1 - CORRECTION) * self.correction[key] + CORRECTION * ratio)
+            )
+
+
+def timed(fn: Callable[[], Any], repeats: int, synchronize: Callable[[], None]) -> float:
+    """The median seconds of ``repeats`` calls after one untimed call."""
+    fn()
+    synchronize()
+    samples = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        fn()
+        synchronize()
+        samples.append(time.perf_counter() - begin)
+    return sorted(samples)[len(samples) // 2]

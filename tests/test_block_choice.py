@@ -1,0 +1,165 @@
+"""A block size that follows the load (``block_size: auto``) and synthetic acceptance: the chooser takes
+plain AR steps where drafting never pays and the largest block where it is free, every K it picks
+keeps the output identical to AR, and synthetic records are never counted as exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from orthrus.engines import build_engine
+from orthrus.engines.block_choice import (
+    BlockChooser,
+    CostTable,
+    constant_rate_for,
+    expected_tokens,
+    read_profile,
+    synthetic_acceptance_rates,
+)
+from orthrus.errors import UserInputError
+from orthrus.results.rundir import read_records
+from orthrus.run_cli import main as bench_main
+
+
+def table(cost):
+    return CostTable(lambda batch, context, block: cost(block), None)
+
+
+def learned(chooser: BlockChooser, rate: float, cycles: int = 400) -> BlockChooser:
+    """The chooser after ``cycles`` cycles at K = 32 whose drafts were each kept with probability ``rate``."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(cycles):
+        kept = 0
+        while kept < 31 and float(torch.rand(1, generator=generator)) < rate:
+            kept += 1
+        chooser.observe(32, 1, 512, 0.0, [31], [kept])
+    return chooser
+
+
+def test_it_takes_plain_ar_steps_where_drafting_never_pays_and_the_largest_block_where_it_is_free():
+    never = learned(BlockChooser(table(lambda k: 1.0 if k == 1 else 10.0 * k)), 0.5)
+    assert never.choose(1, 512, 64) == 1
+    free = learned(BlockChooser(table(lambda k: 1.0)), 0.9)
+    assert free.choose(1, 512, 64) == 32
+    assert free.choose(1, 512, 5) == 4  # never a block larger than the budget left
+    middle = learned(BlockChooser(table(lambda k: 1.0 + 0.25 * k)), 0.6)
+    assert 1 < middle.choose(1, 512, 64) < 32
+
+
+def test_it_learns_acceptance_and_corrects_costs_from_what_it_measures():
+    chooser = learned(BlockChooser(table(lambda k: 1.0)), 0.5)
+    assert abs(chooser.rates()[0] - 0.5) < 0.1
+    assert expected_tokens([1.0] * 8, 8) == 8 and expected_tokens([0.0] * 8, 8) == 1
+    for _ in range(30):  # a machine on which a K = 8 cycle costs four times what the table says
+        chooser.observe(8, 1, 512, 4.0, [7], [3])
+    assert chooser.predicted(8, 1, 512) > 3.0 and chooser.predicted(4, 1, 512) == 1.0
+
+
+def test_every_block_it_can_pick_keeps_the_output_identical_to_ar(orthrus_model, prompts):
+    engine = build_engine("orthrus", orthrus_model, block_size="auto")
+    candidates = engine.chooser.candidates
+    picks = iter(candidates * 40)
+    engine.chooser.choose = lambda batch, context, budget: next(picks)  # every candidate in turn
+    ar = build_engine("ar", orthrus_model)
+    for prompt in prompts.values():
+        result = engine.generate(prompt, 60)
+        assert result.tokens == ar.generate(prompt, 60).tokens
+    assert set(result.chosen_blocks) >= {1, 2, 4, 8}
+    batch = build_engine("orthrus", orthrus_model, block_size="auto").generate_batch(list(prompts.values()), 40)
+    assert [row.tokens for row in batch.rows] == [ar.generate(p, 40).tokens for p in prompts.values()]
+    assert all(row.chosen_blocks for row in batch.rows)
+
+
+def test_synthetic_acceptance_reaches_its_length_and_refuses_what_it_cannot():
+    assert abs(expected_tokens([constant_rate_for(6.0, 16)] * 16, 16) - 6.0) < 1e-6
+    assert synthetic_acceptance_rates(None, [0.9, 0.5], 8) == [0.9, 0.5]
+    for length, rates, words in ((9.0, None, "outside 1..8"), (None, [1.2], r"\[0, 1\]"), (2.0, [0.5], "not both")):
+        with pytest.raises(UserInputError, match=words):
+            synthetic_acceptance_rates(length, rates, 8)
+
+
+def test_a_synthetic_engine_accepts_at_its_rate_and_is_not_lossless(orthrus_model, prompts):
+    engine = build_engine("orthrus", orthrus_model, block_size=8, synthetic_acceptance_length=6.0)
+    result = engine.generate(prompts[300], 400)
+    assert not engine.lossless and engine.describe().synthetic
+    assert abs(1 + result.acceptance_length - 6.0) < 0.8  # about 70 cycles of a constant-rate draw
+    again = build_engine("orthrus", orthrus_model, block_size=8, synthetic_acceptance_length=6.0)
+    assert again.generate(prompts[300], 400, seed=0).tokens == result.tokens  # seeded draws
+
+
+def test_a_profile_of_another_model_device_or_dtype_is_refused(orthrus_model, tmp_path):
+    profile = {
+        "format": "orthrus-latency-profile",
+        "device": {"type": "cpu"},
+        "dtype": "float32",
+        "model": {"shape": {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "vocab": 256}},
+        "timings": [{"kind": "ar_step", "block": 1, "context": 64, "median_ms": 1.0}],
+    }
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    with pytest.raises(UserInputError, match="no engine steps"):
+        read_profile(path, orthrus_model.config, "cpu", "float32")
+    profile["timings"].append({"kind": "orthrus_cycle", "block": 2, "context": 64, "median_ms": 1.5})
+    path.write_text(json.dumps(profile))
+    assert read_profile(path, orthrus_model.config, "cpu", "float32")["dtype"] == "float32"
+    with pytest.raises(UserInputError, match="on cpu in float32, this engine runs on cpu in bfloat16"):
+        read_profile(path, orthrus_model.config, "cpu", "bfloat16")
+    profile["model"]["shape"]["layers"] = 5
+    path.write_text(json.dumps(profile))
+    with pytest.raises(UserInputError, match="another model \\(layers differ\\)"):
+        read_profile(path, orthrus_model.config, "cpu", "float32")
+
+
+def suite(tmp_path, engines, gates=()):
+    raw = {
+        "name": "auto",
+        "models": {"base": {"path": "tiny-orthrus", "dtype": "float32", "device": "cpu"}},
+        "engines": [{"engine": "ar", "model": "base"}, *engines],
+        "sweep": {"context_lengths": [64], "max_new_tokens": [24], "block_sizes": [8]},
+        "prompts": [{"source": "synthetic", "count": 2}],
+        "measure": {"repetitions": 1, "warmup": 1, "threads": 1},
+        "gates": list(gates),
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_synthetic_records_are_marked_and_kept_out_of_exactness_gates_and_the_headline(tmp_path):
+    engines = [
+        {"engine": "orthrus", "model": "base", "options": {"block_size": "auto"}},
+        {"engine": "orthrus", "label": "syn", "model": "base", "options": {"synthetic_acceptance_length": 5}},
+    ]
+    gates = [{"rule": "identity.exact_rate == 1.0", "where": {"engine": "orthrus"}}]
+    out = tmp_path / "out"
+    assert bench_main([suite(tmp_path, engines, gates), "--out", str(out), "--run-id", "r", "--quiet"]) == 0
+    records = read_records(out / "auto" / "r" / "results.jsonl")
+    syn = [r for r in records if r["cell"]["label"] == "syn"]
+    assert syn and all(r["synthetic"] and r["identity_exact"] is None for r in syn)
+    assert all("synthetic" in r["extra"]["identity"] for r in syn)
+    auto = [r for r in records if r["cell"]["engine_options"].get("block_size") == "auto"]
+    assert auto and all(r["identity_exact"] and r["chosen_blocks"] for r in auto)
+    html = (out / "auto" / "r" / "report.html").read_text()
+    assert "syn vs fastest AR" not in html
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"synthetic_acceptance_length": 12}, "outside 1..8"),
+        ({"synthetic_rates": [1.5]}, r"\[0, 1\]"),
+        ({"block_size": "auto", "profile": "reports/profiles/intel-r-xeon-r-processor-qwen3-0.6b-float32.json"}, "another model"),
+    ],
+)
+def test_bad_settings_are_one_sentence_before_anything_runs(tmp_path, capsys, options, words):
+    out = tmp_path / "out"
+    path = suite(tmp_path, [{"engine": "orthrus", "model": "base", "options": options}])
+    assert bench_main([path, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(words, err), err
+    assert not out.exists()
+
+
