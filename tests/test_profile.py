@@ -144,7 +144,7 @@ def measured(test_shape):
 
 def test_profile_schema_and_round_trip(measured, tmp_path):
     data = measured.to_dict()
-    assert data["format"] == "orthrus-latency-profile" and data["version"] == 2
+    assert data["format"] == "orthrus-latency-profile" and data["version"] == 3
     assert data["device"]["type"] == "cpu" and data["device"]["name"]
     assert data["dtype"] == "float32" and data["versions"]["torch"] == torch.__version__
     assert data["versions"]["transformers"] and data["threads"]["torch_intra_op"] >= 1
@@ -158,7 +158,7 @@ def test_profile_schema_and_round_trip(measured, tmp_path):
     )
     assert measured.has_engine_steps
     for t in data["timings"]:
-        assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["repeats"] == 2
+        assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["repeats"] == 2 and t["batch"] == 1
     path = measured.save(tmp_path / "p.json")
     assert LatencyProfile.load(path) == measured
     assert json.loads(path.read_text()) == data
@@ -601,3 +601,19 @@ def test_profile_command_saves_the_profiled_weights_as_a_checkpoint(test_shape, 
     assert main([*args, "--model", "tiny-orthrus", "--save-checkpoint", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--save-checkpoint is for qwen3-shape models" in err
+
+
+def test_profiles_have_batch_size_as_an_axis_and_block_size_auto_reads_it(test_shape, tmp_path):
+    """block_size: auto costs a cycle at the batch size at hand: a profile times every batch size it is
+    asked for (every row at the context), and the chooser reads the nearest one."""
+    from orthrus.engines.block_choice import profile_cost, read_profile
+
+    model = shapes.load_model(test_shape, "cpu", "float32")
+    profile = measure_profile(model, test_shape, contexts=[16], blocks=[1, 4], repeats=1, warmup=0, warm_in=0, batches=[1, 3])
+    assert {(t.kind, t.batch) for t in profile.timings} >= {("ar_step", 1), ("ar_step", 3), ("orthrus_cycle", 3)}
+    assert profile.time_ms("decode", 16, batch=3) > 0 and profile.settings["batches"] == [1, 3]
+    path = profile.save(tmp_path / "p.json")
+    data = read_profile(path, model.config, "cpu", "float32")
+    three = next(t.median_ms for t in profile.timings if (t.kind, t.block, t.batch) == ("orthrus_cycle", 4, 3))
+    assert profile_cost(data, 3, 16, 4) == pytest.approx(three / 1e3)
+    assert profile_cost(data, 6, 16, 4) == pytest.approx(2 * three / 1e3)  # beyond the largest: linear in rows

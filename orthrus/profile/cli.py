@@ -39,6 +39,7 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)), help="KV cache lengths to time at")
     parser.add_argument("--blocks", default=",".join(map(str, DEFAULT_BLOCKS)), help="block sizes K (tokens per pass)")
+    parser.add_argument("--batches", default="1", help="batch sizes (rows per pass; block_size: auto reads them)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per (context, pass, K)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per (context, pass, K) first")
     parser.add_argument(
@@ -103,6 +104,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         progress=say,
         engine_steps=not args.no_engine_steps,
         warm_in=args.warm_in,
+        batches=_int_list(args.batches, "--batches"),
     )
     path = profile.save(args.out or default_profile_path(profile))
     print(path)

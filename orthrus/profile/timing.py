@@ -50,8 +50,8 @@ from orthrus.errors import UserInputError
 from orthrus.results.machine import cpu_model
 
 PROFILE_FORMAT = "orthrus-latency-profile"
-PROFILE_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: passes only, no engine steps
+PROFILE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 1: passes only, no engine steps; before 3: batch size 1 only
 PASSES = ("decode", "verify", "draft")
 ENGINE_STEPS = ("ar_step", "orthrus_cycle")
 KINDS = PASSES + ENGINE_STEPS
@@ -75,6 +75,7 @@ class PassTiming:
     p10_ms: float
     p90_ms: float
     repeats: int
+    batch: int = 1  # rows decoded together (every row at the context, one pass or step for all)
 
 
 @dataclass
@@ -175,17 +176,18 @@ class LatencyProfile:
     def label(self) -> str:
         return f"{self.device.get('name')} {self.dtype} {self.model.get('shape', {}).get('name')}"
 
-    def grid(self, kind: str) -> tuple[list[int], list[int]]:
-        rows = [r for r in self.timings if r.kind == kind]
+    def grid(self, kind: str, batch: int = 1) -> tuple[list[int], list[int]]:
+        rows = [r for r in self.timings if r.kind == kind and r.batch == batch]
         return sorted({r.context for r in rows}), sorted({r.block for r in rows})
 
-    def time_ms(self, kind: str, context: float, block: int = 1) -> float:
-        """Median ms of a pass, linearly interpolated between measured contexts and blocks.
+    def time_ms(self, kind: str, context: float, block: int = 1, batch: int = 1) -> float:
+        """Median ms of a pass (or step) at a batch size, linearly interpolated between measured
+        contexts and blocks.
 
         Raises OutsideProfile for a point outside the measured range (no silent extrapolation).
         """
-        table = {(r.context, r.block): r.median_ms for r in self.timings if r.kind == kind}
-        contexts, blocks = self.grid(kind)
+        table = {(r.context, r.block): r.median_ms for r in self.timings if r.kind == kind and r.batch == batch}
+        contexts, blocks = self.grid(kind, batch)
         if kind in ("decode", "ar_step"):
             blocks, block = [1], 1
         c_lo, c_hi, c_w = _bracket(contexts, context, f"context {context:g}", kind)
@@ -266,10 +268,11 @@ class Timer:
 class PassRunner:
     """The three passes over one preallocated cache at a settable context length."""
 
-    def __init__(self, model: Any, max_context: int, max_block: int) -> None:
+    def __init__(self, model: Any, max_context: int, max_block: int, batch: int = 1) -> None:
         self.model = model
         self.device = model.model.embed_tokens.weight.device
-        self.cache = model.new_cache(1, max_context + max_block)
+        self.batch = batch
+        self.cache = model.new_cache(batch, max_context + max_block)
         self.context = 0
         self.mask_id = int(model.config.mask_token_id)
 
@@ -279,20 +282,20 @@ class PassRunner:
         self.context = length
 
     def decode(self) -> None:
-        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        ids = torch.zeros(self.batch, 1, dtype=torch.long, device=self.device)
         logits = self.model.forward_ar(ids, self.cache, self.context)
-        int(logits[0, -1].argmax())
+        logits[:, -1].argmax(-1).tolist()
 
     def verify(self, block: int) -> None:
-        ids = torch.zeros(1, block, dtype=torch.long, device=self.device)
+        ids = torch.zeros(self.batch, block, dtype=torch.long, device=self.device)
         logits = self.model.forward_ar(ids, self.cache, self.context)
-        logits[0].argmax(-1).tolist()
+        logits.argmax(-1).tolist()
 
     def draft(self, block: int) -> None:
-        ids = torch.full((1, block), self.mask_id, dtype=torch.long, device=self.device)
-        ids[0, 0] = 0
+        ids = torch.full((self.batch, block), self.mask_id, dtype=torch.long, device=self.device)
+        ids[:, 0] = 0
         logits = self.model.forward_diffusion(ids, self.cache, self.context)
-        logits[0, : max(block - 1, 1)].argmax(-1)
+        logits[:, : max(block - 1, 1)].argmax(-1)
 
     def run(self, kind: str, block: int) -> None:
         if kind == "decode":
@@ -314,26 +317,29 @@ class EngineLoops:
     Orthrus keeps only cycles over a full block of K.
     """
 
-    def __init__(self, model: Any, context: int, blocks: Sequence[int], steps: int, warm_in: int = 0) -> None:
+    def __init__(
+        self, model: Any, context: int, blocks: Sequence[int], steps: int, warm_in: int = 0, batch: int = 1
+    ) -> None:
         from orthrus.engines.ar import AREngine
         from orthrus.engines.orthrus_engine import OrthrusEngine
 
-        self.model, self.context, self.steps, self.warm_in = model, context, steps, warm_in
+        self.model, self.context, self.steps, self.warm_in, self.batch = model, context, steps, warm_in, batch
         self.ar = AREngine(model, cache="static")
         self.orthrus = {k: OrthrusEngine(model, block_size=k, cache="static") for k in blocks if k >= 2}
         self.settings, self.generator = self.ar._sampling(0.0, 0, 1.0, None)
         # room for every cycle to accept every draft, as an engine sizes its cache (prompt + budget)
-        self.cache = model.new_cache(1, context + 1 + (warm_in + steps) * max(blocks))
-        self.first = torch.zeros(1, dtype=torch.long, device=timer_device(model))
+        self.cache = model.new_cache(batch, context + 1 + (warm_in + steps) * max(blocks) + max(blocks))
+        self.first = torch.zeros(batch, dtype=torch.long, device=timer_device(model))
 
     def run(self, kind: str, block: int) -> list[float]:
         from orthrus.engines.base import new_batch
         from orthrus.engines.decoding import DecodeState
 
-        batch = new_batch([[0] * self.context])
+        batch = new_batch([[0] * self.context] * self.batch)
         batch.start()
-        batch.rows[0].record_step("prefill", [0])
-        state = DecodeState(batch, self.cache, [self.context], self.first, [True])
+        for row in batch.rows:
+            row.record_step("prefill", [0])
+        state = DecodeState(batch, self.cache, [self.context] * self.batch, self.first, [True] * self.batch)
         args = (self.settings, self.generator, None)
         total = self.warm_in + self.steps
         if kind == "ar_step":
@@ -376,10 +382,11 @@ def measure_profile(
     progress: Callable[[str], None] | None = None,
     engine_steps: bool = True,
     warm_in: int | None = None,
+    batches: Sequence[int] = (1,),
 ) -> LatencyProfile:
     """Time decode(1), verify(K) and draft(K), and (``engine_steps``) the ``ar`` step and the
-    ``orthrus`` cycle at each K >= 2, for every context and K on the model's device. ``warm_in``:
-    untimed repetitions before each timed burst (default WARM_IN for the device type)."""
+    ``orthrus`` cycle at each K >= 2, for every batch size, context and K on the model's device.
+    ``warm_in``: untimed repetitions before each timed burst (default WARM_IN for the device type)."""
     from orthrus.profile.shapes import model_shape, parameter_counts
 
     contexts, blocks = sorted(set(int(c) for c in contexts)), sorted(set(int(b) for b in blocks))
@@ -403,14 +410,17 @@ def measure_profile(
     rounds = -(-repeats // burst)
     patterns = [[("decode", 1)]] + [[("draft", k), ("verify", k)] for k in blocks]
     groups = [pattern * burst for pattern in patterns]
+    batches = sorted(set(int(b) for b in batches))
+    if not batches or min(batches) < 1:
+        raise UserInputError(f"--batches must be sizes >= 1, got {list(batches)}.")
     timings: list[PassTiming] = []
-    for context in contexts:
+    for batch, context in ((b, c) for b in batches for c in contexts):
         # a cache sized for this context, as an engine sizes its own (prompt + budget): attention over
         # a static cache spans its whole buffer, so one buffer sized for the largest context made every
         # smaller context as slow as the largest (projections then fell 20-35% short of measurements)
-        runner = PassRunner(model, context, max(blocks))
+        runner = PassRunner(model, context, max(blocks), batch)
         runner.set_context(context)
-        loops = EngineLoops(model, context, blocks, burst, warm_in) if engine_steps else None
+        loops = EngineLoops(model, context, blocks, burst, warm_in, batch) if engine_steps else None
         samples: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
         for group in groups:
             for _ in range(warmup):
@@ -441,11 +451,14 @@ def measure_profile(
                     p10_ms=float(np.percentile(arr, 10)),
                     p90_ms=float(np.percentile(arr, 90)),
                     repeats=len(values),
+                    batch=batch,
                 )
             )
         if progress is not None:
             decode = samples[("decode", 1)]
-            progress(f"context {context}: decode {np.median(decode):.2f} ms, {len(cells)} cells x {repeats}")
+            progress(
+                f"batch {batch}, context {context}: decode {np.median(decode):.2f} ms, {len(cells)} cells x {repeats}"
+            )
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
     return LatencyProfile(
         device=device_description(timer_device(model)),
@@ -457,6 +470,7 @@ def measure_profile(
         settings={
             "contexts": contexts,
             "blocks": blocks,
+            "batches": batches,
             "repeats": rounds * burst,
             "warmup": warmup,
             "warm_in": warm_in,
