@@ -1,4 +1,4 @@
-"""Command line: ``python -m orthrus {generate,train,bench,...}``.
+"""Command line: ``python -m orthrus {generate,evaluate,profile,train}``; suites run with ``python run_bench.py``.
 
 Errors a user can cause print one sentence on stderr and exit with code 2.
 """
@@ -47,39 +47,137 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise UserInputError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}.")
     if not DEVICE.fullmatch(args.device):
         raise UserInputError(f"--device {args.device!r} is not supported; use cpu, cuda or cuda:N.")
+    if args.warmup < 0:
+        raise UserInputError(f"--warmup must be >= 0 (0 = time the first, cold call), got {args.warmup}.")
+
+
+def engine_options(name: str, cls: Any, pairs: Sequence[str], block_size: int | None) -> dict[str, Any]:
+    """The engine's options from ``--option KEY=VALUE`` (the value read as YAML: 8, 0.9, null, dual) and
+    ``--block-size``, each checked against what the engine's class takes (``Engine.options()``) by the
+    rules a suite's ``engines[i].options`` follow; a mistake is one sentence naming the option."""
+    from orthrus.bench.suite.engines import MODEL_OPTIONS, validate_engine_options
+    from orthrus.bench.suite.load import parse_yaml
+    from orthrus.engines import engine_class, engine_names
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserInputError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option steps=8.")
+        if key in MODEL_OPTIONS:
+            raise UserInputError(f"--option {key}: name the draft model with --draft-model PATH.")
+        if key in options:
+            raise UserInputError(f"--option {key} is given twice; give each option once.")
+        options[key] = parse_yaml(text, f"--option {key}") if text.strip() else None
+    if block_size is not None:
+        if not cls.takes_block_size:
+            takers = ", ".join(repr(n) for n in engine_names() if engine_class(n).takes_block_size)
+            raise UserInputError(f"--block-size applies to engines that take a block size ({takers}), not {name!r}.")
+        if "block_size" in options:
+            raise UserInputError("--block-size and --option block_size both set the block size; give one of them.")
+        options["block_size"] = block_size
+    try:
+        validate_engine_options(name, options, "--option")
+    except UserInputError as err:
+        raise UserInputError(str(err).replace("--option.", "--option ", 1)) from None
+    return options
+
+
+def describe_engines() -> str:
+    """The engines of the registry with the model each needs and its options and defaults (for --help)."""
+    from orthrus.bench.suite.engines import MODEL_OPTIONS
+    from orthrus.bench.suite.models import MODEL_KIND_WORDS
+    from orthrus.engines import DEFAULT_ENGINE, engine_class, engine_names
+
+    lines = ["engines (--engine NAME; --option KEY=VALUE sets an option, repeatable; [default]):"]
+    for name in engine_names():
+        cls = engine_class(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        summary = re.sub(r"\s*\(see [^)]*\)", "", summary).rstrip(".")
+        lines.append(f"  {name}{' (the default)' if name == DEFAULT_ENGINE else ''}: {summary}")
+        needs = MODEL_KIND_WORDS.get(cls.model_kind, cls.model_kind)
+        if cls.needs_draft_model:
+            needs += ", plus --draft-model (a causal LM with the same tokenizer)"
+        lines.append(f"      model: {needs}")
+        options = [
+            f"{key} [{_default_text(param.default)}]"
+            for key, param in cls.options().items()
+            if key not in MODEL_OPTIONS
+        ]
+        lines.append(f"      options: {', '.join(options) if options else 'none'}")
+    lines.append("  [null]: the engine chooses (e.g. block_size: the model's own; see the engine's docstring)")
+    return "\n".join(lines)
+
+
+def _default_text(value: Any) -> str:
+    import inspect
+
+    if value is inspect.Parameter.empty:
+        return "required"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     check_generate_args(args)
-    import torch
-
-    from orthrus.engines import DEFAULT_ENGINE, build_engine, engine_class, engine_names
-    from orthrus.models import load_causal_lm, resolve_model_path
+    from orthrus.bench.suite.models import checkpoint_kind, fresh_view_note, model_mismatch
+    from orthrus.engines import DEFAULT_ENGINE, build_engine, engine_class
+    from orthrus.models import ZOO_NAMES, load_causal_lm, resolve_model_path
     from orthrus.models.checkpoint import check_remote_code, load_tokenizer
-    from orthrus.models.dlm import load_diffusion_lm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     name = args.engine or DEFAULT_ENGINE
     cls = engine_class(name)  # an unknown name is one sentence with a did-you-mean
-    options: dict[str, Any] = {}
-    if args.block_size is not None:
-        if not cls.takes_block_size:
-            takers = ", ".join(repr(n) for n in engine_names() if engine_class(n).takes_block_size)
-            raise UserInputError(f"--block-size applies to engines that take a block size ({takers}), not {name!r}.")
-        options["block_size"] = args.block_size
+    options = engine_options(name, cls, args.option, args.block_size)
     model_dir = resolve_model_path(args.model)
-    trust, where = args.trust_remote_code, f"--model {args.model}"
+    where = f"--model {args.model}"
+    # which model the engine needs, read from config.json before anything loads: trusting code is
+    # never the fix for a checkpoint of the wrong kind
+    found = checkpoint_kind(model_dir)
+    problem = model_mismatch(repr(name), cls.model_kind, found, where, "--model tiny-dlm", "--model tiny-orthrus")
+    if problem:
+        raise UserInputError(problem)
+    draft_dir = None
+    if args.draft_model is not None:
+        if not cls.needs_draft_model:
+            takers = ", ".join(repr(n) for n in _engines_needing_a_draft())
+            raise UserInputError(f"--draft-model applies to engines that take a draft model ({takers}), not {name!r}.")
+        draft_dir = resolve_model_path(args.draft_model)
+        draft_kind = checkpoint_kind(draft_dir)
+        problem = model_mismatch(
+            repr(name), "causal", draft_kind, f"--draft-model {args.draft_model}", "", "tiny-draft", False
+        )
+        if problem:
+            raise UserInputError(problem)
+    elif cls.needs_draft_model and args.model not in ZOO_NAMES:
+        raise UserInputError(
+            f"engine {name!r} needs a draft model with {args.model}'s tokenizer; pass --draft-model PATH "
+            "(the default, tiny-draft, pairs only with the zoo models)."
+        )
+    trust = args.trust_remote_code
     fix = "pass --trust-remote-code, only if you trust that code"
     check_remote_code(model_dir, trust, where, fix)  # before any load: transformers never gets to ask on stdin
-    load = load_diffusion_lm if cls.model_kind == "dlm" else load_causal_lm
-    model = load(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        attn_implementation=args.attn_implementation,
-        trust_remote_code=trust,
+    if draft_dir is not None:
+        check_remote_code(draft_dir, trust, f"--draft-model {args.draft_model}", fix)
+    note = fresh_view_note(repr(name), cls.model_kind, found, where)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    load_options = dict(
+        dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation, trust_remote_code=trust
     )
+    if cls.model_kind == "dlm":
+        from orthrus.models.dlm import load_diffusion_lm
+
+        model = load_diffusion_lm(args.model, **load_options)
+    else:
+        model = load_causal_lm(args.model, **load_options)
+    if draft_dir is not None:
+        options["draft_model"] = load_causal_lm(args.draft_model, **load_options)
     tokenizer = None
     if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(model_dir, trust, where, fix)
@@ -93,22 +191,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     eos = args.eos_token_id
     if eos is None and tokenizer is not None:
         eos = tokenizer.eos_token_id
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos)
+    for _ in range(args.warmup):  # one-time costs (allocations, kernels, caches) before the timed call
+        engine.generate(prompt_ids, args.max_new_tokens, **sampling)
     if not args.json and tokenizer is not None:
         engine.listener = _text_streamer(tokenizer, args.show_cycles)
-    result = engine.generate(
-        prompt_ids,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        eos_token_id=eos,
-    )
+    result = engine.generate(prompt_ids, args.max_new_tokens, **sampling)
+    counted = result.total_forward_passes > 0  # transformers' generate() runs its passes uncounted
     if args.json:
         record = result.to_dict()
         out = {
             "tokens": result.tokens,
-            "forward_passes": record["forward_passes_by_kind"],
+            "forward_passes": record["forward_passes_by_kind"] if counted else None,
             "accepted_per_cycle": result.accepted_per_cycle,
         }
         out.update(
@@ -125,19 +219,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 )
             }
         )
+        if not counted:
+            out[FIELD.tokens_per_forward] = None
+        out["warmup_calls"] = args.warmup
         print(json.dumps(out))
         return 0
     if tokenizer is None:
         print(" ".join(map(str, result.tokens)))
     else:
         print()
-    tpf = result.tokens_per_forward
+    passes = (
+        f"{result.total_forward_passes} forward passes ({result.tokens_per_forward:.2f} tokens/forward)"
+        if counted
+        else "forward passes not counted (transformers' generate() runs them)"
+    )
+    timing = (
+        f"after {args.warmup} warm-up call{'s' if args.warmup != 1 else ''}" if args.warmup else "cold: the first call"
+    )
     print(
-        f"[{name}] {result.new_tokens} tokens, {result.total_forward_passes} forward passes "
-        f"({tpf:.2f} tokens/forward), {result.e2e_ms:.0f} ms",
+        f"[{name}] {result.new_tokens} tokens, {passes}, {result.e2e_ms:.0f} ms ({timing}; one call, not a "
+        "benchmark: run_bench.py measures repetitions)",
         file=sys.stderr,
     )
     return 0
+
+
+def _engines_needing_a_draft() -> list[str]:
+    from orthrus.engines import engine_class, engine_names
+
+    return [n for n in engine_names() if engine_class(n).needs_draft_model]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -162,7 +272,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserInputError(
             f"--json-out {args.json_out}: the folder {Path(args.json_out).parent} does not exist; create it first."
         )
-    card = resolve_model_path(args.model) / "README.md"  # a missing model is one sentence before anything runs
+    from orthrus.bench.suite.models import checkpoint_kind, model_mismatch
+
+    model_dir = resolve_model_path(args.model)  # a missing model is one sentence before anything runs
+    card = model_dir / "README.md"
+    found = checkpoint_kind(model_dir)  # evaluate measures the diffusion view of a causal checkpoint
+    problem = model_mismatch(repr(VIEW_LABEL), "dual_view", found, f"--model {args.model}", "", "tiny-orthrus", False)
+    if problem:
+        raise UserInputError(problem)
+    if args.untrained_base:
+        found = checkpoint_kind(resolve_model_path(args.untrained_base))
+        if found != "causal" and found is not None:
+            what = "a diffusion view of its own" if found == "dual_view" else "no causal LM (a masked-diffusion LM)"
+            raise UserInputError(
+                f"--untrained-base {args.untrained_base} has {what}, so no fresh, untrained view would be measured; "
+                "give the plain Qwen3 checkpoint the view was trained on (e.g. tiny-base)."
+            )
 
     import orthrus.report
     from orthrus.bench.runner import RunOptions, run_suite
@@ -236,42 +361,92 @@ def _text_streamer(tokenizer: Any, show_cycles: bool) -> Callable[[list[int]], N
     return listen
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written (the engine list), and an option's default in its help when it has one
+    (not for flags, nor where the help already says what happens without it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m orthrus", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python -m orthrus",
+        description=__doc__.splitlines()[0],
+        epilog="Benchmark suites: python run_bench.py SUITE (see python run_bench.py --help).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="decode one prompt with one engine")
+    gen = sub.add_parser(
+        "generate",
+        help="decode one prompt with one engine",
+        description="Decode one prompt with one engine and print the text (or --json) and what it took.",
+        epilog=describe_engines(),
+        formatter_class=HelpFormatter,
+    )
     gen.add_argument("--model", required=True, help="checkpoint directory or zoo name (e.g. tiny-orthrus)")
-    gen.add_argument("--engine", help="a registered engine name (default: the Orthrus dual-view engine)")
-    gen.add_argument("--block-size", type=int, help="for engines that take one (default: the model's own)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--eos-token-id", type=int)
-    gen.add_argument("--dtype", default="float32")
-    gen.add_argument("--device", default="cpu")
+    from orthrus.engines import DEFAULT_ENGINE
+
+    gen.add_argument("--engine", help=f"a registered engine name, listed below (default: {DEFAULT_ENGINE})")
+    gen.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine option (listed below with its default), value read as YAML; repeatable",
+    )
+    gen.add_argument(
+        "--draft-model",
+        metavar="PATH",
+        help="the draft model of an engine that takes one (a causal LM with the model's tokenizer; "
+        "default for the zoo models: tiny-draft)",
+    )
+    gen.add_argument(
+        "--block-size", type=int, help="for engines that take one (default: the model's own); = --option block_size=K"
+    )
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    gen.add_argument("--seed", type=int, help="seed of the sampler (default: 0 when sampling)")
+    gen.add_argument("--eos-token-id", type=int, help="stop at this token (default: the tokenizer's EOS)")
+    gen.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     gen.add_argument("--attn-implementation", default="sdpa", help="attention: sdpa or eager")
     gen.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    gen.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed calls before the timed one (0: time the first, cold call, start-up costs included)",
+    )
     gen.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow the checkpoint's own code (auto_map in its config or tokenizer files) to run; off by default",
     )
     prompt = gen.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt")
-    prompt.add_argument("--prompt-ids")
+    prompt.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
+    prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.add_argument("--show-cycles", action="store_true", help="colour each committed block")
     gen.set_defaults(func=cmd_generate)
 
-    ev = sub.add_parser("evaluate", help="measure a diffusion view: acceptance, TPF, speedup vs the cost model")
-    ev.add_argument("--model", default="tiny-orthrus")
-    ev.add_argument("--block-sizes", default="4,8,16,32")
-    ev.add_argument("--prompts", type=int, default=50)
-    ev.add_argument("--max-new-tokens", type=int, default=128)
-    ev.add_argument("--threads", type=int, default=0)
+    ev = sub.add_parser(
+        "evaluate",
+        help="measure a diffusion view: acceptance, TPF, speedup vs the cost model",
+        description="Run suites/diffusion_view.yaml on a model through the harness and print its evaluation.",
+        formatter_class=HelpFormatter,
+    )
+    ev.add_argument("--model", default="tiny-orthrus", help="the Orthrus checkpoint (directory or zoo name)")
+    ev.add_argument("--block-sizes", default="4,8,16,32", help="comma-separated block sizes K >= 2")
+    ev.add_argument("--prompts", type=int, default=50, help="prompts per source (held-out text and code)")
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
+    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ev.add_argument("--json-out", help="also write the evaluation as JSON to this file")
     ev.add_argument("--out", default="reports", help="reports root; the run lands in OUT/diffusion_view/<run-id>/")
     ev.add_argument(
@@ -280,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the suite's, for the suite's own model; other models skip it)",
     )
     ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     ev.set_defaults(func=cmd_evaluate)
 
     prof = sub.add_parser("profile", help="time decode/verify/draft passes on a device: one latency profile JSON")

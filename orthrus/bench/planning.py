@@ -8,7 +8,8 @@ from typing import Any
 
 from orthrus.bench.prompts import Prompt, PromptFactory
 from orthrus.bench.schedule import PlannedCell, shard
-from orthrus.bench.suite.spec import Cell, Suite
+from orthrus.bench.suite.models import checkpoint_kind, fresh_view_note, model_mismatch
+from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
 from orthrus.engines import engine_class
 from orthrus.errors import UserInputError
 
@@ -21,6 +22,7 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
     is planned as skipped above batch size 1 (its reason recorded), never run at batch 1 instead.
     """
     cells = sorted(suite.cells, key=lambda c: c.batch_size != 1)  # expanded once, at validation
+    check_model_kinds(suite, cells)
     if shard_spec is not None:
         cells = shard(cells, *shard_spec)
     planned = []
@@ -45,6 +47,13 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
                 "would be empty; give the source at least one prompt."
             )
         _check_prompts_fit(cell, prompts)
+        if len(prompts) < size:  # every "batch" of the cell would be one smaller batch, labelled as this one
+            raise UserInputError(
+                f"prompt source {cell.source.name!r} gives {len(prompts)} prompt(s) to engine {cell.label!r} at batch "
+                f"size {size}, so no batch of {size} would be decoded; give the source at least {size} prompts "
+                f"(prompts[{cell.source.index}].count, a multiple of {size} for full batches) or drop batch size "
+                f"{size} from the sweep."
+            )
         if len(prompts) % size and (len(prompts), size) not in ragged:
             ragged.add((len(prompts), size))
             print(
@@ -54,6 +63,34 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
             )
         planned.append(PlannedCell(cell, tuple(prompts)))
     return planned
+
+
+def check_model_kinds(suite: Suite, cells: list[Cell]) -> None:
+    """Each engine runs on the kind of model it decodes with (``Engine.model_kind``), read from the
+    checkpoints' config.json: a causal or dual-view engine on a masked-diffusion checkpoint (or its draft
+    model or the identity reference on one), or a diffusion engine on a causal one, is one sentence
+    before anything runs; a dual-view engine on a plain causal checkpoint is a note (a fresh view)."""
+    checks: dict[tuple[str, str, str], tuple[str, ModelSpec, str]] = {}
+    for cell in cells:
+        name, label = cell.engine.engine, cell.label
+        engine = repr(label) if label == name else f"{label!r} ({name})"
+        checks.setdefault((engine, engine_class(name).model_kind, cell.model.key), (engine, cell.model, ""))
+        if cell.draft_model is not None:
+            role = f", the draft model of {label!r},"  # its draft model is always loaded as a causal LM
+            checks.setdefault((engine, "causal", cell.draft_model.key), (engine, cell.draft_model, role))
+    if suite.reference is not None:
+        name, model = suite.reference.engine, suite.models[suite.reference.model]
+        role = ", the identity reference's model,"
+        checks.setdefault((repr(name), engine_class(name).model_kind, model.key), (repr(name), model, role))
+    for (_, kind, key), (engine, model, role) in checks.items():
+        found = checkpoint_kind(model.resolved)
+        where = f"models.{key} ({model.path}){role}"
+        problem = model_mismatch(engine, kind, found, where, "tiny-dlm", "tiny-orthrus")
+        if problem:
+            raise UserInputError(problem)
+        note = fresh_view_note(engine, kind, found, where)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _check_prompts_fit(cell: Cell, prompts: list[Prompt]) -> None:
