@@ -1,0 +1,279 @@
+"""What a new user hits after the flagship run, each on a real command line (``python -m orthrus`` /
+``run_bench.py`` in a subprocess, or their ``main([...])``): generate on the wrong kind of model,
+uncounted forward passes, engine options and a draft model from the command line, the help, the
+warm-up, the model-kind check of the harness and evaluate, --quick slices that still batch and keep
+every category, the Spec-Bench path, and the per-category table on the terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orthrus.bench.suite.validate import load_suite
+from orthrus.cli import main as orthrus_main
+from orthrus.engines import engine_class, engine_names
+from orthrus.models.zoo_index import ZOO_NAMES, zoo_path
+from orthrus.run_cli import main as bench_main
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "ORTHRUS_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
+needs_zoo = pytest.mark.skipif(
+    any(zoo_path(name) is None for name in ZOO_NAMES), reason="needs the zoo models (python -m orthrus train all)"
+)
+
+
+def one_error(text: str, *words: str) -> str:
+    """The stderr of a refused command: one 'error:' line, no traceback, naming ``words``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def generate(capsys, *args: str) -> tuple[int, str, str]:
+    code = orthrus_main(["generate", "--prompt-ids", "5,6,7,8", "--max-new-tokens", "8", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ generate: the model an engine needs
+@needs_zoo
+@pytest.mark.parametrize(
+    ("model", "engine"), [("tiny-orthrus", "dlm"), ("tiny-orthrus", "fast_dllm"), ("tiny-base", "fast_dllm")]
+)
+def test_a_diffusion_engine_on_a_causal_model_names_the_diffusion_lm_not_trusting_code(capsys, model, engine):
+    for extra in ([], ["--trust-remote-code"]):  # trusting code is never the fix for a zoo model
+        code, _, err = generate(capsys, "--model", model, "--engine", engine, *extra)
+        line = one_error(err, f"engine {engine!r}", "masked-diffusion LM", "--model tiny-dlm")
+        assert code == 2 and "trust" not in line
+
+
+@needs_zoo
+@pytest.mark.parametrize("engine", ["ar", "orthrus", "hf_generate", None])
+def test_a_causal_engine_on_a_diffusion_checkpoint_is_refused(capsys, engine):
+    code, _, err = generate(capsys, "--model", "tiny-dlm", *(["--engine", engine] if engine else []))
+    assert code == 2
+    one_error(err, "tiny-dlm is a masked-diffusion LM", "--model tiny-orthrus")
+
+
+@needs_zoo
+def test_a_fresh_view_is_warned_about(capsys):
+    code, _, err = generate(capsys, "--model", "tiny-base", "--engine", "orthrus", "--json")
+    assert code == 0
+    assert "warning: --model tiny-base is a plain causal checkpoint" in err and "fresh diffusion view" in err
+    code, _, err = generate(capsys, "--model", "tiny-orthrus", "--engine", "orthrus", "--json")
+    assert code == 0 and "warning" not in err
+
+
+# ------------------------------------------------------------------ generate: what it reports
+@needs_zoo
+def test_uncounted_forward_passes_are_null_not_an_invented_ratio(capsys):
+    code, out, _ = generate(capsys, "--model", "tiny-orthrus", "--engine", "hf_generate", "--json")
+    record = json.loads(out)
+    assert code == 0 and len(record["tokens"]) == 8
+    assert record["tokens_per_forward"] is None and record["forward_passes"] is None
+    code, _, err = generate(capsys, "--model", "tiny-orthrus", "--engine", "hf_generate")
+    assert code == 0 and "forward passes not counted" in err and "tokens/forward" not in err
+    code, out, _ = generate(capsys, "--model", "tiny-orthrus", "--engine", "ar", "--json")
+    assert json.loads(out)["tokens_per_forward"] == pytest.approx(8 / 8)  # prefill + 7 decodes, counted
+
+
+@needs_zoo
+def test_the_timed_call_is_warm_or_says_it_is_cold(capsys):
+    code, out, err = generate(capsys, "--model", "tiny-orthrus", "--json")
+    assert code == 0 and json.loads(out)["warmup_calls"] == 1
+    code, _, err = generate(capsys, "--model", "tiny-orthrus")
+    assert code == 0 and "after 1 warm-up call" in err and "not a benchmark" in err
+    code, _, err = generate(capsys, "--model", "tiny-orthrus", "--warmup", "0")
+    assert code == 0 and "cold: the first call" in err
+
+
+# ------------------------------------------------------------------ generate: engine options, draft model
+@needs_zoo
+def test_engine_options_come_from_the_command_line(capsys):
+    code, out, _ = generate(
+        capsys, "--model", "tiny-dlm", "--engine", "dlm", "--option", "steps=2", "--option", "block_length=8", "--json"
+    )
+    assert code == 0 and json.loads(out)["forward_passes"]["denoise"] == 2  # 8 tokens in 2 passes, as asked
+    code, out, _ = generate(
+        capsys, "--model", "tiny-dlm", "--engine", "fast_dllm", "--option", "cache=none", "--option", "threshold=null"
+    )
+    assert code == 0
+
+
+@needs_zoo
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--engine", "dlm", "--option", "stepz=8"], ["--option stepz", "did you mean 'steps'"]),
+        (["--engine", "dlm", "--option", "steps=0"], ["--option steps", ">= 1"]),
+        (["--engine", "dlm", "--option", "steps"], ["KEY=VALUE"]),
+        (["--engine", "fast_dllm", "--option", "cache=triple"], ["cache must be one of"]),
+        (["--engine", "dlm", "--option", "steps=2", "--option", "steps=3"], ["given twice"]),
+        (["--engine", "assisted", "--option", "draft_model=tiny-draft"], ["--draft-model PATH"]),
+        (["--engine", "ar", "--draft-model", "tiny-draft"], ["--draft-model applies to", "'assisted'"]),
+        (["--engine", "orthrus", "--block-size", "4", "--option", "block_size=8"], ["give one of them"]),
+    ],
+)
+def test_bad_engine_options_are_one_sentence(capsys, args, words):
+    model = "tiny-dlm" if args[1] in ("dlm", "fast_dllm") else "tiny-orthrus"
+    code, _, err = generate(capsys, "--model", model, *args)
+    assert code == 2
+    one_error(err, *words)
+
+
+@needs_zoo
+def test_assisted_takes_its_draft_model_from_the_command_line(capsys, tmp_path):
+    code, out, _ = generate(capsys, "--model", "tiny-orthrus", "--engine", "assisted", "--draft-model", "tiny-draft")
+    assert code == 0
+    code, _, err = generate(capsys, "--model", "tiny-orthrus", "--engine", "assisted", "--draft-model", "tiny-dlm")
+    assert code == 2
+    one_error(err, "--draft-model tiny-dlm is a masked-diffusion LM")
+    own = tmp_path / "my-qwen3"  # not a zoo model: tiny-draft is no default for it
+    own.symlink_to(zoo_path("tiny-orthrus"), target_is_directory=True)
+    code, _, err = generate(capsys, "--model", str(own), "--engine", "assisted")
+    assert code == 2
+    one_error(err, "needs a draft model", "--draft-model PATH")
+
+
+def test_the_help_lists_every_engine_with_its_options_and_defaults():
+    help_text = subprocess.run(
+        [sys.executable, "-m", "orthrus", "generate", "--help"], capture_output=True, text=True, env=ENV, check=True
+    ).stdout
+    for name in engine_names():
+        assert f"  {name}" in help_text, name
+        for option, param in engine_class(name).options().items():
+            if option != "draft_model":
+                assert option in help_text, (name, option)
+                if isinstance(param.default, (int, float)) and not isinstance(param.default, bool):
+                    assert f"{option} [{param.default}]" in help_text, (name, option)
+    assert "--option KEY=VALUE" in help_text and "--draft-model" in help_text
+    assert "(default: 64)" in help_text and "(default: None)" not in help_text
+    top = subprocess.run([sys.executable, "-m", "orthrus", "--help"], capture_output=True, text=True, env=ENV).stdout
+    assert "bench," not in top and ",bench" not in top and "run_bench.py" in top  # no such subcommand
+
+
+# ------------------------------------------------------------------ the harness and evaluate: model kinds
+def _suite(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@needs_zoo
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_suite_pointing_a_causal_engine_at_a_dlm_is_refused_at_planning(tmp_path, capsys, dry_run):
+    raw = {
+        "name": "kinds",
+        "models": {"dlm": {"path": "tiny-dlm"}},
+        "engines": [{"engine": "ar", "model": "dlm"}],
+        "sweep": {"context_lengths": [48], "max_new_tokens": 4},
+        "prompts": {"source": "synthetic", "count": 1},
+        "measure": {"repetitions": 1, "warmup": 0},
+    }
+    out = tmp_path / "reports"
+    code = bench_main([str(_suite(tmp_path, raw)), "--out", str(out), *(["--dry-run"] if dry_run else [])])
+    assert code == 2 and not out.exists()
+    one_error(capsys.readouterr().err, "models.dlm (tiny-dlm)", "masked-diffusion LM", "engine 'ar'")
+
+
+@needs_zoo
+def test_evaluate_refuses_a_diffusion_lm_and_a_trained_untrained_base(tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert orthrus_main(["evaluate", "--model", "tiny-dlm", "--out", str(out), "--prompts", "1"]) == 2
+    one_error(capsys.readouterr().err, "--model tiny-dlm is a masked-diffusion LM")
+    assert orthrus_main(["evaluate", "--untrained-base", "tiny-orthrus", "--out", str(out), "--prompts", "1"]) == 2
+    one_error(capsys.readouterr().err, "--untrained-base tiny-orthrus has a diffusion view of its own")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ --quick: still batched, every category
+SUITES = sorted((ROOT / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("suite_file", SUITES, ids=[p.stem for p in SUITES])
+def test_a_quick_run_of_every_shipped_suite_still_decodes_full_batches(suite_file, tmp_path):
+    raw = yaml.safe_load(suite_file.read_text())
+    sets = []
+    if any(str(m.get("path", "")).startswith("/models") for m in raw["models"].values()):
+        pytest.skip("a suite for local GPU checkpoints")
+    if suite_file.stem == "spec_bench":
+        sets = [f"prompts[0].path={write_categories(tmp_path, 3, 3)}"]
+    suite = load_suite(suite_file, sets, quick=True)
+    largest = max(cell.batch_size for cell in suite.cells)
+    for source in suite.prompts:
+        if source.source == "synthetic":
+            assert source.count is not None and source.count % largest == 0 and source.count >= largest
+
+
+@needs_zoo
+def test_a_batch_cell_with_fewer_prompts_than_its_batch_is_refused(capsys, tmp_path):
+    out = tmp_path / "reports"
+    args = [str(ROOT / "suites" / "batch.yaml"), "--out", str(out), "--set", "prompts[0].count=2"]
+    assert bench_main([*args, "--dry-run"]) == 2
+    one_error(capsys.readouterr().err, "gives 2 prompt(s)", "batch size 4", "prompts[0].count")
+    assert not out.exists()
+    assert bench_main([str(ROOT / "suites" / "batch.yaml"), "--quick", "--dry-run"]) == 0
+    assert "note:" not in capsys.readouterr().err  # every batch of the quick slice is full
+
+
+def write_categories(tmp_path: Path, categories: int, per_category: int) -> Path:
+    """A Spec-Bench-shaped question.jsonl: ``turns`` and ``category``."""
+    path = tmp_path / "question.jsonl"
+    lines = [
+        json.dumps({"question_id": f"{c}-{i}", "category": f"cat{c}", "turns": [f"def f{c}_{i}(x):\n    return"]})
+        for c in range(categories)
+        for i in range(per_category)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@needs_zoo
+def test_spec_bench_quick_keeps_one_prompt_of_every_category(tmp_path, capsys):
+    data = write_categories(tmp_path, 4, 3)
+    suite = ROOT / "suites" / "spec_bench.yaml"
+    assert bench_main([str(suite), "--quick", "--dry-run", "--set", f"prompts[0].path={data}"]) == 0
+    plan_lines = [line for line in capsys.readouterr().out.splitlines() if " question " in line]
+    assert plan_lines and all(line.split()[-2] == "4" for line in plan_lines)  # 4 prompts: one per category
+
+
+def test_spec_bench_without_the_dataset_says_where_it_comes_from_and_how_to_point_at_it(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), str(ROOT / "suites" / "spec_bench.yaml"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+    line = one_error(proc.stderr, "--set prompts[0].path=", "hemingkx/Spec-Bench", "data/spec_bench/question.jsonl")
+    assert "shared" not in line
+    assert "shared" not in (ROOT / "suites" / "spec_bench.yaml").read_text()
+
+
+@needs_zoo
+def test_a_per_category_run_prints_its_categories(tmp_path, capsys):
+    data = write_categories(tmp_path, 3, 2)
+    raw = {
+        "name": "categories",
+        "models": {"base": {"path": "tiny-orthrus"}},
+        "engines": [{"engine": "ar", "model": "base"}, {"engine": "orthrus", "model": "base"}],
+        "sweep": {"max_new_tokens": 4, "block_sizes": [4]},
+        "prompts": {"source": "jsonl", "path": str(data), "per_category": 2},
+        "measure": {"repetitions": 1, "warmup": 0, "threads": 1},
+    }
+    out = tmp_path / "reports"
+    assert bench_main([str(_suite(tmp_path, raw)), "--out", str(out), "--run-id", "c"]) == 0
+    text = capsys.readouterr().out
+    assert "per category: speedup vs AR" in text
+    rows = [line for line in text.splitlines() if line.startswith("cat") and not line.startswith("category")]
+    assert [row.split()[0] for row in rows] == ["cat0", "cat1", "cat2"]
+    assert all(row.split()[1] == "2" and "TPF" in row for row in rows)  # 2 prompts per category, orthrus's column
