@@ -178,7 +178,7 @@ def cmd_run(argv: list[str]) -> int:
         suite = load_suite(args.suite, args.sets, args.quick, args.device, engines)
     gated = bool(suite.gates or args.gate)
     if gated:  # the rules parse and the baseline is there before anything runs
-        check_gate_inputs(suite.gates, args.gate, args.baseline, cell_keys=suite.cells[0].params)
+        check_gate_inputs(suite.gates, args.gate, args.baseline, cell_keys=suite.cells[0].params, suite_name=suite.name)
     if args.dry_run:
         print(describe_plan(suite, plan(suite, shard, PromptFactory())))
         print("dry run: nothing was run or written.")

@@ -35,6 +35,7 @@ def save_baseline(run_dir: str | Path, file: str | Path) -> Path:
         "suite_name": run.suite_name,
         "suite_hash": run.suite_hash,
         "measured_suite_hash": measured_suite_hash(run),
+        "measured_suite": measured_suite(run),  # what the hash covers, so a mismatch can name its keys
         "git_commit": run.git_commit,
         "device": run.device,
         "environment": {k: env[k] for k in ("cpu", "threads", "python", "dtypes") if k in env},
@@ -66,12 +67,52 @@ def load_baseline(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def measured_suite_hash(run: RunData) -> str | None:
-    """sha256 of the run's suite without its gates: editing the gates keeps a baseline comparable."""
-    if not run.suite:
+def measured_suite(run: RunData | dict[str, Any]) -> dict[str, Any] | None:
+    """The run's suite without its gates (a run, or a suite mapping as read from its file): what was
+    measured. Editing the gates keeps a baseline comparable."""
+    suite = run if isinstance(run, dict) else run.suite
+    if not suite:
         return None
-    measured = {k: v for k, v in run.suite.items() if k != "gates"}
+    return json.loads(json.dumps({k: v for k, v in suite.items() if k != "gates"}, default=str))
+
+
+def measured_suite_hash(run: RunData | dict[str, Any]) -> str | None:
+    """sha256 of ``measured_suite``: a baseline of another measured suite is noted by the gates."""
+    measured = measured_suite(run)
+    if measured is None:
+        return None
     return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def suite_differences(ours: Any, theirs: Any, path: str = "", limit: int = 8) -> list[str]:
+    """The key paths where two suite mappings differ, each with both values (``measure.order: rounds in
+    the baseline, interleaved here``), at most ``limit``."""
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{where}.{key}" if where else str(key))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{where}[{i}]")
+        elif a != b:
+            found.append(f"{where or 'the suite'}: {_show(b)} in the baseline, {_show(a)} here")
+
+    walk(ours, theirs, path)
+    return found
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "absent"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
