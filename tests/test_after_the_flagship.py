@@ -277,3 +277,114 @@ def test_a_per_category_run_prints_its_categories(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("cat") and not line.startswith("category")]
     assert [row.split()[0] for row in rows] == ["cat0", "cat1", "cat2"]
     assert all(row.split()[1] == "2" and "TPF" in row for row in rows)  # 2 prompts per category, orthrus's column
+
+
+# ------------------------------------------------------------------ gate, baseline, compare
+TINY = {
+    "name": "tinygate",
+    "models": {"base": {"path": "tiny-orthrus"}},
+    "engines": [{"engine": "ar", "model": "base"}, {"engine": "orthrus", "model": "base"}],
+    "sweep": {
+        "context_lengths": [48],
+        "block_sizes": [4],
+        "max_new_tokens": 6,
+        "include": [{"engine": "orthrus", "batch_size": 4}],  # as ci.yaml: orthrus batched, AR at batch 1 only
+    },
+    "prompts": {"source": "synthetic", "count": 4},
+    "measure": {"repetitions": 1, "warmup": 0, "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    """Real runs of one tiny suite: 'a' and 'b' (the same code), 'changed' (another measure.warmup),
+    'other' (the same settings under another suite name), 'one_a'/'one_b' (one prompt per cell)."""
+    if zoo_path("tiny-orthrus") is None:
+        pytest.skip("needs the zoo model tiny-orthrus")
+    tmp = tmp_path_factory.mktemp("tiny")
+    suite = _suite(tmp, TINY)
+    out = tmp / "reports"
+    one = ["--set", "prompts.count=1", "--set", "sweep.include=[]"]
+    variants = {
+        "a": [],
+        "b": [],
+        "changed": ["--set", "measure.warmup=1"],
+        "other": ["--set", "name=othersuite"],
+        "one_a": one,
+        "one_b": one,
+    }
+    runs = {}
+    for run_id, extra in variants.items():
+        assert bench_main([str(suite), "--out", str(out), "--run-id", run_id, "--quiet", *extra]) == 0
+        runs[run_id] = out / ("othersuite" if run_id == "other" else "tinygate") / run_id
+    return runs
+
+
+def test_a_speedup_rule_on_cells_without_an_ar_counterpart_is_not_a_regression(tiny_runs, tmp_path, capsys):
+    rules = tmp_path / "gates.yaml"
+    rules.write_text(yaml.safe_dump({"gates": [{"rule": "speedup_vs_ar >= 0.01", "where": {"engine": "orthrus"}}]}))
+    code = bench_main(["gate", str(tiny_runs["a"]), "--gate", str(rules), "--no-report"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "SKIP" in out and "no 'ar' cell at batch_size=4" in out and "not a regression" in out
+    assert "REGRESSION" not in out and "1 not applicable" in out
+
+
+def test_gate_refuses_a_baseline_of_another_suite(tiny_runs, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    assert bench_main(["baseline", "save", str(tiny_runs["other"]), str(other)]) == 0
+    capsys.readouterr()
+    rules = tmp_path / "gates.yaml"
+    rules.write_text(yaml.safe_dump({"gates": ["tokens_per_forward >= baseline * 0.97"]}))
+    assert bench_main(["gate", str(tiny_runs["a"]), "--gate", str(rules), "--baseline", str(other)]) == 2
+    one_error(capsys.readouterr().err, "is of suite 'othersuite'", "of suite 'tinygate'", "its own suite")
+    out = tmp_path / "reports"  # and before a run: refused before anything is measured
+    suite = _suite(tmp_path, TINY)
+    assert bench_main([str(suite), "--gate", str(rules), "--baseline", str(other), "--out", str(out)]) == 2
+    one_error(capsys.readouterr().err, "is of suite 'othersuite'")
+    assert not out.exists()
+
+
+def test_a_baseline_of_a_changed_suite_names_the_keys_that_differ(tiny_runs, tmp_path, capsys):
+    baseline = tmp_path / "base.json"
+    assert bench_main(["baseline", "save", str(tiny_runs["a"]), str(baseline)]) == 0
+    saved = json.loads(baseline.read_text())
+    assert saved["measured_suite"]["measure"]["warmup"] == 0
+    rules = tmp_path / "gates.yaml"
+    rules.write_text(yaml.safe_dump({"gates": ["tokens_per_forward >= baseline * 0.97"]}))
+    capsys.readouterr()
+    assert bench_main(["gate", str(tiny_runs["changed"]), "--gate", str(rules), "--baseline", str(baseline)]) == 0
+    note = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("note:"))
+    assert "measure.warmup: 0 in the baseline, 1 here" in note
+    assert bench_main(["gate", str(tiny_runs["b"]), "--gate", str(rules), "--baseline", str(baseline)]) == 0
+    assert "note:" not in capsys.readouterr().out  # the same suite: nothing to note
+
+
+def test_compare_cannot_judge_wall_clock_without_a_spread_and_judges_it_with_one(tiny_runs, tmp_path, capsys):
+    code = bench_main(["compare", str(tiny_runs["one_a"]), str(tiny_runs["one_b"]), "--out", str(tmp_path / "c.html")])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "cannot judge" in text and "fewer than 2" in text
+    flagged = [line for line in text.splitlines() if line.lstrip().startswith(("WORSE", "BETTER", "CHANGED"))]
+    assert not flagged, text  # the same code: deterministic figures equal, times not judged from one sample
+    assert "cannot judge" in (tmp_path / "c.html").read_text()
+    bench_main(["compare", str(tiny_runs["a"]), str(tiny_runs["b"]), "--out", str(tmp_path / "d.html")])
+    text = capsys.readouterr().out
+    assert "cannot judge 4 wall-clock values" in text  # one batch of four is one timed call: the batch-4 cell
+    flagged = [line for line in text.splitlines() if line.lstrip().startswith(("WORSE", "BETTER", "CHANGED"))]
+    # the same code: deterministic figures stay; times move only beyond both runs' intervals (and the
+    # peak RSS of a process that ran the runs before this one)
+    assert all("95% intervals" in line or "rss_peak_mib_max" in line for line in flagged), text
+
+
+def test_the_shipped_ci_baseline_was_measured_with_the_shipped_ci_suite():
+    from orthrus.bench.suite.load import read_suite_file
+    from orthrus.report.gates import load_baseline
+    from orthrus.report.gates.baseline import measured_suite_hash
+
+    raw, _ = read_suite_file(ROOT / "suites" / "ci.yaml")
+    baseline = load_baseline(ROOT / "reports" / "baselines" / "ci.json")
+    assert baseline["measured_suite_hash"] == measured_suite_hash(raw), (
+        "suites/ci.yaml changed what it measures since reports/baselines/ci.json was saved: refresh the baseline "
+        "with the procedure in suites/ci.yaml"
+    )
