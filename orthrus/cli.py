@@ -250,14 +250,39 @@ def _engines_needing_a_draft() -> list[str]:
     return [n for n in engine_names() if engine_class(n).needs_draft_model]
 
 
+EVALUATE_DEFAULTS = {"model": "tiny-orthrus", "block_sizes": "4,8,16,32", "prompts": 50, "max_new_tokens": 128}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Run suites/diffusion_view.yaml through the harness with the flags as overrides, then print
-    (and with --write-card, --json-out write) the evaluation read back from the run directory."""
+    """Run suites/diffusion_view.yaml through the harness with the flags as overrides (or continue an
+    interrupted evaluation with --resume), then print (and with --write-card, --json-out write) the
+    evaluation read back from the run directory."""
     from pathlib import Path
 
     from orthrus.models import resolve_model_path
+    from orthrus.report.outputs import check_output_dir
     from orthrus.train.evaluate import SUITE_FILE, VIEW_LABEL, evaluation, format_report, suite_sets
 
+    measuring = [
+        flag
+        for flag, value in (
+            ("--model", args.model),
+            ("--block-sizes", args.block_sizes),
+            ("--prompts", args.prompts),
+            ("--max-new-tokens", args.max_new_tokens),
+            ("--untrained-base", args.untrained_base),
+            ("--threads", args.threads),
+        )
+        if value is not None
+    ]
+    if args.resume and measuring:
+        raise UserInputError(
+            f"--resume continues the evaluation with the settings it started with; drop {measuring[0]} "
+            "(or start a new evaluation without --resume)."
+        )
+    for key, value in EVALUATE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         blocks = [int(x) for x in args.block_sizes.split(",") if x.strip()]
     except ValueError:
@@ -268,47 +293,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserInputError(f"--prompts must be at least 1, got {args.prompts}.")
     if args.max_new_tokens < 1:
         raise UserInputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if (args.threads or 0) < 0:
+        raise UserInputError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}.")
+    if args.json_out and Path(args.json_out).is_dir():
+        raise UserInputError(f"--json-out {args.json_out} is a folder; give the path of a file to write.")
     if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
         raise UserInputError(
             f"--json-out {args.json_out}: the folder {Path(args.json_out).parent} does not exist; create it first."
         )
-    from orthrus.bench.suite.models import checkpoint_kind, model_mismatch
-
-    model_dir = resolve_model_path(args.model)  # a missing model is one sentence before anything runs
-    card = model_dir / "README.md"
-    found = checkpoint_kind(model_dir)  # evaluate measures the diffusion view of a causal checkpoint
-    problem = model_mismatch(repr(VIEW_LABEL), "dual_view", found, f"--model {args.model}", "", "tiny-orthrus", False)
-    if problem:
-        raise UserInputError(problem)
-    if args.untrained_base:
-        found = checkpoint_kind(resolve_model_path(args.untrained_base))
-        if found != "causal" and found is not None:
-            what = "a diffusion view of its own" if found == "dual_view" else "no causal LM (a masked-diffusion LM)"
-            raise UserInputError(
-                f"--untrained-base {args.untrained_base} has {what}, so no fresh, untrained view would be measured; "
-                "give the plain Qwen3 checkpoint the view was trained on (e.g. tiny-base)."
-            )
 
     import orthrus.report
     from orthrus.bench.runner import RunOptions, run_suite
-    from orthrus.bench.suite.load import read_suite_file
-    from orthrus.bench.suite.validate import load_suite
 
-    raw, _ = read_suite_file(SUITE_FILE)
-    # the untrained view is the suite's base checkpoint with a copied view: it only fits the suite's own
-    # model, or a model whose base --untrained-base names
-    same_model = args.model == raw["models"]["base"]["path"]
-    engines = None if (same_model or args.untrained_base) else [VIEW_LABEL, "ar"]
-    sets = suite_sets(
-        model=args.model,
-        block_sizes=blocks,
-        prompts=args.prompts,
-        max_new_tokens=args.max_new_tokens,
-        threads=args.threads or None,
-        untrained_base=args.untrained_base,
+    resume_dir = Path(args.resume) if args.resume else None
+    if resume_dir is not None:
+        from orthrus.bench.resume import resumed_suite
+
+        check_output_dir(args.resume, "--resume")
+        suite, _ = resumed_suite(resume_dir)
+        if suite.name != "diffusion_view":
+            raise UserInputError(
+                f"--resume {resume_dir} is a run of suite {suite.name!r}, not an evaluation; continue it with "
+                f"python run_bench.py --resume {resume_dir}."
+            )
+        model = suite.models["base"].path
+        card = resolve_model_path(model) / "README.md"
+    else:
+        check_output_dir(args.out, "--out")  # a file or a read-only folder: refused before anything runs
+        model = args.model
+        suite, card = _evaluation_suite(args, blocks, VIEW_LABEL, SUITE_FILE, suite_sets)
+    resume_command = "python -m orthrus evaluate" + (" --write-card" if args.write_card else "") + " --resume"
+    options = RunOptions(
+        out_root=Path(args.out),
+        resume_dir=resume_dir,
+        quiet=args.quiet,
+        argv=list(sys.argv),
+        resume_command=resume_command,
     )
-    suite = load_suite(SUITE_FILE, sets, engines=engines)
-    outcome = run_suite(suite, RunOptions(out_root=Path(args.out), quiet=args.quiet, argv=list(sys.argv)))
+    outcome = run_suite(suite, options)
     if outcome.code == 130:
         return 130
     try:
@@ -329,12 +351,64 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
     if args.write_card:
         from orthrus.train.distill import EVALUATION_HEADING
-        from orthrus.train.loop import invocation
 
-        head = card.read_text().split(EVALUATION_HEADING)[0] if card.is_file() else f"# {args.model}\n\n"
-        card.write_text(head + f"{EVALUATION_HEADING}\nCommand: `{invocation()}`\n\n{text}\n")
+        head = card.read_text().split(EVALUATION_HEADING)[0] if card.is_file() else f"# {model}\n\n"
+        command = _started_with(outcome.run_dir)
+        card.write_text(head + f"{EVALUATION_HEADING}\nCommand: `{command}`\n\n{text}\n")
         (card.parent / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _evaluation_suite(args: argparse.Namespace, blocks: list[int], view: str, suite_file: Any, suite_sets: Any) -> Any:
+    """The evaluation suite for the flags, and the model card it writes; the model and the untrained
+    base are checked to be of the kind evaluate measures before anything runs."""
+    from orthrus.bench.suite.load import read_suite_file
+    from orthrus.bench.suite.models import checkpoint_kind, model_mismatch
+    from orthrus.bench.suite.validate import load_suite
+    from orthrus.models import resolve_model_path
+
+    model_dir = resolve_model_path(args.model)  # a missing model is one sentence before anything runs
+    found = checkpoint_kind(model_dir)  # evaluate measures the diffusion view of a causal checkpoint
+    problem = model_mismatch(repr(view), "dual_view", found, f"--model {args.model}", "", "tiny-orthrus", False)
+    if problem:
+        raise UserInputError(problem)
+    if args.untrained_base:
+        found = checkpoint_kind(resolve_model_path(args.untrained_base))
+        if found != "causal" and found is not None:
+            what = "a diffusion view of its own" if found == "dual_view" else "no causal LM (a masked-diffusion LM)"
+            raise UserInputError(
+                f"--untrained-base {args.untrained_base} has {what}, so no fresh, untrained view would be measured; "
+                "give the plain Qwen3 checkpoint the view was trained on (e.g. tiny-base)."
+            )
+    raw, _ = read_suite_file(suite_file)
+    # the untrained view is the suite's base checkpoint with a copied view: it only fits the suite's own
+    # model, or a model whose base --untrained-base names
+    same_model = args.model == raw["models"]["base"]["path"]
+    engines = None if (same_model or args.untrained_base) else [view, "ar"]
+    sets = suite_sets(
+        model=args.model,
+        block_sizes=blocks,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        threads=args.threads or None,
+        untrained_base=args.untrained_base,
+    )
+    return load_suite(suite_file, sets, engines=engines), model_dir / "README.md"
+
+
+def _started_with(run_dir: Any) -> str:
+    """The command that started a run (its first session's argv in run.json), as a user would type it."""
+    import shlex
+    from pathlib import Path
+
+    from orthrus.results.rundir import RUN_INFO_FILE, read_json
+
+    info = read_json(Path(run_dir) / RUN_INFO_FILE) or {}
+    sessions = info.get("sessions") if isinstance(info, dict) else None
+    argv = sessions[0].get("argv") if sessions and isinstance(sessions[0], dict) else None
+    argv = argv if isinstance(argv, list) and argv else list(sys.argv)
+    program = "-m orthrus" if Path(str(argv[0])).name == "__main__.py" else str(argv[0])
+    return " ".join(["python", *program.split(), *map(shlex.quote, map(str, argv[1:]))])
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -442,17 +516,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run suites/diffusion_view.yaml on a model through the harness and print its evaluation.",
         formatter_class=HelpFormatter,
     )
-    ev.add_argument("--model", default="tiny-orthrus", help="the Orthrus checkpoint (directory or zoo name)")
-    ev.add_argument("--block-sizes", default="4,8,16,32", help="comma-separated block sizes K >= 2")
-    ev.add_argument("--prompts", type=int, default=50, help="prompts per source (held-out text and code)")
-    ev.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
-    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ev.add_argument("--model", help="the Orthrus checkpoint (directory or zoo name) (default: tiny-orthrus)")
+    ev.add_argument("--block-sizes", help="comma-separated block sizes K >= 2 (default: 4,8,16,32)")
+    ev.add_argument("--prompts", type=int, help="prompts per source, held-out text and code (default: 50)")
+    ev.add_argument("--max-new-tokens", type=int, help="tokens generated per prompt (default: 128)")
+    ev.add_argument("--threads", type=int, help="torch CPU threads (default: 0, torch's default)")
     ev.add_argument("--json-out", help="also write the evaluation as JSON to this file")
     ev.add_argument("--out", default="reports", help="reports root; the run lands in OUT/diffusion_view/<run-id>/")
     ev.add_argument(
         "--untrained-base",
         help="the plain checkpoint the view was trained on, measured with a fresh (copied) view at block 16 "
         "(default: the suite's, for the suite's own model; other models skip it)",
+    )
+    ev.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted evaluation (its own settings), then print it (and --write-card, --json-out)",
     )
     ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
     ev.add_argument("--quiet", action="store_true", help="no progress bar and no table")

@@ -388,3 +388,84 @@ def test_the_shipped_ci_baseline_was_measured_with_the_shipped_ci_suite():
         "suites/ci.yaml changed what it measures since reports/baselines/ci.json was saved: refresh the baseline "
         "with the procedure in suites/ci.yaml"
     )
+
+
+# ------------------------------------------------------------------ Ctrl-C, --resume, --shard and merge
+def _as_if_interrupted(run_dir: Path, drop_last: int) -> None:
+    """What Ctrl-C leaves: run.json 'interrupted', the last records not yet measured, no summary."""
+    results = run_dir / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(lines[:-drop_last]))
+    for name in ("summary.json", "summary.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["status"] = "interrupted"
+    (run_dir / "run.json").write_text(json.dumps(info))
+
+
+def test_gates_on_an_unfinished_run_never_pass(tiny_runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "cut"
+    shutil.copytree(tiny_runs["a"], run)
+    _as_if_interrupted(run, drop_last=5)
+    rules = tmp_path / "gates.yaml"
+    rules.write_text(yaml.safe_dump({"gates": ["n_failed == 0"]}))
+    assert bench_main(["gate", str(run), "--gate", str(rules), "--no-report"]) == 2
+    captured = capsys.readouterr()
+    assert "UNFINISHED RUN" in captured.out and "PASS (" not in captured.out
+    assert f"--resume {run}" in captured.err
+    assert bench_main(["--resume", str(run), "--quiet"]) == 0  # completed, the same gates pass
+    capsys.readouterr()
+    assert bench_main(["gate", str(run), "--gate", str(rules), "--no-report"]) == 0
+
+
+@needs_zoo
+def test_merge_gates_the_merged_run_as_a_whole(tmp_path, capsys):
+    raw = {**TINY, "name": "shardgate", "gates": ["n_failed == 0", "tokens_per_forward >= 1.0"]}
+    suite, out = _suite(tmp_path, raw), tmp_path / "reports"
+    shards = []
+    for i in range(2):
+        argv = [str(suite), "--out", str(out), "--run-id", "s", "--shard", f"{i}/2", "--quiet"]
+        assert bench_main(argv) == 0
+        shards.append(str(out / "shardgate" / f"s-shard{i}of2"))
+    capsys.readouterr()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "orthrus-baseline", "suite_name": "ci", "summary": []}))
+    merged = tmp_path / "merged"
+    assert bench_main(["merge", *shards, "--out", str(merged), "--baseline", str(other)]) == 2
+    one_error(capsys.readouterr().err, "is of suite 'ci'")
+    assert not merged.exists()  # refused before anything was merged
+    assert bench_main(["merge", *shards, "--out", str(merged), "--quiet"]) == 0
+    assert "gates: PASS (6 passed" in capsys.readouterr().out  # 2 rules x 3 cells of the whole run
+    assert json.loads((merged / "gates.json").read_text())["status"] == "pass"
+
+
+def test_engines_flag_mistakes_name_the_flag(capsys):
+    assert bench_main([str(ROOT / "suites" / "ci.yaml"), "--engines", "orthrs", "--dry-run"]) == 2
+    one_error(capsys.readouterr().err, "--engines orthrs", "did you mean 'orthrus'")
+
+
+@needs_zoo
+def test_an_interrupted_evaluation_resumes_and_prints_its_table(tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "my-orthrus"
+    shutil.copytree(zoo_path("tiny-orthrus"), model)
+    tiny = ["--block-sizes", "4", "--prompts", "2", "--max-new-tokens", "8", "--threads", "1", "--quiet"]
+    out = tmp_path / "reports"
+    assert orthrus_main(["evaluate", "--model", str(model), *tiny, "--out", str(out)]) == 0
+    (run,) = (out / "diffusion_view").iterdir()
+    first = capsys.readouterr().out
+    _as_if_interrupted(run, drop_last=3)
+    assert orthrus_main(["evaluate", "--resume", str(run), "--model", "tiny-orthrus"]) == 2
+    one_error(capsys.readouterr().err, "--resume continues the evaluation", "drop --model")
+    assert orthrus_main(["evaluate", "--resume", str(run), "--quiet", "--write-card"]) == 0
+    resumed = capsys.readouterr().out
+    assert "| heldout | 4 | 512 | 2/2 |" in first  # both prompts measured and identical to AR
+    assert "| heldout | 4 | 512 | 2/2 |" in resumed and "| code | 4 | 512 | 2/2 |" in resumed
+    card = (model / "README.md").read_text()
+    command = next(line for line in card.splitlines() if line.startswith("Command: `"))
+    assert "--resume" not in command  # the command that started the measurement (run.json), not the resume
+    assert orthrus_main(["evaluate", "--resume", str(ROOT / "suites")]) == 2
+    one_error(capsys.readouterr().err, "not a run directory")

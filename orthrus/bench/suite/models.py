@@ -225,13 +225,16 @@ def diffusion_engines() -> list[str]:
     return [name for name in engine_names() if engine_class(name).model_kind == "dlm"]
 
 
-def fresh_view_note(engine: str, model_kind: str, checkpoint: str | None, where: str) -> str | None:
+def fresh_view_note(
+    engine: str, model_kind: str, checkpoint: str | None, where: str, several: bool = False
+) -> str | None:
     """A dual-view engine on a plain causal checkpoint runs with a fresh (copied, untrained) diffusion view:
-    what it measures is the floor that training lifts, which a user should be told."""
+    what it measures is the floor that training lifts, which a user should be told. ``engine`` may name
+    ``several`` engines."""
     if model_kind != "dual_view" or checkpoint != "causal":
         return None
     return (
-        f"{where} is a plain causal checkpoint, so engine {engine} runs with a fresh diffusion view (copies of "
-        "the AR attention, untrained: it accepts few drafts); a trained view comes with an Orthrus checkpoint "
-        "such as tiny-orthrus."
+        f"{where} is a plain causal checkpoint, so engine{'s' if several else ''} {engine} "
+        f"run{'' if several else 's'} with a fresh diffusion view (copies of the AR attention, untrained: it "
+        "accepts few drafts); a trained view comes with an Orthrus checkpoint such as tiny-orthrus."
     )

@@ -80,11 +80,12 @@ class GateReport:
     results: list[GateResult] = field(default_factory=list)
     baseline: dict[str, Any] | None = None  # provenance of the baseline file (no rows)
     notes: list[str] = field(default_factory=list)
+    unfinished: str | None = None  # why the run is not whole: its gates see only part of it
 
     @property
     def exit_code(self) -> int:
-        if any(r.status == "error" for r in self.results):
-            return 2
+        if any(r.status == "error" for r in self.results) or self.unfinished:
+            return 2  # a part of a run never passes: what was not measured was not checked
         return 1 if any(r.status == "fail" for r in self.results) else 0
 
     @property
@@ -102,12 +103,15 @@ class GateReport:
             "run_dir": self.run_dir,
             "baseline": self.baseline,
             "notes": self.notes,
+            "unfinished": self.unfinished,
             "results": [asdict(r) for r in self.results],
         }
 
     def headline(self) -> str:
         c = self.counts()
         verdict = {"pass": "PASS", "fail": "REGRESSION", "error": "BAD INPUT"}[self.status]
+        if self.unfinished and not any(r.status == "error" for r in self.results):
+            verdict = "UNFINISHED RUN, NOT CHECKED WHOLE"
         skipped = f", {c['skip']} not applicable" if c["skip"] else ""
         return f"gates: {verdict} ({c['pass']} passed, {c['fail']} failed, {c['error']} errors{skipped})"
 
@@ -256,7 +260,9 @@ def _match_baseline(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str
 
 
 def evaluate_rules(run: RunData, rules: Sequence[GateRule], baseline: dict[str, Any] | None = None) -> GateReport:
-    report = GateReport(str(run.path))
+    report = GateReport(str(run.path), unfinished=run.unfinished)
+    if run.unfinished:
+        report.notes.append(f"{run.unfinished} Its gates cover only those, so they cannot pass.")
     cells = _Cells(run)
     base_rows: list[dict[str, Any]] = []
     if baseline is not None:
