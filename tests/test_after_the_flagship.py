@@ -469,3 +469,12 @@ def test_an_interrupted_evaluation_resumes_and_prints_its_table(tmp_path, capsys
     assert "--resume" not in command  # the command that started the measurement (run.json), not the resume
     assert orthrus_main(["evaluate", "--resume", str(ROOT / "suites")]) == 2
     one_error(capsys.readouterr().err, "not a run directory")
+
+
+@needs_zoo
+def test_a_batched_run_labels_per_row_figures_beside_the_batch_throughput(tmp_path, capsys):
+    suite = _suite(tmp_path, TINY)
+    assert bench_main([str(suite), "--out", str(tmp_path / "reports"), "--run-id", "t"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine "))
+    assert "row e2e ms" in header and "row tok/s" in header
+    assert "batch tok/s" in header and "throughput vs AR [95% CI]" in header

@@ -57,6 +57,14 @@ BATCH_FIGURES = (
     ("throughput vs AR [95% CI]", 25, lambda r: _speedup(r, COLUMN.throughput_speedup_vs_ar)),
 )
 COUNTS = (COLUMN.n_ok, COLUMN.n_failed, COLUMN.n_skipped)
+# the headers of per-row figures in a run that batched (a row shares each pass with the other rows)
+PER_ROW = {"e2e ms": "row e2e ms", "tok/s": "row tok/s"}
+
+
+def _renamed(column: tuple[str, int, Any], header: str) -> tuple[str, int, Any]:
+    """A column under another header, widened to fit it (negative widths align left)."""
+    name, width, text = column
+    return header, -max(-width, len(header)) if width < 0 else max(width, len(header)), text
 
 
 def format_table(frame: pd.DataFrame) -> str:
@@ -67,7 +75,8 @@ def format_table(frame: pd.DataFrame) -> str:
         return "(no measurements)"
     rows = frame_rows(frame)
     columns = [*SETTINGS, *FIGURES]
-    if any((row.get("batch_size") or 1) > 1 for row in rows):
+    if any((row.get("batch_size") or 1) > 1 for row in rows):  # per-row figures say so beside the batch's own
+        columns = [_renamed(column, PER_ROW.get(column[0], column[0])) for column in columns]
         columns += BATCH_FIGURES
 
     def line(texts: list[str]) -> str:
