@@ -478,3 +478,20 @@ def test_a_batched_run_labels_per_row_figures_beside_the_batch_throughput(tmp_pa
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine "))
     assert "row e2e ms" in header and "row tok/s" in header
     assert "batch tok/s" in header and "throughput vs AR [95% CI]" in header
+
+
+def test_a_baseline_is_never_saved_from_part_of_a_run(tiny_runs, tmp_path, capsys):
+    import shutil
+
+    from tests.report_synthetic import make_run
+
+    run = tmp_path / "cut"
+    shutil.copytree(tiny_runs["a"], run)
+    _as_if_interrupted(run, drop_last=2)
+    file = tmp_path / "baseline.json"
+    assert bench_main(["baseline", "save", str(run), str(file)]) == 2
+    one_error(capsys.readouterr().err, "did not finish (status interrupted)", f"--resume {run}")
+    failing = make_run(tmp_path / "reports", "oom", fail_engine_at=("orthrus", 1024))
+    assert bench_main(["baseline", "save", str(failing), str(file)]) == 2
+    one_error(capsys.readouterr().err, "failed measurement(s)")
+    assert not file.exists()

@@ -14,6 +14,8 @@ import pandas as pd
 from orthrus.errors import UserInputError
 from orthrus.report.outputs import check_output_file
 from orthrus.report.rundata import RunData, load_run
+from orthrus.results.rundir import RUN_INFO_FILE, is_locked, read_json
+from orthrus.results.vocabulary import COLUMN
 
 BASELINE_FORMAT = "orthrus-baseline"
 BASELINE_VERSION = 1
@@ -21,9 +23,16 @@ BASELINE_VERSION = 1
 
 def save_baseline(run_dir: str | Path, file: str | Path) -> Path:
     """Write the run's summary plus suite hash and provenance as a baseline JSON file."""
+    _check_finished(Path(run_dir))
     run = load_run(run_dir)
     if run.summary.empty:
         raise UserInputError(f"{run.path} has no summary rows to save as a baseline.")
+    failed = int(pd.to_numeric(run.summary.get(COLUMN.n_failed), errors="coerce").fillna(0).sum())
+    if failed:
+        raise UserInputError(
+            f"baseline save: {run.path} has {failed} failed measurement(s) (see its report); save a baseline "
+            "from a run whose every measurement is ok."
+        )
     rows = json_rows(run.summary.drop(columns=["series"]))
     env = run.environment
     payload = {
@@ -45,6 +54,24 @@ def save_baseline(run_dir: str | Path, file: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
     return out
+
+
+def _check_finished(run_dir: Path) -> None:
+    """A baseline is what later runs must match: never a part of a run (one killed, still measured, or
+    a partial merge), said in one sentence before the run is read."""
+    info = read_json(run_dir / RUN_INFO_FILE) if run_dir.is_dir() else None
+    status = info.get("status") if isinstance(info, dict) else None
+    if run_dir.is_dir() and is_locked(run_dir):
+        raise UserInputError(
+            f"baseline save: {run_dir} is being measured right now; save it once the run has finished."
+        )
+    if status not in (None, "finished"):
+        fix = (
+            "merge every shard first"
+            if status == "partial"
+            else f"complete it with python run_bench.py --resume {run_dir} first"
+        )
+        raise UserInputError(f"baseline save: {run_dir} did not finish (status {status}); {fix}.")
 
 
 def load_baseline(source: str | Path | dict[str, Any]) -> dict[str, Any]:
