@@ -150,10 +150,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         if problem:
             raise UserInputError(problem)
-    elif cls.needs_draft_model and args.model not in ZOO_NAMES:
-        raise UserInputError(
-            f"engine {name!r} needs a draft model with {args.model}'s tokenizer; pass --draft-model PATH "
-            "(the default, tiny-draft, pairs only with the zoo models)."
+    elif cls.needs_draft_model:
+        option = cls.options().get("draft_model")
+        default = option.default if option is not None and isinstance(option.default, str) else None
+        if default not in ZOO_NAMES or args.model not in ZOO_NAMES:  # a zoo draft fits the zoo's tokenizer only
+            also = f" (the default, {default}, pairs only with the zoo models)" if default in ZOO_NAMES else ""
+            raise UserInputError(
+                f"engine {name!r} needs a draft model with {args.model}'s tokenizer; pass --draft-model PATH{also}."
+            )
+        print(
+            f"note: engine {name!r} drafts with the zoo's {default}; --draft-model PATH picks another.", file=sys.stderr
         )
     trust = args.trust_remote_code
     fix = "pass --trust-remote-code, only if you trust that code"

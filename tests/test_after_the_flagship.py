@@ -133,6 +133,8 @@ def test_bad_engine_options_are_one_sentence(capsys, args, words):
 def test_assisted_takes_its_draft_model_from_the_command_line(capsys, tmp_path):
     code, out, _ = generate(capsys, "--model", "tiny-orthrus", "--engine", "assisted", "--draft-model", "tiny-draft")
     assert code == 0
+    code, out, err = generate(capsys, "--model", "tiny-orthrus", "--engine", "assisted")
+    assert code == 0 and "drafts with the zoo's tiny-draft; --draft-model PATH picks another" in err
     code, _, err = generate(capsys, "--model", "tiny-orthrus", "--engine", "assisted", "--draft-model", "tiny-dlm")
     assert code == 2
     one_error(err, "--draft-model tiny-dlm is a masked-diffusion LM")
