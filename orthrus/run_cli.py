@@ -46,7 +46,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a small slice: 1 repetition, 1 prompt per source, plus the suite's quick: overrides",
+        help="a small slice: 1 repetition, one full batch of the largest batch size per source (1 prompt without "
+        "batching; one per category for a per-category source), plus the suite's quick: overrides",
     )
     parser.add_argument("--device", help="run every model on this device (cpu, cuda, cuda:N)")
     parser.add_argument(
