@@ -497,3 +497,21 @@ def test_a_baseline_is_never_saved_from_part_of_a_run(tiny_runs, tmp_path, capsy
     assert bench_main(["baseline", "save", str(failing), str(file)]) == 2
     one_error(capsys.readouterr().err, "failed measurement(s)")
     assert not file.exists()
+
+
+@needs_zoo
+def test_the_identity_reference_never_decodes_a_diffusion_checkpoint(tmp_path, capsys):
+    raw = {
+        "name": "dlmonly",
+        "models": {"dlm": {"path": "tiny-dlm"}},
+        "engines": [{"engine": "dlm", "model": "dlm", "options": {"steps": 4, "block_length": 8}}],
+        "sweep": {"context_lengths": [48], "max_new_tokens": 8},
+        "prompts": {"source": "synthetic", "count": 1},
+        "measure": {"repetitions": 1, "warmup": 0},
+    }
+    suite = _suite(tmp_path, raw)
+    assert load_suite(suite).reference is None  # no causal model: no identity check, not AR on a DLM
+    assert bench_main([str(suite), "--dry-run"]) == 0
+    capsys.readouterr()
+    assert bench_main([str(suite), "--dry-run", "--set", "reference.engine=ar"]) == 2
+    one_error(capsys.readouterr().err, "the identity reference's model", "reference: null")

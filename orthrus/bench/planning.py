@@ -82,7 +82,7 @@ def check_model_kinds(suite: Suite, cells: list[Cell], say: Callable[[str], None
     checkpoints' config.json: a causal or dual-view engine on a masked-diffusion checkpoint (or its draft
     model or the identity reference on one), or a diffusion engine on a causal one, is one sentence
     before anything runs; a dual-view engine on a plain causal checkpoint is a note (a fresh view)."""
-    checks: dict[tuple[str, str, str], tuple[str, ModelSpec, str]] = {}
+    checks: dict[tuple[str, str, str], tuple[str, ModelSpec, str]] = {}  # (engine, kind, model) -> what to say
     for cell in cells:
         name, label = cell.engine.engine, cell.label
         engine = repr(label) if label == name else f"{label!r} ({name})"
@@ -98,7 +98,12 @@ def check_model_kinds(suite: Suite, cells: list[Cell], say: Callable[[str], None
     for (_, kind, key), (engine, model, role) in checks.items():
         found = checkpoint_kind(model.resolved)
         where = f"models.{key} ({model.path}){role}"
-        problem = model_mismatch(engine, kind, found, where, "tiny-dlm", "tiny-orthrus")
+        if role.startswith(", the identity reference"):
+            problem = model_mismatch(
+                engine, kind, found, where, "", "tiny-orthrus (reference.model), or reference: null", False
+            )
+        else:
+            problem = model_mismatch(engine, kind, found, where, "tiny-dlm", "tiny-orthrus")
         if problem:
             raise UserInputError(problem)
         if fresh_view_note(engine, kind, found, where):
