@@ -515,3 +515,13 @@ def test_the_identity_reference_never_decodes_a_diffusion_checkpoint(tmp_path, c
     capsys.readouterr()
     assert bench_main([str(suite), "--dry-run", "--set", "reference.engine=ar"]) == 2
     one_error(capsys.readouterr().err, "the identity reference's model", "reference: null")
+
+
+def test_a_speedup_whose_ar_cell_failed_fails_and_says_so(tmp_path, capsys):
+    from tests.report_synthetic import make_run
+
+    run = make_run(tmp_path / "reports", "arfail", fail_engine_at=("ar", 1024))
+    rules = tmp_path / "gates.yaml"
+    rules.write_text(yaml.safe_dump({"gates": [{"rule": "speedup_vs_ar >= 0.1", "where": {"engine": "orthrus"}}]}))
+    assert bench_main(["gate", str(run), "--gate", str(rules), "--no-report"]) == 1  # a failure is not "n/a"
+    assert "whose measurements failed" in capsys.readouterr().out

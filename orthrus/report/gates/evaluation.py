@@ -343,11 +343,13 @@ def _check_rule(
                 GateResult(rule.text, rule.name, scope, measured, None, rule.op, "error", f"{missing} is not measured.")
             )
         elif measured is None:
-            message = (
-                f"{rule.column} was not measured for this cell: {int(failed)} of its measurements failed."
-                if failed
-                else f"{rule.column} is not reported for this cell, although its measurements are ok."
-            )
+            ar = ar_counterpart(cells.summary, row) if rule.column in VS_AR else None
+            if failed:
+                message = f"{rule.column} was not measured for this cell: {int(failed)} of its measurements failed."
+            elif ar is not None and not cells.value(COLUMN.n_ok, ar):
+                message = f"{rule.column} divides by the {AR_ENGINE!r} cell with the same settings, whose measurements failed."
+            else:
+                message = f"{rule.column} is not reported for this cell, although its measurements are ok."
             results.append(GateResult(rule.text, rule.name, scope, None, threshold, rule.op, "fail", message))
         else:
             ok = holds(measured, rule.op, threshold)
