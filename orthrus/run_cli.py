@@ -47,7 +47,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a small slice: 1 repetition, 1 prompt per source, plus the suite's quick: overrides",
+        help="a small slice: 1 repetition, one full batch of the largest batch size per source (1 prompt without "
+        "batching; one per category for a per-category source), plus the suite's quick: overrides",
     )
     parser.add_argument("--device", help="run every model on this device (cpu, cuda, cuda:N)")
     parser.add_argument(
@@ -188,7 +189,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         suite = load_suite(args.suite, args.sets, args.quick, args.device, engines)
     gated = bool(suite.gates or args.gate)
     if gated:  # the rules parse and the baseline is there before anything runs
-        check_gate_inputs(suite.gates, args.gate, args.baseline, cell_keys=suite.cells[0].params)
+        check_gate_inputs(suite.gates, args.gate, args.baseline, cell_keys=suite.cells[0].params, suite_name=suite.name)
     if args.dry_run:
         print(describe_plan(suite, plan(suite, shard, PromptFactory())))
         print("dry run: nothing was run or written.")
@@ -219,9 +220,11 @@ def cmd_merge(argv: list[str]) -> int:
         prog="run_bench.py merge",
         description="Merge the shard run directories of one run (--shard I/N) into one run directory.",
         epilog="The inputs must cover the suite's cells exactly once and have finished; otherwise merge names "
-        "the shards and cells missing, given twice or overlapping, and writes nothing. Exit codes: 0 merged, "
-        "every measurement ok; 1 merged, but some measurements failed, or --partial merged an incomplete set; "
-        "2 refused (missing, duplicated, overlapping or unfinished inputs, or not run directories).",
+        "the shards and cells missing, given twice or overlapping, and writes nothing. The merged run is gated "
+        "as a whole run is (the suite's gates, or --gate). Exit codes: 0 merged, every measurement ok and the "
+        "gates pass; 1 merged, but some measurements failed, a gate found a regression, or --partial merged an "
+        "incomplete set; 2 refused (missing, duplicated, overlapping or unfinished inputs, not run directories, "
+        "bad gate input).",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="DIR")
     parser.add_argument("--out", help="merged run directory (default: <first shard's run id>-merged beside it)")
@@ -232,6 +235,11 @@ def cmd_merge(argv: list[str]) -> int:
     )
     parser.add_argument("--quiet", action="store_true")
     add_skip_damaged(parser)
+    parser.add_argument(
+        "--gate", action="append", default=[], metavar="FILE", help="gate rules file (default: the suite's gates:)"
+    )
+    parser.add_argument("--baseline", metavar="FILE", help="baseline for the gates (made by 'baseline save')")
+    parser.add_argument("--junit", metavar="FILE", help="also write the gate results as JUnit XML")
     args = parser.parse_args(argv)
     with skipping_damaged(args.skip_damaged):
         return _merge(args)
@@ -245,6 +253,9 @@ def _merge(args: argparse.Namespace) -> int:
 
     if args.out:  # a file, or a folder that cannot be written: refused before anything is merged
         check_output_dir(args.out, "merge --out")
+    if args.junit:
+        check_output_file(args.junit, "--junit", "gates.xml")
+    gated = _merged_suite_gates(Path(args.run_dirs[0]), args.gate, args.baseline)
     out_dir, records = merge_runs(
         [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, partial=args.partial
     )
@@ -254,8 +265,31 @@ def _merge(args: argparse.Namespace) -> int:
     problems = read_json(out_dir / RUN_INFO_FILE).get("problems") or []
     if problems:
         print(f"warning: {out_dir} is a partial run: {'; '.join(problems)}.", file=sys.stderr)
+    code = 1 if info["failed"] or problems else 0
+    if gated and problems:
+        print("note: the gates were not checked: a partial run cannot pass them.", file=sys.stderr)
+    elif gated:  # the whole run's gates, as after an unsharded run (each shard saw only its own cells)
+        gate_code = orthrus.report.run_gates(out_dir, args.gate, args.baseline, args.junit, args.quiet)
+        code = 2 if gate_code == 2 else max(code, gate_code)
     _render(out_dir)
-    return 1 if info["failed"] or problems else 0
+    return code
+
+
+def _merged_suite_gates(run_dir: Path, gate_files: list[str], baseline: str | None) -> bool:
+    """Whether a merge is gated (its suite has gates, or --gate was given); the rules and the baseline
+    are checked before anything is merged."""
+    from orthrus.bench.suite.load import read_suite_file
+    from orthrus.report.gates import gates_config
+
+    suite_file = run_dir / "suite.yaml"
+    if not suite_file.is_file():
+        return bool(gate_files)  # merge_runs names the problem with the input
+    raw, _ = read_suite_file(suite_file)
+    rules, _ = gates_config(raw.get("gates"), "gates")
+    if not rules and not gate_files:
+        return False
+    check_gate_inputs(raw.get("gates"), gate_files, baseline, suite_name=str(raw.get("name") or run_dir.parent.name))
+    return True
 
 
 def _render(run_dir: Path) -> Path | None:

@@ -139,11 +139,22 @@ class _FlakyAREngine(AREngine):
         return super()._generate(prompt, *args, **kwargs)
 
 
+class _UnbuildableEngine(AREngine):
+    """An engine whose construction fails on the model it is given: its whole cell cannot run (a
+    diffusion engine on a causal checkpoint no longer gets that far: planning refuses it with exit 2)."""
+
+    name = "unbuildable"
+
+    def __init__(self, model, **options):
+        raise RuntimeError("this model cannot take the engine")
+
+
 def test_a_failing_cell_and_a_failing_measurement_do_not_stop_the_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(ENGINES, _FlakyAREngine.name, _FlakyAREngine)
+    monkeypatch.setitem(ENGINES, _UnbuildableEngine.name, _UnbuildableEngine)
     raw = suite(
         engines=[
-            {"engine": "dlm", "model": "base"},  # tiny-draft is causal: this cell cannot run
+            {"engine": "unbuildable", "model": "base"},  # this cell cannot run
             {"engine": "ar_flaky", "model": "base"},
             {"engine": "ar", "model": "base"},
         ],
@@ -153,9 +164,9 @@ def test_a_failing_cell_and_a_failing_measurement_do_not_stop_the_run(tmp_path, 
     out = tmp_path / "reports"
     assert main([str(write_suite(tmp_path, raw)), "--out", str(out), "--run-id", "f", "--quiet"]) == 1
     records = read_records(run_dir_of(out, "f") / "results.jsonl")
-    dlm = [r for r in records if r["cell"]["engine"] == "dlm"]
-    assert len(dlm) == 1 and dlm[0]["status"] == "failed" and dlm[0]["prompt_id"] == "*"
-    assert "causal" in dlm[0]["error"]
+    broken = [r for r in records if r["cell"]["engine"] == "unbuildable"]
+    assert len(broken) == 1 and broken[0]["status"] == "failed" and broken[0]["prompt_id"] == "*"
+    assert "cannot take the engine" in broken[0]["error"]
     flaky = [r for r in records if r["cell"]["engine"] == "ar_flaky"]
     bad = [r for r in flaky if r["prompt_id"] == "bad"]
     good = [r for r in flaky if r["prompt_id"] == "good"]

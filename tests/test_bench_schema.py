@@ -174,7 +174,7 @@ def test_command_line_overrides_are_validated_too(tmp_path, capsys):
         (["--set", "engines[1].options.block_size=0"], "engines[1].options.block_size: must be >= 1, got 0."),
         (["--set", "engines[7].model=base"], "--set engines[7].model: engines has only 3 entries"),
         (["--set", "sweep.context_lengths"], "write it as key.path=value"),
-        (["--engines", "ar,orthus"], "select.engines[1]: no engine is labelled 'orthus'; did you mean 'orthrus'?"),
+        (["--engines", "ar,orthus"], "--engines orthus: no engine of this suite is labelled so; did you mean 'orthrus'?"),
         (["--shard", "2/2"], "--shard '2/2': I must be in 0..N-1"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--resume", str(tmp_path / "nope")], "not a run directory"),

@@ -4,17 +4,26 @@ prompts (data problems stop the run here, with one sentence), and the matrix as 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from orthrus.bench.prompts import Prompt, PromptFactory
 from orthrus.bench.schedule import PlannedCell, shard
-from orthrus.bench.suite.spec import Cell, Suite
+from orthrus.bench.suite.models import checkpoint_kind, fresh_view_note, model_mismatch
+from orthrus.bench.suite.spec import Cell, ModelSpec, Suite
 from orthrus.engines import engine_class
 from orthrus.errors import UserInputError
 
 
-def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactory) -> list[PlannedCell]:
+def plan(
+    suite: Suite,
+    shard_spec: tuple[int, int] | None,
+    factory: PromptFactory,
+    notes: list[str] | None = None,
+) -> list[PlannedCell]:
     """Cells of this shard with their prompts; data errors raise UserInputError (nothing written yet).
+    What the user should know but that stops nothing (a fresh view, a ragged last batch) goes to
+    ``notes`` when given, for the caller to print once the run has started, else to stderr now.
 
     Cells at batch size 1 come before batched ones (otherwise in suite order), so that every batched
     row finds the same engine's batch-1 tokens (batch invariance). A cell whose engine cannot batch
@@ -22,6 +31,8 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
     likewise a cell asking an engine that cannot run compiled for ``compile: true``.
     """
     cells = sorted(suite.cells, key=lambda c: c.batch_size != 1)  # expanded once, at validation
+    say = notes.append if notes is not None else _print_note
+    check_model_kinds(suite, cells, say)
     if shard_spec is not None:
         cells = shard(cells, *shard_spec)
     planned = []
@@ -50,15 +61,61 @@ def plan(suite: Suite, shard_spec: tuple[int, int] | None, factory: PromptFactor
                 "would be empty; give the source at least one prompt."
             )
         _check_prompts_fit(cell, prompts)
+        if len(prompts) < size:  # every "batch" of the cell would be one smaller batch, labelled as this one
+            raise UserInputError(
+                f"prompt source {cell.source.name!r} gives {len(prompts)} prompt(s) to engine {cell.label!r} at batch "
+                f"size {size}, so no batch of {size} would be decoded; give the source at least {size} prompts "
+                f"(prompts[{cell.source.index}].count, a multiple of {size} for full batches) or drop batch size "
+                f"{size} from the sweep."
+            )
         if len(prompts) % size and (len(prompts), size) not in ragged:
             ragged.add((len(prompts), size))
-            print(
-                f"note: {len(prompts)} prompts at batch size {size}: the last batch of each such cell holds "
-                f"{len(prompts) % size} row(s) (recorded as batch_rows); use a multiple of {size} for full batches.",
-                file=sys.stderr,
+            say(
+                f"{len(prompts)} prompts at batch size {size}: the last batch of each such cell holds "
+                f"{len(prompts) % size} row(s) (recorded as batch_rows); use a multiple of {size} for full batches."
             )
         planned.append(PlannedCell(cell, tuple(prompts)))
     return planned
+
+
+def _print_note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def check_model_kinds(suite: Suite, cells: list[Cell], say: Callable[[str], None] = _print_note) -> None:
+    """Each engine runs on the kind of model it decodes with (``Engine.model_kind``), read from the
+    checkpoints' config.json: a causal or dual-view engine on a masked-diffusion checkpoint (or its draft
+    model or the identity reference on one), or a diffusion engine on a causal one, is one sentence
+    before anything runs; a dual-view engine on a plain causal checkpoint is a note (a fresh view)."""
+    checks: dict[tuple[str, str, str], tuple[str, ModelSpec, str]] = {}  # (engine, kind, model) -> what to say
+    for cell in cells:
+        name, label = cell.engine.engine, cell.label
+        engine = repr(label) if label == name else f"{label!r} ({name})"
+        checks.setdefault((engine, engine_class(name).model_kind, cell.model.key), (engine, cell.model, ""))
+        if cell.draft_model is not None:
+            role = f", the draft model of {label!r},"  # its draft model is always loaded as a causal LM
+            checks.setdefault((engine, "causal", cell.draft_model.key), (engine, cell.draft_model, role))
+    if suite.reference is not None:
+        name, model = suite.reference.engine, suite.models[suite.reference.model]
+        role = ", the identity reference's model,"
+        checks.setdefault((repr(name), engine_class(name).model_kind, model.key), (repr(name), model, role))
+    fresh: dict[str, tuple[ModelSpec, list[str]]] = {}  # per model, the dual-view engines given a fresh view
+    for (_, kind, key), (engine, model, role) in checks.items():
+        found = checkpoint_kind(model.resolved)
+        where = f"models.{key} ({model.path}){role}"
+        if role.startswith(", the identity reference"):
+            problem = model_mismatch(
+                engine, kind, found, where, "", "tiny-orthrus (reference.model), or reference: null", False
+            )
+        else:
+            problem = model_mismatch(engine, kind, found, where, "tiny-dlm", "tiny-orthrus")
+        if problem:
+            raise UserInputError(problem)
+        if fresh_view_note(engine, kind, found, where):
+            fresh.setdefault(key, (model, []))[1].append(engine)
+    for key, (model, engines) in fresh.items():  # one note per model, naming its engines
+        engine = engines[0] if len(engines) == 1 else f"{', '.join(engines[:-1])} and {engines[-1]}"
+        say(fresh_view_note(engine, "dual_view", "causal", f"models.{key} ({model.path})", len(engines) > 1))
 
 
 def _check_prompts_fit(cell: Cell, prompts: list[Prompt]) -> None:

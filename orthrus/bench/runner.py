@@ -58,6 +58,7 @@ class RunOptions:
     quiet: bool = False
     argv: list[str] = field(default_factory=list)
     executor: Executor | None = None  # where the cells are measured (orthrus.bench.executors); None: this process
+    resume_command: str = "python run_bench.py --resume"  # how the caller's user continues this run
 
 
 @dataclass
@@ -83,10 +84,10 @@ def run_suite(suite: Suite, options: RunOptions) -> RunOutcome:
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
-        raise UserInputError(disk_full_message(err, runner.run_dir)) from err
+        raise UserInputError(disk_full_message(err, runner.run_dir, options.resume_command)) from err
 
 
-def disk_full_message(err: OSError, run_dir: Path | None) -> str:
+def disk_full_message(err: OSError, run_dir: Path | None, resume: str = "python run_bench.py --resume") -> str:
     """One sentence: the disk is full, what is safe, how to go on."""
     where = f"writing {err.filename}" if err.filename else (err.strerror or "No space left on device")
     if run_dir is None:
@@ -94,7 +95,7 @@ def disk_full_message(err: OSError, run_dir: Path | None) -> str:
     kept = len(read_records(run_dir / RESULTS_FILE))
     return (
         f"the disk is full ({where}); the {kept} measurement(s) recorded so far are safe in {run_dir}; "
-        f"free some space and continue with: python run_bench.py --resume {run_dir}"
+        f"free some space and continue with: {resume} {run_dir}"
     )
 
 
@@ -123,7 +124,8 @@ class Runner:
         suite, measure = self.suite, self.suite.measure
         if measure.threads:
             torch.set_num_threads(measure.threads)
-        planned = plan(suite, self.options.shard, PromptFactory())
+        notes: list[str] = []  # printed once the run has started (a refused resume prints only its error)
+        planned = plan(suite, self.options.shard, PromptFactory(), notes)
         if self.options.executor is None:
             from orthrus.bench.executors.local import LocalExecutor
 
@@ -132,6 +134,8 @@ class Runner:
         executor.prepare(suite)  # cluster reachable, resources there: checked before the run directory exists
         self.executor = executor
         run_dir = self.run_dir = self._make_run_dir()
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         self.run_id = run_dir.name
         results = run_dir / RESULTS_FILE
         for record in read_records(results):
@@ -148,7 +152,7 @@ class Runner:
         except KeyboardInterrupt:
             status = "interrupted"
             bar.close()
-            print(f"\ninterrupted; continue with: python run_bench.py --resume {run_dir}", file=sys.stderr)
+            print(f"\ninterrupted; continue with: {self.options.resume_command} {run_dir}", file=sys.stderr)
             records = read_records(results)
             return RunOutcome(130, run_dir, records, self._run_info(status, started, records))
         finally:

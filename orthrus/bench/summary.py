@@ -8,10 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from orthrus.results.summary import frame_rows
-from orthrus.results.vocabulary import COLUMN
+from orthrus.results.summary import frame_rows, summarize
+from orthrus.results.vocabulary import AR_ENGINE, COLUMN
 
-__all__ = ["format_table", "print_summary"]
+__all__ = ["format_category_table", "format_table", "print_summary"]
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
@@ -57,6 +57,14 @@ BATCH_FIGURES = (
     ("throughput vs AR [95% CI]", 25, lambda r: _speedup(r, COLUMN.throughput_speedup_vs_ar)),
 )
 COUNTS = (COLUMN.n_ok, COLUMN.n_failed, COLUMN.n_skipped)
+# the headers of per-row figures in a run that batched (a row shares each pass with the other rows)
+PER_ROW = {"e2e ms": "row e2e ms", "tok/s": "row tok/s"}
+
+
+def _renamed(column: tuple[str, int, Any], header: str) -> tuple[str, int, Any]:
+    """A column under another header, widened to fit it (negative widths align left)."""
+    name, width, text = column
+    return header, -max(-width, len(header)) if width < 0 else max(width, len(header)), text
 
 
 def format_table(frame: pd.DataFrame) -> str:
@@ -67,7 +75,8 @@ def format_table(frame: pd.DataFrame) -> str:
         return "(no measurements)"
     rows = frame_rows(frame)
     columns = [*SETTINGS, *FIGURES]
-    if any((row.get("batch_size") or 1) > 1 for row in rows):
+    if any((row.get("batch_size") or 1) > 1 for row in rows):  # per-row figures say so beside the batch's own
+        columns = [_renamed(column, PER_ROW.get(column[0], column[0])) for column in columns]
         columns += BATCH_FIGURES
 
     def line(texts: list[str]) -> str:
@@ -77,6 +86,51 @@ def format_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, "-" * len(header), *(line([text(r) for _, _, text in columns]) for r in rows)])
 
 
+def format_category_table(records: list[dict[str, Any]]) -> str | None:
+    """Per prompt category (Spec-Bench's writing, coding, math, ...), each engine's speedup over AR with
+    its bootstrap interval (none from one prompt) and its tokens per forward: the question of a
+    per-category suite, on the terminal (summary_by_category.csv holds every column). The AR cells
+    themselves (1.00 by definition) are left out. None when the prompts have no categories."""
+    if not any(r.get("category") is not None for r in records):
+        return None
+    frame = summarize(records, by_category=True)
+    rows = [r for r in frame_rows(frame) if r.get("category") is not None]
+    rows = [r for r in rows if r.get("engine") != AR_ENGINE] or rows
+    cells: dict[str, str] = {}  # cell_id -> its column header (the label, numbered when it has several cells)
+    labels = [(r["cell_id"], str(r.get("label") or r.get("engine"))) for r in rows]
+    for cell_id, label in labels:
+        if cell_id not in cells:
+            same = sorted({c for c, other in labels if other == label})
+            cells[cell_id] = label if len(same) == 1 else f"{label}#{same.index(cell_id) + 1}"
+    categories = sorted({str(r["category"]) for r in rows})
+    prompts: dict[str, set[str]] = {}
+    for r in records:
+        if r.get("category") is not None and r.get("status") == "ok":
+            prompts.setdefault(str(r["category"]), set()).add(str(r.get("prompt_id")))
+    width = max(12, *(len(c) for c in categories))
+    by_key = {(r["cell_id"], str(r["category"])): r for r in rows}
+
+    def entry(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "-"
+        return f"{_speedup(row, COLUMN.speedup_vs_ar)} TPF {_fmt(row.get(COLUMN.tokens_per_forward_median), '.2f')}"
+
+    widths = {cid: max(len(name), 28) for cid, name in cells.items()}
+    header = f"{'category':<{width}} {'prompts':>7} " + " ".join(
+        f"{name:<{widths[cid]}}" for cid, name in cells.items()
+    )
+    lines = [
+        "per category: speedup vs AR [95% CI over its prompts; none from one prompt] and tokens per forward "
+        "(all columns: summary_by_category.csv)",
+        header.rstrip(),
+        "-" * len(header.rstrip()),
+    ]
+    for category in categories:
+        texts = [f"{entry(by_key.get((cid, category))):<{widths[cid]}}" for cid in cells]
+        lines.append(f"{category:<{width}} {len(prompts.get(category, ())):>7} " + " ".join(texts).rstrip())
+    return "\n".join(lines)
+
+
 def print_summary(run_dir: Path, frame: Any, records: list[dict[str, Any]], info: dict[str, Any], quiet: bool) -> None:
     """The summary table, harness overhead and failures (unless quiet), then where the files are."""
     failed = [r for r in records if r.get("status") not in ("ok", "skipped")]
@@ -84,6 +138,9 @@ def print_summary(run_dir: Path, frame: Any, records: list[dict[str, Any]], info
     overhead = info.get("harness_overhead") or {}
     if not quiet:
         print(format_table(frame))
+        by_category = format_category_table(records)
+        if by_category:
+            print(by_category)
         pct = overhead.get("overhead_pct_with_writes", overhead.get("overhead_pct"))
         if overhead.get("measurements"):
             print(

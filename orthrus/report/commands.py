@@ -193,12 +193,17 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def check_gate_inputs(
-    suite_gates: object, gate_files: Sequence[str], baseline: str | None, cell_keys: Iterable[str] | None = None
+    suite_gates: object,
+    gate_files: Sequence[str],
+    baseline: str | None,
+    cell_keys: Iterable[str] | None = None,
+    suite_name: str | None = None,
 ) -> None:
     """Before a run starts: the rules parse, name known metrics (and, given ``cell_keys``, known cell
-    parameters in ``where``), the files exist, and a baseline is given when a rule needs one, so a
-    typo costs seconds, not a whole run. Raises UserInputError."""
+    parameters in ``where``), the files exist, a baseline is given when a rule needs one and (given
+    ``suite_name``) is of that suite, so a mistake costs seconds, not a whole run. Raises UserInputError."""
     from orthrus.report.gates import check_rule_names, gates_config, load_baseline, load_gate_file
+    from orthrus.report.gates.evaluation import check_baseline_suite
 
     rules, suite_baseline = gates_config(suite_gates, "gates")
     for file in gate_files:
@@ -208,7 +213,9 @@ def check_gate_inputs(
     check_rule_names(rules, cell_keys)
     baseline = baseline or suite_baseline
     if baseline is not None:
-        load_baseline(baseline)
+        loaded = load_baseline(baseline)
+        if suite_name is not None:
+            check_baseline_suite(loaded, suite_name, "this run", str(baseline))
     elif any(rule.uses_baseline for rule in rules):
         needing = next(rule for rule in rules if rule.uses_baseline)
         raise UserInputError(f"gate {needing.text!r} compares with 'baseline'; pass --baseline FILE.")

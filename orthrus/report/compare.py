@@ -8,14 +8,18 @@ says of the metric (``noise_rule``):
 
 - ``identity`` (a deterministic metric marked ``exact``: identity rates, failure counts): any change;
 - ``deterministic`` (tokens per forward, accepted length, KV bytes, new tokens): any relative change
-  beyond ``DETERMINISTIC_TOLERANCE`` (0.5%);
-- ``ratio`` (a wall-clock ``same_run`` ratio: speedup_vs_ar): the two bootstrap 95% intervals do not
-  overlap; without intervals, a relative change beyond ``WALL_CLOCK_TOLERANCE``;
-- ``latency`` (a wall-clock metric with a ``spread`` column: TTFT, TPOT, e2e medians): a relative
-  change beyond the larger of the two runs' relative p90 spread ((p90 - median) / median) and
-  ``WALL_CLOCK_TOLERANCE`` (10%);
-- ``throughput`` (any other wall-clock metric: decode tokens/s) and ``memory`` (RSS/NVML/torch
-  peaks): beyond 10% / 5%.
+  beyond ``DETERMINISTIC_TOLERANCE`` (0.5%): the same code gives the same figure;
+- ``ratio`` (a wall-clock ``same_run`` ratio: speedup_vs_ar): the runs' own bootstrap 95% intervals
+  (the summary's, over prompts) do not overlap;
+- ``latency`` and ``throughput`` (the other wall-clock metrics: TTFT, TPOT, e2e, decode tokens/s): the
+  same test on intervals computed here from each run's records, the summary's bootstrap helper over
+  the cell's per-prompt medians;
+- ``memory`` (RSS/NVML/torch peaks): beyond ``MEMORY_TOLERANCE`` (5%).
+
+A wall-clock figure has no noise estimate when its cell has fewer than two prompts (or batches: the
+rows of one batch share one timed call), as in a --quick run: such a change is *not judged*
+("cannot judge: ..."), neither flagged nor passed off as within noise. A fixed tolerance would be no better: this host's own swings
+between two runs of the same code exceed 10%.
 
 Direction: each metric says whether higher is better, so a flagged change reads as better or worse.
 """
@@ -28,15 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from orthrus.errors import UserInputError
 from orthrus.report.formatting import fmt
 from orthrus.report.rundata import RunData, is_present, load_run, same_cell
 from orthrus.results import vocabulary
-from orthrus.results.vocabulary import Metric
+from orthrus.results.summary import geometric_mean_ci
+from orthrus.results.vocabulary import METRIC, Metric
 
 DETERMINISTIC_TOLERANCE = 0.005
-WALL_CLOCK_TOLERANCE = 0.10
 MEMORY_TOLERANCE = 0.05
+WALL_CLOCK_RULES = ("ratio", "latency", "throughput")
+NO_INTERVAL = "cannot judge: no 95% interval (fewer than 2 prompts or batches in a cell)"
+
+Interval = tuple[float, float]
 
 
 def noise_rule(metric: Metric) -> str:
@@ -67,7 +77,8 @@ class MetricChange:
     ratio: float | None
     flagged: bool
     direction: str  # "better" | "worse" | "" (not flagged or no direction)
-    noise: str  # what the flag was judged against, e.g. "95% CIs overlap" or "tolerance 10%"
+    noise: str  # what the flag was judged against, e.g. "95% intervals overlap" or "tolerance 0.5%"
+    judged: bool = True  # False: no noise estimate (a wall-clock figure of a one-prompt cell)
 
 
 @dataclass
@@ -82,12 +93,24 @@ class Comparison:
     def flagged(self) -> list[MetricChange]:
         return [c for c in self.changes if c.flagged]
 
+    @property
+    def unjudged(self) -> list[MetricChange]:
+        return [c for c in self.changes if not c.judged]
+
     def format_text(self) -> str:
         lines = [f"compare A={self.run_a.run_id} ({self.run_a.path}) B={self.run_b.run_id} ({self.run_b.path})"]
-        lines.append(f"{len(self.changes)} metric values compared, {len(self.flagged)} beyond noise")
+        judged = len(self.changes) - len(self.unjudged)
+        lines.append(f"{len(self.changes)} metric values compared: {len(self.flagged)} of {judged} judged beyond noise")
         for c in self.flagged:
             lines.append(
-                f"  {(c.direction or 'changed').upper():7} {c.metric:32} {fmt(c.a):>10} -> {fmt(c.b):>10}  x{fmt(c.ratio)}  [{c.cell}]"
+                f"  {(c.direction or 'changed').upper():7} {c.metric:32} {fmt(c.a):>10} -> {fmt(c.b):>10}  "
+                f"x{fmt(c.ratio)}  [{c.cell}]  ({c.noise})"
+            )
+        if self.unjudged:
+            metrics = ", ".join(dict.fromkeys(c.metric for c in self.unjudged))
+            lines.append(
+                f"  cannot judge {len(self.unjudged)} wall-clock values ({metrics}): their cells have fewer than 2 "
+                "prompts (or batches), so a run has no spread to judge a change against; measure more to judge them"
             )
         if self.only_a:
             lines.append(f"  only in A: {len(self.only_a)} cells")
@@ -106,46 +129,73 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
+def summary_interval(row: dict[str, Any], column: str) -> Interval | None:
+    """The summary's bootstrap 95% interval of a same-run ratio (``<column>_ci_low/high``), if any."""
+    low, high = _number(row.get(f"{column}_ci_low")), _number(row.get(f"{column}_ci_high"))
+    return (low, high) if low is not None and high is not None else None
+
+
+def records_interval(records: list[dict[str, Any]], cell_id: Any, record_field: str | None) -> Interval | None:
+    """A 95% interval of a wall-clock figure of one cell from its ok records: the median per decoded
+    batch over its rows and repetitions (a batch of one is one prompt; the rows of a batch share one
+    timed call, so they are one sample, not several), then the summary's bootstrap
+    (``geometric_mean_ci``) over those medians; None below two (no spread) or for a metric that
+    aggregates no record field."""
+    if record_field is None:
+        return None
+    samples: dict[str, list[float]] = {}
+    for record in records:
+        value = _number(record.get(record_field)) if record.get("cell_id") == cell_id else None
+        if value is not None and value > 0 and record.get("status") == "ok":
+            batch = record.get("batch_id")
+            key = f"batch {batch}" if batch is not None else f"prompt {record.get('prompt_id')}"
+            samples.setdefault(key, []).append(value)
+    medians = [float(np.median(values)) for values in samples.values()]
+    _, low, high = geometric_mean_ci(medians)
+    return (low, high) if low is not None and high is not None else None
+
+
 def judge(
-    column: str, kind: str, higher_better: bool, p90: str | None, a_row: dict, b_row: dict
+    column: str,
+    kind: str,
+    higher_better: bool,
+    a_row: dict,
+    b_row: dict,
+    intervals: tuple[Interval | None, Interval | None] = (None, None),
 ) -> MetricChange | None:
+    """One metric of one matched cell: A, B and whether the change is beyond noise by ``kind``'s rule.
+    ``intervals``: each run's 95% interval of a wall-clock figure (``records_interval``); a ratio
+    takes the summary's own (``summary_interval``)."""
     a, b = _number(a_row.get(column)), _number(b_row.get(column))
     if a is None and b is None:
         return None
     ratio = b / a if a not in (None, 0) and b is not None else None
     change = None if a is None or b is None else (b - a) / abs(a) if a != 0 else (0.0 if b == 0 else math.inf)
-    flagged, noise = False, ""
+    flagged, noise, judged = False, "", True
     if a is None or b is None:
         flagged, noise = True, "measured in one run only"
     elif kind == "identity":
         flagged, noise = not math.isclose(a, b, abs_tol=1e-9), "any change"
     elif kind == "deterministic":
         flagged, noise = abs(change) > DETERMINISTIC_TOLERANCE, f"tolerance {DETERMINISTIC_TOLERANCE:.1%}"
-    elif kind == "ratio":
-        intervals = [(_number(r.get(f"{column}_ci_low")), _number(r.get(f"{column}_ci_high"))) for r in (a_row, b_row)]
-        if all(lo is not None and hi is not None for lo, hi in intervals):
-            (alo, ahi), (blo, bhi) = intervals
-            flagged, noise = (
-                ahi < blo or bhi < alo,
-                "95% CIs " + ("do not overlap" if ahi < blo or bhi < alo else "overlap"),
-            )
+    elif kind in WALL_CLOCK_RULES:
+        if kind == "ratio":
+            intervals = (summary_interval(a_row, column), summary_interval(b_row, column))
+        a_ci, b_ci = intervals
+        if a_ci is None or b_ci is None:
+            noise, judged = NO_INTERVAL, False
         else:
-            flagged, noise = abs(change) > WALL_CLOCK_TOLERANCE, f"tolerance {WALL_CLOCK_TOLERANCE:.0%}"
-    elif kind == "latency":
-        spreads = [WALL_CLOCK_TOLERANCE]
-        for row, median in ((a_row, a), (b_row, b)):
-            high = _number(row.get(p90)) if p90 else None
-            if high is not None and median > 0:
-                spreads.append((high - median) / median)
-        tolerance = max(spreads)
-        flagged, noise = abs(change) > tolerance, f"p90 spread / tolerance {tolerance:.0%}"
+            apart = a_ci[1] < b_ci[0] or b_ci[1] < a_ci[0]
+            noise = f"95% intervals [{fmt(a_ci[0])}, {fmt(a_ci[1])}] and [{fmt(b_ci[0])}, {fmt(b_ci[1])}] " + (
+                "do not overlap" if apart else "overlap"
+            )
+            flagged = apart and a != b
     else:
-        tolerance = MEMORY_TOLERANCE if kind == "memory" else WALL_CLOCK_TOLERANCE
-        flagged, noise = abs(change) > tolerance, f"tolerance {tolerance:.0%}"
+        flagged, noise = abs(change) > MEMORY_TOLERANCE, f"tolerance {MEMORY_TOLERANCE:.0%}"
     direction = ""
     if flagged and a is not None and b is not None and b != a:
         direction = "better" if (b > a) == higher_better else "worse"
-    return MetricChange("", column, a, b, ratio, flagged, direction, noise)
+    return MetricChange("", column, a, b, ratio, flagged, direction, noise, judged)
 
 
 def _describe(row: dict[str, Any], params: list[str]) -> str:
@@ -183,10 +233,18 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData) -> Co
             result.only_a.append(cell)
             continue
         used.add(match)
-        for column, kind, higher_better, p90 in COMPARED_METRICS:
+        b_row = b_rows[match]
+        for column, kind, higher_better, _ in COMPARED_METRICS:
             if column not in a.summary.columns and column not in b.summary.columns:
                 continue
-            change = judge(column, kind, higher_better, p90, a_row, b_rows[match])
+            intervals: tuple[Interval | None, Interval | None] = (None, None)
+            if kind in ("latency", "throughput"):
+                record_field = METRIC[column].field
+                intervals = (
+                    records_interval(a.records, a_row.get("cell_id"), record_field),
+                    records_interval(b.records, b_row.get("cell_id"), record_field),
+                )
+            change = judge(column, kind, higher_better, a_row, b_row, intervals)
             if change is not None:
                 change.cell = cell
                 result.changes.append(change)
@@ -237,11 +295,8 @@ def render_compare(run_a: str | Path, run_b: str | Path, out: str | Path | None 
             only_a=comparison.only_a,
             only_b=comparison.only_b,
             n_changes=len(comparison.changes),
-            tolerances={
-                "deterministic": DETERMINISTIC_TOLERANCE,
-                "wall_clock": WALL_CLOCK_TOLERANCE,
-                "memory": MEMORY_TOLERANCE,
-            },
+            n_unjudged=len(comparison.unjudged),
+            tolerances={"deterministic": DETERMINISTIC_TOLERANCE, "memory": MEMORY_TOLERANCE},
             generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
     )

@@ -180,6 +180,9 @@ def validate_reference(value: Any, engines: list[EngineSpec], models: dict[str, 
     """The engine whose greedy tokens every compatible cell is compared with (null: no identity check)."""
     if value is None or value is False:
         return None
+    dlm_models = {e.model for e in engines if engine_class(e.engine).model_kind == "dlm"}
+    if value == "default" and not [m for m in models if m not in dlm_models]:
+        return None  # only diffusion LMs: no causal model to take the AR reference's tokens from
     if value == "default":
         value = {}
     reference = as_mapping(value, "reference", "a mapping (engine, model) or null for no identity check")
@@ -194,7 +197,6 @@ def validate_reference(value: Any, engines: list[EngineSpec], models: dict[str, 
         if name not in known:
             raise fail("reference.engine", f"unknown engine {name!r}; {suggestion(name, known)}")
         same = [e for e in engines if e.engine == name]
-        dlm_models = {e.model for e in engines if engine_class(e.engine).model_kind == "dlm"}
         ar_models = [m for m in models if m not in dlm_models]
         default_model = same[0].model if same else (ar_models or list(models))[0]
     cls = engine_class(name)

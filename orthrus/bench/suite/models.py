@@ -154,3 +154,87 @@ def _check_files(directory: Path, where: str, trust_remote_code: bool, model_pat
 
 def has_tokenizer_files(directory: Path) -> bool:
     return (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()
+
+
+# ------------------------------------------------------------------ which model a checkpoint is
+# what each model kind of an engine (orthrus.engines.MODEL_KINDS) is in words, for messages and --help
+MODEL_KIND_WORDS = {
+    "causal": "a causal LM (any Qwen3 or Orthrus checkpoint, e.g. tiny-base)",
+    "dual_view": "an Orthrus checkpoint with a trained diffusion view (e.g. tiny-orthrus)",
+    "dlm": "a masked-diffusion LM (e.g. tiny-dlm)",
+}
+
+
+def checkpoint_kind(directory: Path | None) -> str | None:
+    """What a checkpoint directory holds, read from its config.json without loading it: ``dlm`` (a
+    bidirectional masked-diffusion LM: ``is_causal`` false and a ``mask_token_id``), ``dual_view`` (an
+    Orthrus checkpoint: model_type orthrus, or a Qwen3 config with ``block_size`` and
+    ``mask_token_id``), ``causal`` (a plain Qwen3), or None (another model type, or no readable config:
+    the loaders say what is wrong with it)."""
+    if directory is None or not (directory / "config.json").is_file():
+        return None
+    try:
+        config = read_json_object(directory / "config.json")
+    except UserInputError:
+        return None
+    if config.get("is_causal") is False and config.get("mask_token_id") is not None:
+        return "dlm"
+    model_type = config.get("model_type")
+    if model_type == "orthrus" or (model_type == "qwen3" and "mask_token_id" in config and "block_size" in config):
+        return "dual_view"
+    return "causal" if model_type == "qwen3" else None
+
+
+def model_mismatch(
+    engine: str,
+    model_kind: str,
+    checkpoint: str | None,
+    where: str,
+    fix_dlm: str,
+    fix_causal: str,
+    offer_diffusion_engines: bool = True,
+) -> str | None:
+    """Why ``engine`` (its name as shown, quoted), loading a model of ``model_kind``, cannot run the
+    checkpoint ``where`` of kind ``checkpoint`` (``checkpoint_kind``), as one sentence, or None when it
+    can (a causal checkpoint under a dual-view engine can: it gets a fresh view, see
+    ``fresh_view_note``). ``fix_dlm`` / ``fix_causal`` name the model to use instead; a diffusion
+    checkpoint under a causal engine also suggests the diffusion engines unless told not to."""
+    if checkpoint is None:
+        return None
+    if model_kind == "dlm" and checkpoint != "dlm":
+        what = "an Orthrus (causal) checkpoint" if checkpoint == "dual_view" else "a causal LM"
+        return (
+            f"engine {engine} decodes with a masked-diffusion LM, and {where} is {what}; "
+            f"use a diffusion LM such as {fix_dlm}."
+        )
+    if model_kind != "dlm" and checkpoint == "dlm":
+        other = (
+            f", or run a diffusion engine ({', '.join(diffusion_engines())}) on it" if offer_diffusion_engines else ""
+        )
+        return (
+            f"{where} is a masked-diffusion LM (bidirectional attention, is_causal false), which engine {engine} "
+            f"would decode as a causal LM; use a causal checkpoint such as {fix_causal}{other}."
+        )
+    return None
+
+
+def diffusion_engines() -> list[str]:
+    """The registered engines that decode with a masked-diffusion LM."""
+    from orthrus.engines import engine_class, engine_names
+
+    return [name for name in engine_names() if engine_class(name).model_kind == "dlm"]
+
+
+def fresh_view_note(
+    engine: str, model_kind: str, checkpoint: str | None, where: str, several: bool = False
+) -> str | None:
+    """A dual-view engine on a plain causal checkpoint runs with a fresh (copied, untrained) diffusion view:
+    what it measures is the floor that training lifts, which a user should be told. ``engine`` may name
+    ``several`` engines."""
+    if model_kind != "dual_view" or checkpoint != "causal":
+        return None
+    return (
+        f"{where} is a plain causal checkpoint, so engine{'s' if several else ''} {engine} "
+        f"run{'' if several else 's'} with a fresh diffusion view (copies of the AR attention, untrained: it "
+        "accepts few drafts); a trained view comes with an Orthrus checkpoint such as tiny-orthrus."
+    )

@@ -78,28 +78,59 @@ def apply_sets(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
 
 
 def apply_quick(raw: dict[str, Any]) -> dict[str, Any]:
-    """The small slice --quick runs: one repetition, one prompt per source, then the suite's own ``quick``."""
+    """The small slice --quick runs: one repetition and as few prompts as still answer the suite's
+    question, then the suite's own ``quick`` (which wins). A source of counted prompts keeps one full
+    batch of the largest batch size the run decodes (one prompt without batching), so a "batch 16"
+    cell still decodes sixteen rows; a per-category source keeps one prompt of every category."""
     raw = copy.deepcopy(raw)
+    quick = raw.pop("quick", None)
+    if quick is not None and not isinstance(quick, dict):
+        raise UserInputError(
+            f"quick: must be a mapping of key paths to values (e.g. measure.repetitions: 1), not {a_kind(quick)}."
+        )
     measure = raw.get("measure")
     if measure is None or isinstance(measure, dict):
         measure = raw.setdefault("measure", {}) or {}
         raw["measure"] = measure
         measure.update(repetitions=1, min_duration_s=0)
+    batch = _largest_batch(_with_quick(raw, quick or {}))
     prompts = raw.get("prompts")
     for source in prompts if isinstance(prompts, list) else [prompts]:
-        if isinstance(source, dict) and source.get("source") in ("synthetic", "jsonl"):
-            source["count"] = 1
-            source.pop("per_category", None)
-    quick = raw.pop("quick", None)
-    if quick is None:
-        return raw
-    if not isinstance(quick, dict):
-        raise UserInputError(
-            f"quick: must be a mapping of key paths to values (e.g. measure.repetitions: 1), not {a_kind(quick)}."
-        )
-    for path, value in quick.items():
+        if not isinstance(source, dict) or source.get("source") not in ("synthetic", "jsonl"):
+            continue
+        if source.get("source") == "jsonl" and source.get("per_category") is not None:
+            source["per_category"] = 1  # the suite's question is per category: keep every category
+            source.pop("count", None)
+        else:
+            source["count"] = batch
+    for path, value in (quick or {}).items():
         set_key_path(raw, str(path), copy.deepcopy(value), what="quick:")
     return raw
+
+
+def _with_quick(raw: dict[str, Any], quick: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the suite's quick overrides applied where they apply (for reading the batch sizes)."""
+    trial = copy.deepcopy(raw)
+    for path, value in quick.items():
+        try:
+            set_key_path(trial, str(path), copy.deepcopy(value), what="quick:")
+        except UserInputError:
+            pass  # reported when the overrides are applied for real
+    return trial
+
+
+def _largest_batch(raw: dict[str, Any]) -> int:
+    """The largest batch size the sweep asks for (its batch_sizes and its include entries); 1 when
+    unset or not yet valid (validation says what is wrong with it)."""
+    sweep = raw.get("sweep")
+    if not isinstance(sweep, dict):
+        return 1
+    sizes = sweep.get("batch_sizes")
+    values = list(sizes) if isinstance(sizes, list) else [sizes]
+    for entry in sweep.get("include") or [] if isinstance(sweep.get("include"), list) else []:
+        if isinstance(entry, dict):
+            values.append(entry.get("batch_size"))
+    return max([1, *(v for v in values if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096)])
 
 
 def apply_device(raw: dict[str, Any], device: str) -> dict[str, Any]:

@@ -95,9 +95,10 @@ def _synthetic(spec: PromptSourceSpec, entry: dict[str, Any], path: str, base_di
 def _jsonl(spec: PromptSourceSpec, entry: dict[str, Any], path: str, base_dir: Path | None) -> str:
     if "path" not in entry:
         raise fail(f"{path}.path", "missing; give the path of a JSONL file (one JSON object per line).")
-    file = resolve_file(as_str(entry["path"], f"{path}.path"), base_dir)
+    text = as_str(entry["path"], f"{path}.path")
+    file = resolve_file(text, base_dir)
     if not file.is_file():
-        raise fail(f"{path}.path", f"{entry['path']!r} not found; give the path of an existing JSONL file.")
+        raise fail(f"{path}.path", _missing_jsonl(text, file, path, base_dir))
     spec.path = file
     if entry.get("count") is not None:
         spec.count = as_int(entry["count"], f"{path}.count", 1)
@@ -113,6 +114,29 @@ def _jsonl(spec: PromptSourceSpec, entry: dict[str, Any], path: str, base_dir: P
         spec.categories = [as_str(c, f"{path}.categories[{j}]") for j, c in enumerate(categories)]
     _check_jsonl(spec, path)
     return file.stem
+
+
+# where a dataset a shipped suite reads comes from (none is shipped: each has its own licence)
+KNOWN_DATASETS = {
+    "question.jsonl": "Spec-Bench's question.jsonl is not shipped with orthrus: it is data/spec_bench/question.jsonl "
+    "of the Spec-Bench repository (https://github.com/hemingkx/Spec-Bench, Apache-2.0)",
+}
+
+
+def _missing_jsonl(text: str, file: Path, path: str, base_dir: Path | None) -> str:
+    """One sentence for a JSONL file that is not there: where it was looked for, where a known dataset
+    comes from, and the --set override that points the suite at a copy."""
+    places = [str(Path(text).expanduser().resolve())]
+    if base_dir is not None and not Path(text).is_absolute():
+        beside = str((base_dir / text).resolve())
+        if beside not in places:
+            places.append(beside)
+    origin = KNOWN_DATASETS.get(Path(text).name)
+    origin = f"; {origin}" if origin else ""
+    return (
+        f"{text!r} not found (looked for {' and '.join(places)}){origin}; point the suite at your copy with "
+        f"--set {path}.path=/path/to/{Path(text).name or 'prompts.jsonl'}."
+    )
 
 
 def _check_jsonl(spec: PromptSourceSpec, path: str) -> None:

@@ -51,6 +51,7 @@ from orthrus.bench.suite.spec import (
     Suite,
     Sweep,
 )
+from orthrus.errors import UserInputError
 from orthrus.results.vocabulary import AXIS
 
 
@@ -75,8 +76,28 @@ def load_suite(
         as_device(device, "--device")
         raw = apply_device(raw, device)
     if engines:
+        _check_selection(raw, engines)
         raw = apply_engine_selection(raw, engines)
     return validate_suite(raw, Path(path) if path is not None else None, file_sha)
+
+
+def _check_selection(raw: dict[str, Any], engines: list[str]) -> None:
+    """``--engines`` names labels of the suite's engines (said in the flag's own words; a malformed
+    engines: list is left to the validation)."""
+    entries = raw.get("engines")
+    if not isinstance(entries, list):
+        return
+    labels = []
+    for entry in entries:
+        entry = {"engine": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("label", entry.get("engine")), str):
+            return
+        labels.append(entry.get("label", entry.get("engine")))
+    for label in engines:
+        if label not in labels:
+            raise UserInputError(
+                f"--engines {label}: no engine of this suite is labelled so; {suggestion(label, labels)}"
+            )
 
 
 def validate_suite(raw: dict[str, Any], source_path: Path | None = None, file_sha256: str | None = None) -> Suite:

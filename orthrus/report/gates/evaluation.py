@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orthrus.errors import UserInputError
 from orthrus.report.formatting import fmt
 from orthrus.report.gates import outputs
-from orthrus.report.gates.baseline import load_baseline, measured_suite_hash
+from orthrus.report.gates.baseline import load_baseline, measured_suite, measured_suite_hash, suite_differences
 from orthrus.report.gates.rules import (
     DERIVED_METRICS,
     GateRule,
@@ -27,6 +28,7 @@ from orthrus.report.rundata import (
     METRIC_COLUMNS,
     VOLATILE_COLUMNS,
     RunData,
+    ar_counterpart,
     cell_columns,
     is_lossless,
     is_present,
@@ -35,7 +37,29 @@ from orthrus.report.rundata import (
     same_cell,
     summary_table,
 )
-from orthrus.results.vocabulary import COLUMN, EXACTNESS_COLUMNS
+from orthrus.results.derived import batch1_counterpart
+from orthrus.results.vocabulary import AR_ENGINE, AR_MATCH, COLUMN, EXACTNESS_COLUMNS
+
+# figures a cell has only when the run measured its counterpart: the AR cell with the same settings,
+# or the same engine at batch size 1 (docs/metrics.md); without it the rule does not apply to the cell
+VS_AR = frozenset(
+    {
+        COLUMN.speedup_vs_ar,
+        COLUMN.speedup_vs_ar_ci_low,
+        COLUMN.speedup_vs_ar_ci_high,
+        COLUMN.throughput_speedup_vs_ar,
+        COLUMN.throughput_speedup_vs_ar_ci_low,
+        COLUMN.throughput_speedup_vs_ar_ci_high,
+    }
+)
+VS_BATCH1 = frozenset(
+    {
+        COLUMN.tokens_per_forward_vs_batch1,
+        COLUMN.batch_tokens_per_s_vs_batch1,
+        COLUMN.identity_vs_batch1_rate,
+        COLUMN.divergence_margin_vs_batch1_median,
+    }
+)
 
 
 @dataclass
@@ -56,11 +80,12 @@ class GateReport:
     results: list[GateResult] = field(default_factory=list)
     baseline: dict[str, Any] | None = None  # provenance of the baseline file (no rows)
     notes: list[str] = field(default_factory=list)
+    unfinished: str | None = None  # why the run is not whole: its gates see only part of it
 
     @property
     def exit_code(self) -> int:
-        if any(r.status == "error" for r in self.results):
-            return 2
+        if any(r.status == "error" for r in self.results) or self.unfinished:
+            return 2  # a part of a run never passes: what was not measured was not checked
         return 1 if any(r.status == "fail" for r in self.results) else 0
 
     @property
@@ -78,19 +103,22 @@ class GateReport:
             "run_dir": self.run_dir,
             "baseline": self.baseline,
             "notes": self.notes,
+            "unfinished": self.unfinished,
             "results": [asdict(r) for r in self.results],
         }
 
     def headline(self) -> str:
         c = self.counts()
         verdict = {"pass": "PASS", "fail": "REGRESSION", "error": "BAD INPUT"}[self.status]
+        if self.unfinished and not any(r.status == "error" for r in self.results):
+            verdict = "UNFINISHED RUN, NOT CHECKED WHOLE"
         skipped = f", {c['skip']} not applicable" if c["skip"] else ""
         return f"gates: {verdict} ({c['pass']} passed, {c['fail']} failed, {c['error']} errors{skipped})"
 
     def rows(self, verbose: bool = False) -> list[GateResult]:
         """The results to show: every check with ``verbose``; else failures and errors one by one,
         the passing cells of a rule folded into one line (scope "N cells", values as ranges) and
-        the cells a rule does not apply to left out."""
+        the cells a rule does not apply to folded into one line per reason."""
         if verbose:
             return list(self.results)
         groups: dict[tuple[str, str], list[GateResult]] = {}
@@ -108,6 +136,13 @@ class GateReport:
                 measured = _span([r.measured for r in passed])
                 threshold = _span([r.threshold for r in passed])
                 out.append(GateResult(rule, name, scope, measured, threshold, passed[0].op, "pass"))
+            skipped: dict[str, list[GateResult]] = {}
+            for r in results:
+                if r.status == "skip":
+                    skipped.setdefault(r.message, []).append(r)
+            for message, group in skipped.items():  # why a rule did not apply, once per reason
+                scope = group[0].scope if len(group) == 1 else f"{len(group)} cells"
+                out.append(GateResult(rule, name, scope, None, None, group[0].op, "skip", message))
         return out
 
     def format_table(self, verbose: bool = False) -> str:
@@ -174,6 +209,34 @@ class _Cells:
     def kv_overhead(self, row: dict[str, Any]) -> float | None:
         return kv_overhead_bytes(self.summary, row)
 
+    def no_counterpart(self, metric: str, column: str, row: dict[str, Any]) -> str | None:
+        """Why ``column`` is not defined for ``row`` when it is a ratio to a cell this run did not
+        measure (the AR cell with the same settings, the same engine at batch size 1); else None."""
+        if column in VS_AR and ar_counterpart(self.summary, row) is None:
+            ars = [r for r in self.rows if r.get("engine") == AR_ENGINE]
+            if not ars:
+                return f"{metric} divides by an {AR_ENGINE!r} cell with the same settings, and this run measured none."
+            differing = min(
+                (
+                    [k for k in AR_MATCH if is_present(row.get(k)) and str(_plain(r.get(k))) != str(_plain(row[k]))]
+                    for r in ars
+                ),
+                key=len,
+            )
+            at = ", ".join(f"{k}={_plain(row[k])}" for k in differing) or "these settings"
+            return (
+                f"{metric} divides by the {AR_ENGINE!r} cell with the same settings, and this run has no "
+                f"{AR_ENGINE!r} cell at {at}: not measured here, not a regression."
+            )
+        if column in VS_BATCH1:
+            cells = [{k: v for k, v in r.items() if k not in METRIC_COLUMNS and k != "series"} for r in self.rows]
+            own = {k: v for k, v in row.items() if k not in METRIC_COLUMNS and k != "series"}
+            if not is_present(row.get("batch_size")) or int(row["batch_size"]) == 1:
+                return f"{metric} compares a batched cell with batch size 1, and this cell is at batch size 1."
+            if batch1_counterpart(own, cells) is None:
+                return f"{metric} divides by the same engine at batch size 1, and this run has no such cell."
+        return None
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
@@ -197,7 +260,9 @@ def _match_baseline(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str
 
 
 def evaluate_rules(run: RunData, rules: Sequence[GateRule], baseline: dict[str, Any] | None = None) -> GateReport:
-    report = GateReport(str(run.path))
+    report = GateReport(str(run.path), unfinished=run.unfinished)
+    if run.unfinished:
+        report.notes.append(f"{run.unfinished} Its gates cover only those, so they cannot pass.")
     cells = _Cells(run)
     base_rows: list[dict[str, Any]] = []
     if baseline is not None:
@@ -207,9 +272,14 @@ def evaluate_rules(run: RunData, rules: Sequence[GateRule], baseline: dict[str, 
         }
         ours, theirs = measured_suite_hash(run), baseline.get("measured_suite_hash")
         if ours and theirs and ours != theirs:
+            stored = baseline.get("measured_suite")
+            if isinstance(stored, dict):
+                differences = "; ".join(suite_differences(measured_suite(run), stored)) or "key order only"
+            else:
+                differences = "which keys differ is unknown: the baseline file predates recording its suite"
             report.notes.append(
-                "the baseline was measured with a different suite (models, engines, sweep, prompts or measure "
-                "differ); cells are matched by their parameters."
+                f"the baseline was measured with a different suite ({differences}); cells are matched by their "
+                "parameters; after an intended change, re-save the baseline from a run of this suite."
             )
     for rule in rules:
         report.results.extend(_check_rule(rule, cells, base_rows, baseline is not None))
@@ -265,6 +335,11 @@ def _check_rule(
             message = f"{absent[0]} does not apply to this cell."
             results.append(GateResult(rule.text, rule.name, scope, measured, None, rule.op, "skip", message))
             continue
+        failed = cells.value(COLUMN.n_failed, row)
+        why = cells.no_counterpart(rule.metric, rule.column, row) if measured is None and not failed else None
+        if why:  # a ratio to a cell the run has not got: the rule does not apply, nothing regressed
+            results.append(GateResult(rule.text, rule.name, scope, None, None, rule.op, "skip", why))
+            continue
         threshold = evaluate_expr(rule.expr, lookup)
         if threshold is None:
             missing = "the baseline's value" if rule.uses_baseline else "a value the threshold needs"
@@ -272,7 +347,13 @@ def _check_rule(
                 GateResult(rule.text, rule.name, scope, measured, None, rule.op, "error", f"{missing} is not measured.")
             )
         elif measured is None:
-            message = f"{rule.column} was not measured for this cell (failed or missing)."
+            ar = ar_counterpart(cells.summary, row) if rule.column in VS_AR else None
+            if failed:
+                message = f"{rule.column} was not measured for this cell: {int(failed)} of its measurements failed."
+            elif ar is not None and not cells.value(COLUMN.n_ok, ar):
+                message = f"{rule.column} divides by the {AR_ENGINE!r} cell with the same settings, whose measurements failed."
+            else:
+                message = f"{rule.column} is not reported for this cell, although its measurements are ok."
             results.append(GateResult(rule.text, rule.name, scope, None, threshold, rule.op, "fail", message))
         else:
             ok = holds(measured, rule.op, threshold)
@@ -283,6 +364,18 @@ def _check_rule(
     if results and all(r.status == "skip" for r in results):
         return error(f"where {rule.scope_text()} selects only cells the rule does not apply to ({results[0].message})")
     return results
+
+
+def check_baseline_suite(baseline: dict[str, Any], suite_name: str, run: str, path: str | None) -> None:
+    """A baseline of another suite is refused, as compare refuses runs of different suites: its cells
+    would be matched by parameters alone, and a rule against them would pass or fail by accident."""
+    theirs = baseline.get("suite_name")
+    if theirs and suite_name and str(theirs) != suite_name:
+        where = f"baseline {path}" if path else "the baseline"
+        raise UserInputError(
+            f"{where} is of suite {theirs!r} and {run} of suite {suite_name!r}; gate a run against a baseline of "
+            "its own suite (make one with 'baseline save RUN_DIR FILE')."
+        )
 
 
 def evaluate_gates(
@@ -306,6 +399,9 @@ def evaluate_gates(
     loaded = None
     if baseline is not None:
         loaded = load_baseline(baseline)
+        check_baseline_suite(
+            loaded, run.suite_name, str(run.path), str(baseline) if not isinstance(baseline, dict) else None
+        )
         if not isinstance(baseline, dict):
             loaded = {**loaded, "path": str(baseline)}
     report = evaluate_rules(run, parsed, loaded)

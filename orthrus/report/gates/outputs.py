@@ -88,6 +88,8 @@ def junit(report: GateReport, suite_name: str = "orthrus.gates") -> str:
 
 
 def _threshold_text(r: Any) -> str:
+    if r.threshold is None and r.status == "skip":
+        return "-"
     return f"{r.op} {fmt(r.threshold)}"
 
 
