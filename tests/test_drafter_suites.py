@@ -248,4 +248,4 @@ def test_the_command_line_generates_with_a_drafter_directory(checkpoints, capsys
     assert (
         main(["generate", "--model", "tiny-orthrus", "--engine", "ar", "--draft-model", "x", "--prompt-ids", "5"]) == 2
     )
-    assert "--draft-model applies to engines that need one" in capsys.readouterr().err
+    assert "--draft-model applies to engines that take a draft model" in capsys.readouterr().err
