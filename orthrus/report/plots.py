@@ -63,6 +63,8 @@ NOT_DIMENSIONS = {
     "lossless",
     "series",
     "kv_overhead_bytes",
+    "extra_kv_bytes",
+    "extra_total_bytes",
     LABEL_COLUMN,
     *VOLATILE_COLUMNS,
 }
@@ -640,6 +642,39 @@ def _zero_lines(ax: Any, df: pd.DataFrame, column: str, scale: float) -> str:
         ax.set_yscale("symlog", linthresh=10 ** math.floor(math.log10(max(float(nonzero.min()), 1.0))))
     zero = [name for name, part in rows.groupby("series") if (part[column] == 0).all()]
     return "0 at every context: " + ", ".join(sorted(zero, key=series_order)) if zero else ""
+
+
+def plot_extra_memory(run: RunData) -> Figure | None:
+    """Memory each method adds beyond AR on the same model, against context: the weights it adds
+    (Orthrus's diffusion view, a drafter, a draft model) plus the K/V it holds beyond AR's (its target
+    cache's excess and a drafter's own cache). Left: weights + K/V; right: the K/V part alone, where
+    "O(1) in the context" against "grows with the context" is seen, not asserted."""
+    df = run.summary
+    if not swept(df, "context_length") or "engine" not in df.columns or not (df["engine"] == AR_ENGINE).any():
+        return None
+    if not _has(df, "context_length", COLUMN.extra_parameter_bytes):
+        return None
+    df = _kv_overhead(df)
+    kv = df["kv_overhead_bytes"]
+    draft = df[COLUMN.draft_kv_cache_bytes_peak_max] if COLUMN.draft_kv_cache_bytes_peak_max in df.columns else 0.0
+    kv_extra = kv + pd.Series(draft, index=df.index).fillna(0.0)
+    df = df.assign(extra_kv_bytes=kv_extra, extra_total_bytes=kv_extra + df[COLUMN.extra_parameter_bytes])
+    df = df[(df["engine"] != AR_ENGINE) & df["extra_total_bytes"].notna()]
+    if df.empty:
+        return None
+    fig, (left, right) = _figure(ncols=2, width=12.0, height=4.0)
+    colours = _colours(run)
+    for ax, column, title in (
+        (left, "extra_total_bytes", "weights added + K/V beyond AR's"),
+        (right, "extra_kv_bytes", "K/V beyond AR's (target cache + a drafter's own)"),
+    ):
+        _line_plot(ax, df, "context_length", column, colours, 1 / 2**20)
+        _scale_x(ax, df["context_length"].dropna())
+        note = _zero_lines(ax, df, column, 1 / 2**20)
+        ax.set_title(f"{title}\n{note}" if note else title, fontsize=10)
+        ax.set_xlabel("context length (prompt tokens)")
+        ax.set_ylabel("extra memory (MiB)")
+    return _finish(fig, [left, right], "Extra memory beyond AR, per method (exact: from tensors and weights)")
 
 
 def plot_memory_vs_context(run: RunData) -> Figure | None:
@@ -1250,6 +1285,15 @@ PLOTS: tuple[tuple[str, str, str, Callable[[RunData], Figure | None]], ...] = (
         "step), chosen from its measured acceptance and the measured cost of a cycle at that batch size and "
         "context; right: the mean K against batch size, one line per context.",
         plot_chosen_blocks,
+    ),
+    (
+        "extra_memory",
+        "Extra memory beyond AR",
+        "What each method adds over AR on the same model, against context: the weights it adds (Orthrus's *_diff "
+        "projections, a DFlash or EAGLE-3 drafter, assisted's draft model) plus the K/V it holds beyond AR's peak "
+        "(its target cache's excess and a drafter's own cache); right: the K/V part alone. Exact figures, from "
+        "tensors and weights, not from an allocator.",
+        plot_extra_memory,
     ),
     (
         "memory_vs_context",
