@@ -76,13 +76,13 @@ CASES = [
         "engines[1].options.blok_size",
         4,
         "engines[1].options.blok_size: engine 'orthrus' takes no option 'blok_size' (did you mean 'block_size'?); "
-        "its options are block_size, cache, accept_rule, compile.",
+        "its options are block_size, cache, accept_rule, compile, profile, synthetic_acceptance_length, synthetic_rates.",
     ),
     (
         "engines[1].options",
         {"draft_len": 8},
         "engines[1].options.draft_len: engine 'orthrus' takes no option 'draft_len'; "
-        "its options are block_size, cache, accept_rule, compile.",
+        "its options are block_size, cache, accept_rule, compile, profile, synthetic_acceptance_length, synthetic_rates.",
     ),
     ("engines[0].options", {"cache": "static", "steps": 4}, "engines[0].options.steps: engine 'ar' takes no option"),
     ("engines[2].options", {"draft_model": "draft"}, "name the draft model with the engine's draft_model key"),
