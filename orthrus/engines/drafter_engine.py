@@ -42,7 +42,7 @@ from orthrus.engines.base import (
     warp_probs,
 )
 from orthrus.engines.decoding import CachedEngine, DecodeState
-from orthrus.engines.orthrus_engine import ACCEPT_RULES, LOSSLESS_ACCEPT_RULES, next_token_probs
+from orthrus.engines.orthrus_engine import LOSSLESS_ACCEPT_RULES, checked_accept_rule, next_token_probs
 from orthrus.errors import UserInputError
 from orthrus.models.drafters import NAMES, check_drafter_config, is_drafter, load_drafter
 from orthrus.models.kv_cache import KVCache
@@ -148,12 +148,8 @@ class DrafterEngine(CachedEngine):
         super().__init__(model, cache=cache, **options)
         self.drafter = self._load_drafter(draft_model)
         self.block_size = int(block_size if block_size is not None else self._drafter_block_size())
-        if self.block_size < 1:
-            raise UserInputError(f"block_size must be >= 1, got {self.block_size}.")
-        if accept_rule not in ACCEPT_RULES:
-            raise UserInputError(f"accept_rule must be one of {', '.join(ACCEPT_RULES)}, got {accept_rule!r}.")
         self.accept_rule = accept_rule
-        self.accept = ACCEPT_RULES[accept_rule]
+        self.accept = checked_accept_rule(self.block_size, accept_rule)
         self.lossless = accept_rule in LOSSLESS_ACCEPT_RULES
         # what the prefill and every verify pass keep for the drafter (at K = 1 it never drafts: none)
         self.hidden_layers = self.drafter.hidden_layers if self.block_size > 1 else None

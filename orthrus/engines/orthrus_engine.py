@@ -60,6 +60,16 @@ def accept_all(agrees: list[bool]) -> int:
 
 
 ACCEPT_RULES: dict[str, Callable[[list[bool]], int]] = {"exact": accept_agreed_prefix, "accept_all": accept_all}
+
+
+def checked_accept_rule(block_size: int, accept_rule: str) -> Callable[[list[bool]], int]:
+    """The accept rule called ``accept_rule``, once the block size and the name are checked (one
+    sentence for either mistake; every drafting engine takes both options)."""
+    if block_size < 1:
+        raise UserInputError(f"block_size must be >= 1, got {block_size}.")
+    if accept_rule not in ACCEPT_RULES:
+        raise UserInputError(f"accept_rule must be one of {', '.join(ACCEPT_RULES)}, got {accept_rule!r}.")
+    return ACCEPT_RULES[accept_rule]
 LOSSLESS_ACCEPT_RULES = ("exact",)
 AUTO = "auto"  # block_size: auto (orthrus.engines.block_choice)
 
@@ -104,12 +114,8 @@ class OrthrusEngine(CachedEngine):
             if isinstance(block_size, str) and not block_size.isdigit():
                 raise UserInputError(f"block_size must be an integer >= 1 or auto, got {block_size!r}.")
             self.block_size = int(block_size)
-        if self.block_size < 1:
-            raise UserInputError(f"block_size must be >= 1, got {self.block_size}.")
-        if accept_rule not in ACCEPT_RULES:
-            raise UserInputError(f"accept_rule must be one of {', '.join(ACCEPT_RULES)}, got {accept_rule!r}.")
         self.accept_rule = accept_rule
-        self.accept = ACCEPT_RULES[accept_rule]
+        self.accept = checked_accept_rule(self.block_size, accept_rule)
         self.synthetic = synthetic_acceptance_rates(synthetic_acceptance_length, synthetic_rates, self.block_size)
         self.lossless = accept_rule in LOSSLESS_ACCEPT_RULES and self.synthetic is None
         self.mask_token_id = int(model.config.mask_token_id)
