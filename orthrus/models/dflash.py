@@ -333,7 +333,7 @@ class DFlashDrafter(nn.Module):
             q = rope(attn.heads(attn.q_proj(x), attn.q_norm), cos, sin)
             k, v = attn.keys_values(x, cos, sin)
             keys, values = cache.scatter(i, index, k, v, span)
-            out = attend(q, keys, values, mask, False, attn.scaling)
+            out = attend(q, keys, values, mask, False, attn.scaling, attn.num_heads != attn.num_kv_heads)
             hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, size, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.norm(hidden)

@@ -343,7 +343,8 @@ class Eagle3Drafter(nn.Module):
         else:
             mask = torch.arange(span, device=x.device).view(1, 1, 1, span) <= positions.view(batch, 1, steps, 1)
             causal = False
-        out = attention_function(self.attn_implementation)(q, keys, values, mask, causal, attn.scaling)
+        gqa = attn.num_heads != attn.num_kv_heads
+        out = attention_function(self.attn_implementation)(q, keys, values, mask, causal, attn.scaling, gqa)
         hidden = residual + attn.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return hidden, self.lm_head(self.norm(hidden))
