@@ -161,7 +161,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orthrus.models import resolve_model_path
-    from orthrus.train.evaluate import SUITE_FILE, VIEW_LABEL, evaluation, format_report, suite_sets
+    from orthrus.train.evaluate import (
+        DRAFTER_ENGINES,
+        SUITE_FILE,
+        VIEW_LABEL,
+        drafter_sets,
+        evaluation,
+        format_report,
+        suite_sets,
+    )
 
     try:
         blocks = [int(x) for x in args.block_sizes.split(",") if x.strip()]
@@ -177,7 +185,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserInputError(
             f"--json-out {args.json_out}: the folder {Path(args.json_out).parent} does not exist; create it first."
         )
-    card = resolve_model_path(args.model) / "README.md"  # a missing model is one sentence before anything runs
+    drafter = args.engine in DRAFTER_ENGINES
+    if drafter and not args.draft_model:
+        raise UserInputError(f"--engine {args.engine} needs --draft-model: the drafter to evaluate (e.g. tiny-{args.engine}).")
+    if not drafter and args.draft_model:
+        raise UserInputError("--draft-model goes with --engine dflash or eagle3; a diffusion view needs none.")
+    if drafter and args.untrained_base:
+        raise UserInputError("--untrained-base measures an untrained diffusion view; it does not go with a drafter.")
+    # the card the evaluation is written into (a missing model is one sentence before anything runs)
+    card = resolve_model_path(args.draft_model if drafter else args.model) / "README.md"
+    resolve_model_path(args.model)
+    label = args.engine if drafter else VIEW_LABEL
 
     import orthrus.report
     from orthrus.bench.runner import RunOptions, run_suite
@@ -188,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # the untrained view is the suite's base checkpoint with a copied view: it only fits the suite's own
     # model, or a model whose base --untrained-base names
     same_model = args.model == raw["models"]["base"]["path"]
-    engines = None if (same_model or args.untrained_base) else [VIEW_LABEL, "ar"]
+    engines = None if ((same_model or args.untrained_base) and not drafter) else [label, "ar"]
     sets = suite_sets(
         model=args.model,
         block_sizes=blocks,
@@ -197,6 +215,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         threads=args.threads or None,
         untrained_base=args.untrained_base,
     )
+    if drafter:
+        sets += drafter_sets(args.engine, args.draft_model)
     suite = load_suite(SUITE_FILE, sets, engines=engines)
     outcome = run_suite(suite, RunOptions(out_root=Path(args.out), quiet=args.quiet, argv=list(sys.argv)))
     if outcome.code == 130:
@@ -205,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"report: {orthrus.report.render_run(outcome.run_dir)}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001 - the results are on disk; 'run_bench.py report DIR' redraws it
         print(f"warning: the report could not be rendered ({type(err).__name__}: {err}).", file=sys.stderr)
-    report = evaluation(outcome.run_dir)
+    report = evaluation(outcome.run_dir, label)
     text = format_report(report)
     print(text)
     if outcome.code != 0:
@@ -286,8 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--show-cycles", action="store_true", help="colour each committed block")
     gen.set_defaults(func=cmd_generate)
 
-    ev = sub.add_parser("evaluate", help="measure a diffusion view: acceptance, TPF, speedup vs the cost model")
-    ev.add_argument("--model", default="tiny-orthrus")
+    ev = sub.add_parser(
+        "evaluate", help="measure a diffusion view or a drafter: acceptance, TPF, speedup vs the cost model"
+    )
+    ev.add_argument("--model", default="tiny-orthrus", help="the Orthrus checkpoint, or a drafter's target")
+    ev.add_argument(
+        "--engine",
+        choices=("orthrus", "dflash", "eagle3"),
+        default="orthrus",
+        help="what drafts: the model's diffusion view (default) or a DFlash / EAGLE-3 drafter (--draft-model)",
+    )
+    ev.add_argument("--draft-model", help="the drafter directory or zoo name, with --engine dflash or eagle3")
     ev.add_argument("--block-sizes", default="4,8,16,32")
     ev.add_argument("--prompts", type=int, default=50)
     ev.add_argument("--max-new-tokens", type=int, default=128)
@@ -299,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the plain checkpoint the view was trained on, measured with a fresh (copied) view at block 16 "
         "(default: the suite's, for the suite's own model; other models skip it)",
     )
-    ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
+    ev.add_argument(
+        "--write-card",
+        action="store_true",
+        help="replace the Evaluation section of the model's README.md (the drafter's, with --engine dflash or eagle3)",
+    )
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -255,3 +255,49 @@ def test_the_zoo_drafters_load_by_name_and_decode_as_ar(kind, name):
             assert result.tokens == ar.generate(prompt, 48).tokens, (name, block, len(prompt))
             accepted += sum(result.accepted_per_cycle or [])
         assert accepted > 0  # a trained drafter: some drafts are kept
+
+
+needs_base = pytest.mark.skipif(zoo_path("tiny-base") is None, reason="needs the zoo model tiny-base")
+
+
+@needs_base
+def test_evaluate_measures_a_drafter_on_the_prompts_a_view_gets(tmp_path, capsys):
+    from orthrus.cli import main
+    from orthrus.models.drafters import write_random_drafter
+
+    drafter = write_random_drafter("dflash", target_config_of("tiny-base"), tmp_path / "my-dflash", num_layers=1)
+    (drafter / "README.md").write_text("# my-dflash\n\nTraining notes.\n\n## Evaluation\nNot measured yet.\n")
+    json_out = tmp_path / "eval.json"
+    argv = ["evaluate", "--model", "tiny-base", "--engine", "dflash", "--draft-model", str(drafter)]
+    argv += ["--block-sizes", "4", "--prompts", "1", "--max-new-tokens", "8", "--threads", "1", "--quiet"]
+    argv += ["--out", str(tmp_path / "reports"), "--json-out", str(json_out), "--write-card"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(json_out.read_text())
+    assert report["engine"] == "dflash" and report["draft_model"] == str(drafter)
+    assert report["prompts"] == {"heldout": 1, "code": 1} and "untrained_view" not in report
+    assert [(c["prompts"], c["block_size"], c["identical_to_ar"]) for c in report["cells"]] == [
+        ("code", 4, "1/1"),
+        ("heldout", 4, "1/1"),
+    ]
+    assert all(c["extra_parameters"] > 0 and c["draft_kv_cache_bytes_peak_max"] > 0 for c in report["cells"])
+    card = (drafter / "README.md").read_text()
+    assert card.startswith("# my-dflash\n\nTraining notes.\n\n## Evaluation\nCommand: ") and "| code | 4 |" in card
+    assert json.loads((drafter / "eval.json").read_text()) == report
+
+
+@needs_base
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--engine", "eagle3"], "--engine eagle3 needs --draft-model"),
+        (["--draft-model", "tiny-base"], "--draft-model goes with --engine dflash or eagle3"),
+        (["--engine", "dflash", "--draft-model", "nope"], "is neither a local directory nor a zoo model"),
+    ],
+)
+def test_evaluate_refuses_a_drafter_mistake_in_one_sentence(flags, says, tmp_path, capsys):
+    from orthrus.cli import main
+
+    out = tmp_path / "reports"
+    assert main(["evaluate", "--model", "tiny-base", *flags, "--prompts", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and not out.exists()
