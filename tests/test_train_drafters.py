@@ -301,3 +301,24 @@ def test_evaluate_refuses_a_drafter_mistake_in_one_sentence(flags, says, tmp_pat
     assert main(["evaluate", "--model", "tiny-base", *flags, "--prompts", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_cpu_clock_budget_counts_only_what_the_run_computed(tmp_path):
+    import time
+
+    from orthrus.train.loop import Step, start_run
+
+    weight = torch.nn.Linear(2, 1)
+
+    def step(index, progress, generator):  # waits (another process has the CPU), computes a little
+        time.sleep(0.01)
+        return Step(weight(torch.ones(1, 2)).sum() ** 2, 1)
+
+    runs = {}
+    for clock in ("wall", "cpu"):
+        config = LoopConfig(out_dir=tmp_path / clock, steps=40, max_minutes=0.1 / 60, budget_clock=clock, quiet=True)
+        start_run(config)
+        runs[clock] = train_loop(config, weight, step, desc=clock).step
+    assert runs["wall"] < 40 and runs["cpu"] == 40  # waiting spends the wall budget, not the CPU one
+    with pytest.raises(ValueError, match="--budget-clock must be one of wall, cpu"):
+        start_run(LoopConfig(out_dir=tmp_path / "x", steps=1, budget_clock="moon"))
