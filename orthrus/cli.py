@@ -270,12 +270,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from orthrus.models import resolve_model_path
     from orthrus.report.outputs import check_output_dir
-    from orthrus.train.evaluate import SUITE_FILE, VIEW_LABEL, evaluation, format_report, suite_sets
+    from orthrus.train.evaluate import (
+        DRAFTER_ENGINES,
+        SUITE_FILE,
+        VIEW_LABEL,
+        drafter_sets,
+        evaluation,
+        format_report,
+        suite_sets,
+    )
 
     measuring = [
         flag
         for flag, value in (
             ("--model", args.model),
+            ("--draft-model", args.draft_model),
             ("--block-sizes", args.block_sizes),
             ("--prompts", args.prompts),
             ("--max-new-tokens", args.max_new_tokens),
@@ -310,6 +319,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserInputError(
             f"--json-out {args.json_out}: the folder {Path(args.json_out).parent} does not exist; create it first."
         )
+    drafter = args.engine in DRAFTER_ENGINES
+    if drafter and not args.draft_model:
+        raise UserInputError(f"--engine {args.engine} needs --draft-model: the drafter to evaluate (e.g. tiny-{args.engine}).")
+    if not drafter and args.draft_model:
+        raise UserInputError("--draft-model goes with --engine dflash or eagle3; a diffusion view needs none.")
+    if drafter and args.untrained_base:
+        raise UserInputError("--untrained-base measures an untrained diffusion view; it does not go with a drafter.")
+    label = args.engine if drafter else VIEW_LABEL
 
     import orthrus.report
     from orthrus.bench.runner import RunOptions, run_suite
@@ -325,12 +342,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--resume {resume_dir} is a run of suite {suite.name!r}, not an evaluation; continue it with "
                 f"python run_bench.py --resume {resume_dir}."
             )
+        measured = next((e for e in suite.engines if e.engine != "ar"), None)
+        label = measured.label if measured is not None else VIEW_LABEL
+        # a drafter's evaluation writes the drafter's card; a view's, its model's
+        carded = measured.draft_model if measured is not None and measured.draft_model else "base"
         model = suite.models["base"].path
-        card = resolve_model_path(model) / "README.md"
+        card = resolve_model_path(suite.models[carded].path) / "README.md"
     else:
         check_output_dir(args.out, "--out")  # a file or a read-only folder: refused before anything runs
         model = args.model
-        suite, card = _evaluation_suite(args, blocks, VIEW_LABEL, SUITE_FILE, suite_sets)
+        sets = drafter_sets(args.engine, args.draft_model) if drafter else []
+        suite, card = _evaluation_suite(args, blocks, label, SUITE_FILE, suite_sets, sets)
     resume_command = "python -m orthrus evaluate" + (" --write-card" if args.write_card else "") + " --resume"
     options = RunOptions(
         out_root=Path(args.out),
@@ -346,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"report: {orthrus.report.render_run(outcome.run_dir)}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001 - the results are on disk; 'run_bench.py report DIR' redraws it
         print(f"warning: the report could not be rendered ({type(err).__name__}: {err}).", file=sys.stderr)
-    report = evaluation(outcome.run_dir)
+    report = evaluation(outcome.run_dir, label)
     text = format_report(report)
     print(text)
     if outcome.code != 0:
@@ -368,19 +390,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_suite(args: argparse.Namespace, blocks: list[int], view: str, suite_file: Any, suite_sets: Any) -> Any:
+def _evaluation_suite(
+    args: argparse.Namespace, blocks: list[int], view: str, suite_file: Any, suite_sets: Any, drafter: list[str]
+) -> Any:
     """The evaluation suite for the flags, and the model card it writes; the model and the untrained
-    base are checked to be of the kind evaluate measures before anything runs."""
+    base are checked to be of the kind evaluate measures before anything runs. ``drafter`` holds the
+    overrides that measure a DFlash or EAGLE-3 drafter in the view's place (its card is written then)."""
     from orthrus.bench.suite.load import read_suite_file
     from orthrus.bench.suite.models import checkpoint_kind, model_mismatch
     from orthrus.bench.suite.validate import load_suite
     from orthrus.models import resolve_model_path
 
     model_dir = resolve_model_path(args.model)  # a missing model is one sentence before anything runs
-    found = checkpoint_kind(model_dir)  # evaluate measures the diffusion view of a causal checkpoint
-    problem = model_mismatch(repr(view), "dual_view", found, f"--model {args.model}", "", "tiny-orthrus", False)
-    if problem:
-        raise UserInputError(problem)
+    if drafter:  # the drafter and its target are checked against each other at planning
+        card = resolve_model_path(args.draft_model) / "README.md"
+    else:  # evaluate measures the diffusion view of a causal checkpoint
+        found = checkpoint_kind(model_dir)
+        problem = model_mismatch(repr(view), "dual_view", found, f"--model {args.model}", "", "tiny-orthrus", False)
+        if problem:
+            raise UserInputError(problem)
+        card = model_dir / "README.md"
     if args.untrained_base:
         found = checkpoint_kind(resolve_model_path(args.untrained_base))
         if found != "causal" and found is not None:
@@ -393,7 +422,7 @@ def _evaluation_suite(args: argparse.Namespace, blocks: list[int], view: str, su
     # the untrained view is the suite's base checkpoint with a copied view: it only fits the suite's own
     # model, or a model whose base --untrained-base names
     same_model = args.model == raw["models"]["base"]["path"]
-    engines = None if (same_model or args.untrained_base) else [view, "ar"]
+    engines = None if ((same_model or args.untrained_base) and not drafter) else [view, "ar"]
     sets = suite_sets(
         model=args.model,
         block_sizes=blocks,
@@ -402,7 +431,7 @@ def _evaluation_suite(args: argparse.Namespace, blocks: list[int], view: str, su
         threads=args.threads or None,
         untrained_base=args.untrained_base,
     )
-    return load_suite(suite_file, sets, engines=engines), model_dir / "README.md"
+    return load_suite(suite_file, sets + drafter, engines=engines), card
 
 
 def _started_with(run_dir: Any) -> str:
@@ -521,11 +550,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate",
-        help="measure a diffusion view: acceptance, TPF, speedup vs the cost model",
+        help="measure a diffusion view or a drafter: acceptance, TPF, speedup vs the cost model",
         description="Run suites/diffusion_view.yaml on a model through the harness and print its evaluation.",
         formatter_class=HelpFormatter,
     )
-    ev.add_argument("--model", help="the Orthrus checkpoint (directory or zoo name) (default: tiny-orthrus)")
+    ev.add_argument("--model", help="the Orthrus checkpoint (directory or zoo name), or a drafter's target (default: tiny-orthrus)")
+    ev.add_argument(
+        "--engine",
+        choices=("orthrus", "dflash", "eagle3"),
+        default="orthrus",
+        help="what drafts: the model's diffusion view (default) or a DFlash / EAGLE-3 drafter (--draft-model)",
+    )
+    ev.add_argument("--draft-model", help="the drafter directory or zoo name, with --engine dflash or eagle3")
     ev.add_argument("--block-sizes", help="comma-separated block sizes K >= 2 (default: 4,8,16,32)")
     ev.add_argument("--prompts", type=int, help="prompts per source, held-out text and code (default: 50)")
     ev.add_argument("--max-new-tokens", type=int, help="tokens generated per prompt (default: 128)")
@@ -542,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted evaluation (its own settings), then print it (and --write-card, --json-out)",
     )
-    ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md")
+    ev.add_argument("--write-card", action="store_true", help="replace the Evaluation section of the model's README.md (the drafter's, with --engine dflash or eagle3)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -11,7 +11,9 @@ shared loop's (``orthrus/train/loop.py``); this file holds the data, the step fu
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -27,19 +29,28 @@ from orthrus.models import DEFAULT_BLOCK_SIZE, OrthrusForCausalLM, resolve_model
 from orthrus.models.zoo_index import ZOO_DIR
 from orthrus.train.base import tokenize_stream
 from orthrus.train.corpus import code_documents, corpus_documents
-from orthrus.train.loop import LoopConfig, Step, StepFn, checkpoint_path, log, mean_of_last, start_run, train_loop
+from orthrus.train.loop import (
+    LoopConfig,
+    Step,
+    StepFn,
+    checkpoint_path,
+    log,
+    mean_of_last,
+    start_run,
+    train_loop,
+    training_time,
+)
 
 LOSSES = ("kl", "chain")  # distill_loss's weightings (see there)
 
 
 @dataclass(kw_only=True)
-class DistillConfig(LoopConfig):
-    """Everything a diffusion-view run depends on. Defaults are the `tiny-orthrus` recipe."""
+class SelfDistillConfig(LoopConfig):
+    """What every drafter trained on a base's own text depends on (the Orthrus view here, the DFlash
+    and EAGLE-3 drafters in ``dflash.py`` / ``eagle3.py``): the base and the self-distillation data.
+    The same values give the same text (and, with ``data_cache``, the same file) for all three."""
 
-    out_dir: Path = ZOO_DIR / "tiny-orthrus"
     base: str = "tiny-base"
-    block_size: int = DEFAULT_BLOCK_SIZE  # saved in the config: the default block for inference
-    train_block_sizes: tuple[int, ...] = (8, 16, 16, 32)  # one drawn per step: the view serves 8..32
     # self-distillation data
     data_sequences: int = 1536
     prompt_len: int = 128
@@ -49,8 +60,27 @@ class DistillConfig(LoopConfig):
     # the view then also learns how the base continues code in other styles than the stdlib's
     extra_prompts: str | None = None
     extra_fraction: float = 0.5
-    # optimisation (AdamW without weight decay)
+    # a folder to keep the generated text in, one file per data recipe, shared by runs (None: the run's
+    # own checkpoint folder): runs of different drafters on one recipe then train on the same text
+    data_cache: str | None = None
     batch_size: int = 4
+    device: str = "cpu"
+
+    @property
+    def anchor_low(self) -> int:
+        """The first position an anchor may take: at most 64 tokens of corpus text before the base's
+        own continuation (the text the view drafts at inference), and never in the first half of the prompt."""
+        return max(self.prompt_len // 2, self.prompt_len - 64)
+
+
+@dataclass(kw_only=True)
+class DistillConfig(SelfDistillConfig):
+    """Everything a diffusion-view run depends on. Defaults are the `tiny-orthrus` recipe."""
+
+    out_dir: Path = ZOO_DIR / "tiny-orthrus"
+    block_size: int = DEFAULT_BLOCK_SIZE  # saved in the config: the default block for inference
+    train_block_sizes: tuple[int, ...] = (8, 16, 16, 32)  # one drawn per step: the view serves 8..32
+    # optimisation (AdamW without weight decay)
     anchors_per_seq: int = 48
     # loss weight of draft position j is position_decay ** (j - 1): acceptance is a prefix chain, so
     # early positions matter most (1.0 = all positions equal)
@@ -63,19 +93,12 @@ class DistillConfig(LoopConfig):
     lr: float = 1e-3
     warmup_frac: float = 0.05
     weight_decay: float = 0.0
-    device: str = "cpu"
     checkpoint_minutes: float = 5.0
     log_every: int = 20
 
-    @property
-    def anchor_low(self) -> int:
-        """The first position an anchor may take: at most 64 tokens of corpus text before the base's
-        own continuation (the text the view drafts at inference), and never in the first half of the prompt."""
-        return max(self.prompt_len // 2, self.prompt_len - 64)
-
 
 @torch.no_grad()
-def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config: DistillConfig) -> torch.Tensor:
+def generate_self_distillation_data(model: OrthrusForCausalLM, tokenizer, config: SelfDistillConfig) -> torch.Tensor:
     """[N, prompt_len + continuation_len]: corpus prompts + the base model's greedy continuation.
 
     Batched greedy decoding with the AR view over a preallocated cache (all prompts have equal
@@ -167,7 +190,7 @@ def self_distillation_step(model: OrthrusForCausalLM, data: torch.Tensor, config
     return step
 
 
-def extra_sequences(config: DistillConfig) -> int:
+def extra_sequences(config: SelfDistillConfig) -> int:
     """How many sequences take their prompt from ``extra_prompts`` (checked: a directory of Python
     files that is not the code the evaluation measures on)."""
     if not config.extra_prompts:
@@ -186,7 +209,7 @@ def extra_sequences(config: DistillConfig) -> int:
     return round(config.data_sequences * config.extra_fraction)
 
 
-def data_recipe(config: DistillConfig) -> dict[str, Any]:
+def data_recipe(config: SelfDistillConfig) -> dict[str, Any]:
     """What the self-distillation data depends on: cached data is reused only for the same recipe
     (an output folder reused with other lengths or another seed must not train on stale text)."""
     return {
@@ -198,6 +221,38 @@ def data_recipe(config: DistillConfig) -> dict[str, Any]:
         "extra_prompts": str(Path(config.extra_prompts).resolve()) if config.extra_prompts else None,
         "extra_fraction": config.extra_fraction if config.extra_prompts else None,
     }
+
+
+def data_file(config: SelfDistillConfig) -> Path:
+    """Where a run keeps its self-distillation text: ``data_cache``/selfdistill-<recipe hash>.pt, or
+    without a cache folder the run's own checkpoint folder."""
+    if config.data_cache:
+        digest = hashlib.sha1(json.dumps(data_recipe(config), sort_keys=True).encode()).hexdigest()[:12]
+        return Path(config.data_cache) / f"selfdistill-{digest}.pt"
+    return checkpoint_path(Path(config.out_dir)).parent / "distill_data.pt"
+
+
+def self_distillation_data(model: OrthrusForCausalLM, tokenizer, config: SelfDistillConfig) -> torch.Tensor:
+    """The run's self-distillation text [N, prompt_len + continuation_len]: read back when a file for the
+    same recipe exists (``data_file``), else generated by ``model``'s AR view and written there."""
+    file = data_file(config)
+    recipe_file = file.with_suffix(".json")
+    if file.exists() and _cached_recipe(recipe_file) == data_recipe(config):
+        data = torch.load(file, weights_only=True)
+        log(config, f"reusing {len(data)} self-distillation sequences from {file}")
+        return data
+    if file.exists():
+        log(config, f"{file} was made for another recipe (base, seed or lengths); generating anew")
+    t0 = time.time()
+    model.eval()
+    data = generate_self_distillation_data(model, tokenizer, config)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, file)  # a run killed mid-write leaves no half file for the next to reuse
+    recipe_file.write_text(json.dumps(data_recipe(config), indent=2))
+    log(config, f"generated {data.numel():,} tokens of self-distillation text in {time.time() - t0:.0f}s ({file})")
+    return data
 
 
 def _cached_recipe(file: Path) -> dict[str, Any] | None:
@@ -226,23 +281,12 @@ def train(config: DistillConfig) -> Path:
         model.load_state_dict({k: v for k, v in start_view.state_dict().items() if "_diff" in k}, strict=False)
     base_state = {k: v.clone() for k, v in model.state_dict().items() if "_diff" not in k}
 
-    data_file = ckpt_dir / "distill_data.pt"
-    recipe_file = data_file.with_suffix(".json")
-    if data_file.exists() and _cached_recipe(recipe_file) == data_recipe(config):
-        data = torch.load(data_file, weights_only=True)
-        log(config, f"reusing {len(data)} self-distillation sequences from {data_file}")
-    else:
-        if data_file.exists():
-            log(config, f"{data_file} was made for another recipe (base, seed or lengths); generating anew")
-        t0 = time.time()
-        model.eval()
-        data = generate_self_distillation_data(model, tokenizer, config)
-        torch.save(data, data_file)
-        recipe_file.write_text(json.dumps(data_recipe(config), indent=2))
-        log(config, f"generated {data.numel():,} tokens of self-distillation text in {time.time() - t0:.0f}s")
+    data = self_distillation_data(model, tokenizer, config)
     data_gen_tokens = int(data.shape[0] * config.continuation_len)
 
+    wall = time.perf_counter()
     state = train_loop(config, model, self_distillation_step(model, data, config), desc="diffusion view")
+    wall = time.perf_counter() - wall
     for name, tensor in model.state_dict().items():  # the AR view is untouched
         if name in base_state and not torch.equal(tensor, base_state[name]):
             raise RuntimeError(f"AR weight {name} changed during diffusion-view training")
@@ -250,7 +294,9 @@ def train(config: DistillConfig) -> Path:
     summary = {
         "base": str(config.base),
         "steps": state.step,
-        "wall_time_min": round(state.elapsed_s / 60, 2),
+        "wall_time_min": round(wall / 60, 2),
+        "budget_clock": config.budget_clock,
+        "budget_time_min": round(state.elapsed_s / 60, 2),  # on budget_clock: CPU minutes when "cpu"
         "final_kl": round(mean_of_last(state.losses, 50), 4),
         "self_distillation_sequences": int(data.shape[0]),
         "self_distillation_generated_tokens": data_gen_tokens,
@@ -333,7 +379,7 @@ Command: `{config.command}`
 - AdamW (betas {config.betas}, weight decay {config.weight_decay:g}), peak lr {config.lr:g}, {config.warmup_frac:.0%} warmup,
   cosine to {config.min_lr_ratio:.0%}, clip {config.grad_clip}, batch {config.batch_size}, fp32,
   {config.num_threads} CPU thread(s), seed {config.seed}
-- steps: {summary["steps"]:,}; training wall time {summary["wall_time_min"]} min (after generating the data)
+- steps: {summary["steps"]:,}; {training_time(summary)} (after generating the data)
 - final KL (mean of the last 50 steps): {summary["final_kl"]}
 
 {EVALUATION_HEADING}

@@ -1,6 +1,10 @@
-"""The evaluation of a diffusion view, read from a run of ``suites/diffusion_view.yaml``.
+"""The evaluation of a diffusion view, or of a drafter, read from a run of ``suites/diffusion_view.yaml``.
 
     python -m orthrus evaluate --model tiny-orthrus --block-sizes 4,8,16,32 --prompts 50
+    python -m orthrus evaluate --model tiny-base --engine dflash --draft-model tiny-dflash --block-sizes 4,8,16
+
+With ``--engine dflash`` or ``eagle3`` the suite's view under evaluation is replaced by that engine with the
+drafter as its draft model (``drafter_sets``): the same prompts, budget and AR reference as a view gets.
 
 The harness measures (``orthrus/cli.py`` runs the suite with ``suite_sets``' overrides); this
 module only reads the run directory through ``orthrus.results``: the summary rows (identity,
@@ -22,6 +26,8 @@ from orthrus.results.vocabulary import COLUMN
 SUITE_FILE = Path(__file__).resolve().parents[2] / "suites" / "diffusion_view.yaml"
 VIEW_LABEL = "orthrus"  # the suite's engine label of the view under evaluation
 UNTRAINED_LABEL = "untrained_view"  # ... and of the same view untrained
+VIEW_INDEX = 1  # the view's entry in the suite's engines list (what drafter_sets replaces)
+DRAFTER_ENGINES = ("dflash", "eagle3")  # engines evaluate measures with a drafter instead of the view
 # the evaluation's own keys for the speedup over AR: the summary column's, measured and as predicted
 SPEEDUP_MEASURED = f"{COLUMN.speedup_vs_ar}_measured"
 SPEEDUP_PREDICTED = f"{COLUMN.speedup_vs_ar}_cost_model"
@@ -48,22 +54,33 @@ def suite_sets(
     return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]  # JSON is YAML
 
 
-def evaluation(run_dir: Path) -> dict[str, Any]:
-    """What a run of the suite says about the view, from its summary rows and records."""
+def drafter_sets(engine: str, draft_model: str) -> list[str]:
+    """The overrides that put ``engine`` with ``draft_model`` (a drafter directory or zoo name) where the
+    suite measures the view: its label is the engine's name."""
+    drafter = {"path": draft_model, "dtype": "float32", "device": "cpu"}
+    entry = {"engine": engine, "model": "base", "draft_model": "drafter"}
+    return [f"models.drafter={json.dumps(drafter)}", f"engines[{VIEW_INDEX}]={json.dumps(entry)}"]
+
+
+def evaluation(run_dir: Path, label: str = VIEW_LABEL) -> dict[str, Any]:
+    """What a run of the suite says about the view (or the engine labelled ``label``), from its summary rows
+    and records."""
     rows = read_summary_rows(run_dir)
     if rows is None:
         raise UserInputError(f"{run_dir} has no summary.json; was the run interrupted? Resume it with run_bench.py.")
     records = read_records(run_dir / RESULTS_FILE)
     predicted = {c["cell_id"]: c for c in cost_model(rows, records)}
     views = sorted(
-        (r for r in rows if r.get("label") == VIEW_LABEL),
+        (r for r in rows if r.get("label") == label),
         key=lambda r: (r.get("prompt_source") or "", r.get("context_length") or 0, r.get("block_size") or 0),
     )
     ok = [r for r in records if r.get("status") == "ok"]
     ar = [r for r in rows if r.get("engine") == "ar"]
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
+        "engine": views[0].get("engine") if views else None,
         "model": views[0].get("model_path") if views else None,
+        "draft_model": views[0].get("draft_model_path") if views else None,
         "prompts": {r.get("prompt_source"): _int(r.get(COLUMN.n_ok)) for r in ar},  # per prompt source
         "max_new_tokens": _int(views[0].get("max_new_tokens")) if views else None,
         "prompt_tokens": sorted({r["prompt_tokens"] for r in ok if r.get("prompt_tokens") is not None}),
@@ -106,6 +123,8 @@ def _cell(row: dict[str, Any], cost: dict[str, Any]) -> dict[str, Any]:
         SPEEDUP_MEASURED: _round(row.get(COLUMN.speedup_vs_ar)),
         SPEEDUP_PREDICTED: _round(cost.get("speedup_predicted")),
         "measured_over_predicted": _round(cost.get("measured_over_predicted")),
+        "extra_parameters": _int(row.get("extra_parameters")),
+        "draft_kv_cache_bytes_peak_max": _int(row.get("draft_kv_cache_bytes_peak_max")),
     }
 
 
@@ -141,4 +160,43 @@ def format_report(report: dict[str, Any]) -> str:
         u = report["untrained_view"]
         per_source = ", ".join(f"{_show(v)} ({k})" for k, v in u["accepted_per_cycle_token_weighted"].items())
         lines.append(f"- untrained (copied) view, block {u['block_size']}: {per_source} accepted drafts per cycle")
+    return "\n".join(lines)
+
+
+def side_by_side(methods: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+    """The drafters' evaluations as one Markdown comparison: ``methods`` holds (name, evaluation,
+    training record) for each, the evaluations of one prompt set and budget (``evaluate --json-out`` or
+    a card's ``eval.json``), the training records their ``training.json``. First how each was trained,
+    then per prompt set and block, one row per method: identity with AR, accepted drafts per cycle,
+    acceptance by draft position (the first four), tokens per forward and the measured speedup over AR."""
+    lines = [
+        "| method | trained | steps | CPU minutes | wall minutes | parameters added | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, report, training in methods:
+        t = training.get("phase1", training)  # a two-phase view's record keeps the first phase apart
+        added = report["cells"][0].get("extra_parameters") if report["cells"] else None
+        lines.append(
+            f"| {name} | {t.get('kind', 'orthrus')} from {t.get('base', '?')} | {_show(t.get('steps'))} | "
+            f"{_show(t.get('budget_time_min') if t.get('budget_clock') == 'cpu' else None)} | "
+            f"{_show(t.get('wall_time_min'))} | {_show(added if added is not None else t.get('diffusion_parameters'))} | "
+            f"{_show(t.get('final_loss', t.get('final_kl')))} |"
+        )
+    keys = sorted({(c["prompts"], c["block_size"]) for _, report, _ in methods for c in report["cells"]})
+    lines += [
+        "",
+        "| prompts | block | method | identical to AR | accepted/cycle | accepted by position (1-4) | TPF | speedup vs AR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for source, block in keys:
+        for name, report, _ in methods:
+            c = next((c for c in report["cells"] if (c["prompts"], c["block_size"]) == (source, block)), None)
+            if c is None:
+                continue
+            positions = " / ".join(_show(v) for v in (c.get(COLUMN.acceptance_by_position) or [])[:4]) or "n/a"
+            lines.append(
+                f"| {source} | {block} | {name} | {_show(c.get('identical_to_ar'))} | "
+                f"{_show(c.get('accepted_per_cycle_token_weighted'))} | {positions} | "
+                f"{_show(c.get(COLUMN.tokens_per_forward_median))} | {_show(c.get(SPEEDUP_MEASURED), 'x')} |"
+            )
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 """The one training loop of the tiny models (nanoGPT shape): plain config values, the loop, and a step
 function from each trainer that returns the loss of one batch.
 
-The budget is ``steps`` and/or ``max_minutes``, whichever ends first. The learning rate (linear
+The budget is ``steps`` and/or ``max_minutes``, whichever ends first; minutes of wall-clock time, or
+with ``budget_clock="cpu"`` of this process's CPU time (what a run got of the machine, so that runs
+sharing a machine with others get equal budgets however the others load it). The learning rate (linear
 warmup over ``warmup_frac``, then cosine to ``min_lr_ratio * lr``) is a function of the fraction of
 that budget used, so a time budget needs no step estimate; a trainer's data may follow the same
 fraction (a sequence-length curriculum). Each step: set the learning rate, call the step function,
@@ -44,6 +46,7 @@ class LoopConfig:
     out_dir: Path
     steps: int | None = None
     max_minutes: float | None = None
+    budget_clock: str = "wall"  # what max_minutes counts: "wall" (elapsed) or "cpu" (this process's CPU time)
     seed: int = 0
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -87,6 +90,9 @@ StepFn = Callable[[int, float, torch.Generator], Step]
 # ---------------------------------------------------------------------------------------------
 # Budget and schedule
 
+# the clocks a time budget may count: elapsed time, or the CPU time of this process (all its threads)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def start_run(config: LoopConfig) -> None:
     """What every trainer does first, before it loads data or builds its model: check the budget
@@ -97,6 +103,8 @@ def start_run(config: LoopConfig) -> None:
         raise ValueError(f"--steps must be at least 1, got {config.steps}.")
     if config.max_minutes is not None and config.max_minutes <= 0:
         raise ValueError(f"--max-minutes must be positive, got {config.max_minutes}.")
+    if config.budget_clock not in CLOCKS:
+        raise ValueError(f"--budget-clock must be one of {', '.join(CLOCKS)}, got {config.budget_clock!r}.")
     ckpt = checkpoint_path(config.out_dir)
     if config.resume and not ckpt.is_file():
         raise FileNotFoundError(f"No checkpoint at {ckpt} to resume from; run without --resume to start fresh.")
@@ -215,7 +223,8 @@ def train_loop(config: LoopConfig, model: torch.nn.Module, step_fn: StepFn, desc
     show_bar = not config.quiet and sys.stderr.isatty()
     bar = tqdm(total=1000, disable=not show_bar, unit="‰", desc=desc, dynamic_ncols=True)
     model.train()
-    start = time.perf_counter() - state.elapsed_s
+    clock = CLOCKS[config.budget_clock]
+    start = clock() - state.elapsed_s
     last_save = time.perf_counter()
     progress = budget_fraction(config, state.step, state.elapsed_s)
     while progress < 1.0:
@@ -230,7 +239,7 @@ def train_loop(config: LoopConfig, model: torch.nn.Module, step_fn: StepFn, desc
 
         state.step += 1
         state.tokens_seen += step.tokens
-        state.elapsed_s = time.perf_counter() - start
+        state.elapsed_s = clock() - start
         state.losses.append(step.loss.item())
         state.last_info = dict(step.info)
         progress = budget_fraction(config, state.step, state.elapsed_s)
@@ -254,6 +263,13 @@ def train_loop(config: LoopConfig, model: torch.nn.Module, step_fn: StepFn, desc
     log(config, f"done: {state.step} steps, {state.tokens_seen:,} tokens, {state.elapsed_s / 60:.1f} min")
     model.eval()
     return state
+
+
+def training_time(summary: dict) -> str:
+    """A model card's words for how long training took (a summary's wall_time_min, budget_clock, budget_time_min)."""
+    if summary.get("budget_clock") == "cpu":
+        return f"training took {summary['budget_time_min']} CPU minutes ({summary['wall_time_min']} min wall time)"
+    return f"training wall time {summary['wall_time_min']} min"
 
 
 def mean_of_last(losses: list[float], count: int) -> float:
