@@ -10,6 +10,7 @@ import yaml
 
 from orthrus.bench.suite.overrides import split_key_path
 from orthrus.bench.suite.validate import load_suite
+from orthrus.errors import UserInputError
 from orthrus.run_cli import main
 
 BASE = {
@@ -197,3 +198,26 @@ def test_valid_suite_gets_its_defaults(tmp_path):
     assert suite.models["base"].max_positions == 16384
     quick = load_suite(suite_file, quick=True)
     assert quick.measure.repetitions == 1 and quick.prompts[0].count == 1
+
+
+def test_narrowing_the_sweep_on_the_command_line_drops_the_file_excludes_it_leaves_empty(tmp_path):
+    """An exclude the suite file wrote for a value that --set (or --quick) took out of the sweep has
+    nothing left to exclude: it is dropped, so `--set sweep.context_lengths=[256]` works on a suite that
+    excludes an engine at 1024. An exclude the command line writes itself, or one naming a value the
+    file's sweep never had, is still refused with the sentence naming it."""
+    from pathlib import Path
+
+    ci = Path(__file__).resolve().parents[1] / "suites" / "ci.yaml"
+    suite = load_suite(ci, ["sweep.context_lengths=[256]"])
+    assert suite.sweep.exclude == []
+    labels = {c.engine.engine for c in suite.cells}
+    assert {"dflash", "eagle3"} <= labels  # at 256 the rivals still run
+    assert len(load_suite(ci).sweep.exclude) == 2  # the file as written keeps both
+    with pytest.raises(UserInputError, match=r"4096 is not in sweep.context_lengths \[256\], so it excludes nothing"):
+        load_suite(ci, ["sweep.context_lengths=[256]", "sweep.exclude=[{engine: dflash, context_length: 4096}]"])
+    raw = yaml.safe_load(ci.read_text())
+    raw["sweep"]["exclude"].append({"engine": "ar", "context_length": 8192})
+    written = tmp_path / "suite.yaml"
+    written.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserInputError, match="8192 is not in sweep.context_lengths"):
+        load_suite(written, ["measure.repetitions=1"])

@@ -154,3 +154,35 @@ def apply_engine_selection(raw: dict[str, Any], labels: list[str]) -> dict[str, 
     select["engines"] = labels
     raw["select"] = select
     return raw
+
+
+def drop_narrowed_excludes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` (the suite with the command line's changes) without the suite file's own exclude
+    entries that the changes left with nothing to exclude: ``--set sweep.context_lengths=[256]`` on a
+    suite excluding an engine at 1024 narrows the sweep past that entry, which is the user's intent,
+    not a mistake in the file. An entry the changes wrote, or one naming a value the file's own sweep
+    never had, is kept (and refused by the validation, which names it)."""
+    old, new = before.get("sweep"), after.get("sweep")
+    if not isinstance(old, dict) or not isinstance(new, dict) or not isinstance(new.get("exclude"), list):
+        return after
+    from orthrus.bench.suite.spec import SWEEP_AXES
+
+    axis_key = {axis: key for key, axis in SWEEP_AXES.items()}
+    written = old.get("exclude") if isinstance(old.get("exclude"), list) else []
+
+    def narrowed(entry: Any) -> bool:
+        if entry not in written or not isinstance(entry, dict):
+            return False
+        for axis, value in entry.items():
+            key = axis_key.get(axis)
+            was, now = old.get(key), new.get(key)
+            if isinstance(was, list) and isinstance(now, list) and value in was and value not in now:
+                return True
+        return False
+
+    kept = [entry for entry in new["exclude"] if not narrowed(entry)]
+    if len(kept) == len(new["exclude"]):
+        return after
+    after = copy.deepcopy(after)
+    after["sweep"]["exclude"] = kept
+    return after

@@ -34,6 +34,7 @@ from orthrus.bench.suite.overrides import (
     apply_engine_selection,
     apply_quick,
     apply_sets,
+    drop_narrowed_excludes,
     split_key_path,
 )
 from orthrus.bench.suite.prompt_sources import validate_prompts
@@ -68,10 +69,13 @@ def load_suite(
     if raw is None:
         assert path is not None
         raw, file_sha = read_suite_file(path)
+    written = raw
     if quick:
         raw = apply_quick(raw)
     if sets:
         raw = apply_sets(raw, sets)
+    if quick or sets:
+        raw = drop_narrowed_excludes(written, raw)
     if device is not None:
         as_device(device, "--device")
         raw = apply_device(raw, device)
