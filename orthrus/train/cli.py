@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from orthrus.errors import ArgumentParser
 from orthrus.models import DEFAULT_BLOCK_SIZE
@@ -368,40 +369,47 @@ def _run_orthrus(args: argparse.Namespace) -> None:
 
 
 def _run_dflash(args: argparse.Namespace) -> None:
-    from orthrus.train.dflash import train
-
-    recipe = _data_recipe(args)  # flags left out keep DFlashTrainConfig's defaults (the tiny-dflash recipe)
-    options = {
-        "layers": args.layers,
-        "target_layer_ids": _int_list(args.target_layers, "--target-layers"),
-        "block_size": args.block_size,
-        "train_block_sizes": _int_list(args.train_block_sizes, "--train-block-sizes", "8,16"),
-        "anchors_per_seq": args.anchors,
-        "loss": args.loss,
-        "decay_gamma": args.decay_gamma,
-    }
-    recipe.update({key: value for key, value in options.items() if value is not None})
-    config = DFlashTrainConfig(
-        out_dir=Path(args.out or ZOO_DIR / "tiny-dflash"), base=args.base, **_loop_settings(args), **recipe
+    _run_drafter(
+        "dflash",
+        args,
+        {
+            "layers": args.layers,
+            "target_layer_ids": _int_list(args.target_layers, "--target-layers"),
+            "block_size": args.block_size,
+            "train_block_sizes": _int_list(args.train_block_sizes, "--train-block-sizes", "8,16"),
+            "anchors_per_seq": args.anchors,
+            "loss": args.loss,
+            "decay_gamma": args.decay_gamma,
+        },
     )
-    train(config)
 
 
 def _run_eagle3(args: argparse.Namespace) -> None:
-    from orthrus.train.eagle3 import train
-
-    recipe = _data_recipe(args)  # flags left out keep Eagle3TrainConfig's defaults (the tiny-eagle3 recipe)
-    options = {
-        "aux_layer_ids": _int_list(args.aux_layers, "--aux-layers", "1,2,4"),
-        "draft_vocab": args.draft_vocab,
-        "ttt_steps": args.ttt_steps,
-        "step_decay": args.step_decay,
-        "chain_tokens": args.chain_tokens,
-    }
-    recipe.update({key: value for key, value in options.items() if value is not None})
-    config = Eagle3TrainConfig(
-        out_dir=Path(args.out or ZOO_DIR / "tiny-eagle3"), base=args.base, **_loop_settings(args), **recipe
+    _run_drafter(
+        "eagle3",
+        args,
+        {
+            "aux_layer_ids": _int_list(args.aux_layers, "--aux-layers", "1,2,4"),
+            "draft_vocab": args.draft_vocab,
+            "ttt_steps": args.ttt_steps,
+            "step_decay": args.step_decay,
+            "chain_tokens": args.chain_tokens,
+        },
     )
+
+
+def _run_drafter(kind: str, args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """Train a DFlash or EAGLE-3 drafter: the shared data and loop flags, then the kind's own
+    ``options`` (flags left out keep its config's defaults: the zoo drafter's recipe)."""
+    if kind == "dflash":
+        from orthrus.train.dflash import train
+    else:
+        from orthrus.train.eagle3 import train
+
+    recipe = _data_recipe(args)
+    recipe.update({key: value for key, value in options.items() if value is not None})
+    config_class = DFlashTrainConfig if kind == "dflash" else Eagle3TrainConfig
+    config = config_class(out_dir=Path(args.out or ZOO_DIR / f"tiny-{kind}"), base=args.base, **_loop_settings(args), **recipe)
     train(config)
 
 
