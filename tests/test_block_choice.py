@@ -151,6 +151,10 @@ def test_synthetic_records_are_marked_and_kept_out_of_exactness_gates_and_the_he
     [
         ({"synthetic_acceptance_length": 12}, "outside 1..8"),
         ({"synthetic_rates": [1.5]}, r"\[0, 1\]"),
+        ({"synthetic_acceptance_length": ["../../etc/passwd", -1, 1.5]}, "must be a number"),  # found by the fuzz
+        ({"synthetic_acceptance_length": True}, "must be a number"),
+        ({"synthetic_rates": "0.9"}, "must be a list"),
+        ({"synthetic_rates": [0.9, "x"]}, "must be a list"),
         ({"block_size": "auto", "profile": "reports/profiles/intel-r-xeon-r-processor-qwen3-0.6b-float32.json"}, "another model"),
     ],
 )

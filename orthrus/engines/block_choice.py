@@ -79,13 +79,28 @@ def synthetic_acceptance_rates(length: float | None, rates: Sequence[float] | No
     if length is not None and rates is not None:
         raise UserInputError("give synthetic_acceptance_length or synthetic_rates, not both.")
     if rates is not None:
+        if isinstance(rates, str | bytes) or not isinstance(rates, Sequence) or not all(map(_is_number, rates)):
+            raise UserInputError(
+                f"synthetic_rates must be a list of conditional probabilities in [0, 1], got {rates!r}; "
+                f"give one per draft position, e.g. [0.9, 0.8, 0.7]."
+            )
         rates = [float(r) for r in rates]
         if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
             raise UserInputError(f"synthetic_rates must be conditional probabilities in [0, 1], got {rates}.")
         return rates
     if length is not None:
+        if not _is_number(length):
+            raise UserInputError(
+                f"synthetic_acceptance_length must be a number of tokens per cycle, got {length!r}; "
+                f"give one number from 1 to the block size."
+            )
         return [constant_rate_for(float(length), block)] * max(block - 1, 1)
     return None
+
+
+def _is_number(value: Any) -> bool:
+    """A real number a suite may give (not a bool, a string or a list; NaN fails the range checks)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class CostTable:
