@@ -311,14 +311,16 @@ def test_a_cpu_clock_budget_counts_only_what_the_run_computed(tmp_path):
     weight = torch.nn.Linear(2, 1)
 
     def step(index, progress, generator):  # waits (another process has the CPU), computes a little
-        time.sleep(0.01)
+        time.sleep(0.03)
         return Step(weight(torch.ones(1, 2)).sum() ** 2, 1)
 
     runs = {}
     for clock in ("wall", "cpu"):
-        config = LoopConfig(out_dir=tmp_path / clock, steps=40, max_minutes=0.1 / 60, budget_clock=clock, quiet=True)
+        config = LoopConfig(out_dir=tmp_path / clock, steps=40, max_minutes=0.5 / 60, budget_clock=clock, quiet=True)
         start_run(config)
         runs[clock] = train_loop(config, weight, step, desc=clock).step
+    # 40 steps wait 1.2 s in all, so the 0.5 s wall budget stops the first run early; the CPU run computes
+    # a few ms a step (more on a loaded machine or another torch: room for 12 ms each) and finishes
     assert runs["wall"] < 40 and runs["cpu"] == 40  # waiting spends the wall budget, not the CPU one
     with pytest.raises(ValueError, match="--budget-clock must be one of wall, cpu"):
         start_run(LoopConfig(out_dir=tmp_path / "x", steps=1, budget_clock="moon"))
