@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from orthrus.report.rundata import LABEL_COLUMN, VOLATILE_COLUMNS, RunData, cell_columns, is_lossless
-from orthrus.results.derived import ar_counterpart, counterpart_key, is_present, spans_nodes, values_equal
-from orthrus.results.summary import geometric_mean_ci
+from orthrus.results.derived import ar_counterpart, is_present, spans_nodes, values_equal
+from orthrus.results.summary import geometric_mean_ci, per_prompt_median
 from orthrus.results.vocabulary import AR_ENGINES, AR_MATCH, AXIS, COLUMN, FIELD
 
 SUBJECT_ENGINE = "orthrus"
@@ -131,14 +131,6 @@ def fastest_ar(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     return min(candidates, key=lambda r: float(r[COLUMN.e2e_ms_median])) if candidates else None
 
 
-def _per_prompt_e2e(records: list[dict[str, Any]], by_node: bool) -> dict[str, float]:
-    by_prompt: dict[str, list[float]] = {}
-    for r in records:
-        if r.get("status", "ok") == "ok" and is_present(r.get(FIELD.e2e_ms)) and float(r[FIELD.e2e_ms]) > 0:
-            by_prompt.setdefault(counterpart_key(r, by_node), []).append(float(r[FIELD.e2e_ms]))
-    return {p: float(np.median(v)) for p, v in by_prompt.items()}
-
-
 def cell_ratios(run: RunData, subject: str) -> list[CellRatio]:
     """Every measured cell of label ``subject`` with an AR row of the same settings, over the fastest one."""
     rows = run.summary.to_dict("records")
@@ -153,8 +145,8 @@ def cell_ratios(run: RunData, subject: str) -> list[CellRatio]:
         ar = fastest_ar(row, rows)
         if ar is None:
             continue
-        mine = _per_prompt_e2e(by_cell.get(str(row.get("cell_id")), []), by_node)
-        theirs = _per_prompt_e2e(by_cell.get(str(ar.get("cell_id")), []), by_node)
+        mine = per_prompt_median(by_cell.get(str(row.get("cell_id")), []), FIELD.e2e_ms, by_node)
+        theirs = per_prompt_median(by_cell.get(str(ar.get("cell_id")), []), FIELD.e2e_ms, by_node)
         ratios = [theirs[p] / mine[p] for p in mine if p in theirs]
         if ratios:
             point, low, high = geometric_mean_ci(ratios)

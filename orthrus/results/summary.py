@@ -90,12 +90,13 @@ def _stat(values: np.ndarray, how: str) -> float | None:
     return float(np.percentile(values, float(how[1:])))
 
 
-def _per_prompt_e2e(records: list[dict[str, Any]], by_node: bool = False) -> dict[str, float]:
-    """Median e2e per prompt (per node and prompt when the run spans several nodes)."""
+def per_prompt_median(records: list[dict[str, Any]], field: str, by_node: bool = False) -> dict[str, float]:
+    """Median of a record field per prompt (per node and prompt when the run spans several nodes), over
+    the ok records where it is positive: what a paired ratio of two cells divides, prompt by prompt."""
     by_prompt: dict[str, list[float]] = {}
     for r in records:
-        if r.get("status") == "ok" and r.get(FIELD.e2e_ms):
-            by_prompt.setdefault(counterpart_key(r, by_node), []).append(float(r[FIELD.e2e_ms]))
+        if r.get("status") == "ok" and is_present(r.get(field)) and float(r[field]) > 0:
+            by_prompt.setdefault(counterpart_key(r, by_node), []).append(float(r[field]))
     return {p: float(np.median(v)) for p, v in by_prompt.items()}
 
 
@@ -179,7 +180,9 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         key = (r["cell_id"], r.get("category")) if by_category else (r["cell_id"],)
         groups.setdefault(key, []).append(r)
     by_node = spans_nodes(records)  # speedups divide times measured on the same node
-    e2e_by_cell = {cid: _per_prompt_e2e([r for r in records if r["cell_id"] == cid], by_node) for cid in cells}
+    e2e_by_cell = {
+        cid: per_prompt_median([r for r in records if r["cell_id"] == cid], FIELD.e2e_ms, by_node) for cid in cells
+    }
     batch_e2e_by_cell = {cid: _per_batch_e2e([r for r in records if r["cell_id"] == cid]) for cid in cells}
     prompts_of_batch = {
         (r["cell_id"], int(r["batch_id"])): tuple(r.get("batch_prompt_ids") or ())
@@ -204,7 +207,7 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         ar = ar_counterpart(cell, cell_rows)
         speedup = (None, None, None)
         if ar is not None:
-            mine = _per_prompt_e2e(group, by_node)
+            mine = per_prompt_median(group, FIELD.e2e_ms, by_node)
             theirs = e2e_by_cell[ar["cell_id"]]
             ratios = [theirs[p] / mine[p] for p in mine if p in theirs and mine[p] > 0]
             speedup = geometric_mean_ci(ratios)
