@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from orthrus.engines import build_engine
+from orthrus.engines import block_choice
 from orthrus.engines.block_choice import (
     BlockChooser,
     CostTable,
@@ -25,7 +26,7 @@ from orthrus.run_cli import main as bench_main
 
 
 def table(cost):
-    return CostTable(lambda batch, context, block: cost(block), None)
+    return CostTable(lambda batch, context, blocks: {block: cost(block) for block in blocks}, None)
 
 
 def learned(chooser: BlockChooser, rate: float, cycles: int = 400) -> BlockChooser:
@@ -56,6 +57,71 @@ def test_it_learns_acceptance_and_corrects_costs_from_what_it_measures():
     for _ in range(30):  # a machine on which a K = 8 cycle costs four times what the table says
         chooser.observe(8, 1, 512, 4.0, [7], [3])
     assert chooser.predicted(8, 1, 512) > 3.0 and chooser.predicted(4, 1, 512) == 1.0
+
+
+ZOO_RATES = [0.86, 0.41, 0.19, 0.03, 0.01]  # tiny-orthrus's conditional acceptance by position (batch suite)
+
+
+def lifetime(costs: dict[int, float], rates: list[float], calls: int = 20, tokens: int = 32) -> dict:
+    """An engine's life in a simulation: ``calls`` calls of ``tokens`` tokens at batch 1, each step
+    costing ``costs[K]`` (+-5%, seeded) and each draft kept with its position's conditional rate."""
+    generator = torch.Generator().manual_seed(0)
+
+    def draw() -> float:
+        return float(torch.rand(1, generator=generator))
+
+    chooser = BlockChooser(table(lambda k: costs[k]))
+    chooser.costs.prepare(1, 512, chooser.candidates)
+    seconds = committed = 0.0
+    chosen = []
+    for _ in range(calls):
+        left = tokens
+        while left > 0:
+            size = min(chooser.choose(1, 512, left), left)
+            kept = 0
+            while kept < size - 1 and kept < len(rates) and draw() < rates[kept]:
+                kept += 1
+            spent = costs[size] * (0.95 + 0.1 * draw())
+            chooser.observe(size, 1, 512, spent, [size - 1] if size > 1 else [], [kept] if size > 1 else [])
+            seconds, committed, left = seconds + spent, committed + kept + 1, left - kept - 1
+            chosen.append(size)
+    speed = committed / seconds / (1 / costs[1])  # over plain AR steps at costs[1] each
+    return {"speed": speed, "chooser": chooser, "chosen": chosen}
+
+
+def test_where_drafting_never_pays_trials_stay_within_their_budget_and_it_keeps_ar_speed():
+    costs = {1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}  # this CPU at batch 1: drafting costs 2.4-4.7 steps
+    life = lifetime(costs, ZOO_RATES)
+    chooser = life["chooser"]
+    assert chooser.trials > 0  # it did try drafting
+    assert chooser.explored <= block_choice.EXPLORATION * chooser.elapsed
+    assert life["speed"] >= 1 - block_choice.EXPLORATION
+    assert life["chosen"][-200:].count(1) >= 190  # plain AR steps, but for a rare trial
+
+
+def test_without_the_budget_the_trials_would_cost_more_than_it(monkeypatch):
+    """The control: the budget is what bounds the trials (unbounded, the same life spends more on them)."""
+    budget = block_choice.EXPLORATION
+    monkeypatch.setattr(block_choice, "EXPLORATION", 1.0)
+    life = lifetime({1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}, ZOO_RATES)
+    assert life["chooser"].explored > budget * life["chooser"].elapsed
+
+
+def test_where_drafting_pays_the_trials_find_it():
+    costs = {1: 1.0, 2: 1.9, 4: 1.95, 8: 2.0, 16: 2.1, 32: 2.4}  # a GPU-like device: a cycle costs about 2 steps
+    life = lifetime(costs, [0.9] * 31)  # the paper's drafter: about 8 tokens per cycle at K = 16
+    assert life["speed"] > 2.0
+    assert life["chooser"].choose(1, 512, 64) >= 8  # what it learned: long blocks
+    assert life["chooser"].explored <= block_choice.EXPLORATION * life["chooser"].elapsed
+
+
+def test_no_position_is_estimated_above_the_one_before_it():
+    chooser = BlockChooser(table(lambda k: 1.0))
+    assert chooser.rates() == [0.5] * 32  # the prior, before any cycle
+    for _ in range(50):  # cycles that reached position 1 and never kept it: positions beyond it unseen
+        chooser.observe(32, 1, 512, 0.0, [31], [0])
+    rates = chooser.rates(optimistic=True)
+    assert rates[0] < 0.2 and all(later <= earlier for earlier, later in zip(rates, rates[1:]))
 
 
 def test_every_block_it_can_pick_keeps_the_output_identical_to_ar(orthrus_model, prompts):

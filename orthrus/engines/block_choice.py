@@ -8,17 +8,26 @@ plain AR step, no drafting) to maximise the expected committed tokens per second
     E[tokens at K] = 1 + sum_{j=1..K-1} prod_{i<=j} c_i       (E = 1 at K = 1)
 
 with c_i the conditional acceptance of draft position i, estimated from the cycles this engine ran
-(a Beta prior of ``PRIOR_WEIGHT`` cycles at ``PRIOR_RATE`` per position, raised by an optimism that
-fades as cycles reach the position: drafting is tried before measured acceptance can rule it out),
-and cost(K) the seconds of one cycle at K (one decode step at K = 1)
-for the batch size and context at hand: from a latency profile of this device and model (the
-``profile`` option: ``python -m orthrus profile``'s file) or, without one, measured briefly on the
-engine's own passes before the clock of the first call that needs it, then corrected from the
-engine's own measured cycle and step times as it runs (per K and batch size: a running ratio of
-measured to predicted), so a profile from a machine that is not this one cannot mislead it for
-long. One K serves every row of a batch. ``choose`` and ``observe`` do a few dozen float operations
-over at most ``len(CANDIDATES)`` candidates per cycle (about 20 us in CPython; cycles take
-milliseconds), inside the timed region.
+(a Beta prior of ``PRIOR_WEIGHT`` cycles at ``PRIOR_RATE`` per position; a position is never estimated
+above the one before it, so positions no cycle reached yet cannot make a long block look good), and
+cost(K) the seconds of one cycle at K (one decode step at K = 1) for the batch size and context at
+hand: from a latency profile of this device and model (the ``profile`` option: ``python -m orthrus
+profile``'s file) or, without one, measured on the engine's own passes before the clock of the first
+call that needs it (all candidates in interleaved rounds, the median of each, so a slow moment of the
+machine does not land on one K only), then corrected from the engine's own measured cycle and step
+times as it runs (per K and batch size: a running ratio of measured to predicted), so a profile from a
+machine that is not this one cannot mislead it for long.
+
+**Exploration has a budget.** The K it takes is the best under the estimates above. Drafting must be
+tried before measured acceptance can rule it in or out, so the K that is best under optimistic
+estimates (each position raised by ``OPTIMISM / sqrt(1 + cycles that reached it)``) is taken instead
+when it differs, but only while the seconds spent on such trial cycles stay within ``EXPLORATION`` of
+all the decode seconds the engine has run: where drafting never pays, ``auto`` loses at most that
+fraction to finding it out (less, since a trial cycle still commits its tokens); where it pays, the
+trials raise the estimates until the best K under them drafts. One K serves every row of a batch.
+``choose`` and ``observe`` do a few dozen float operations over at most ``len(CANDIDATES)``
+candidates per cycle (tens of microseconds in CPython; cycles take milliseconds), inside the timed
+region.
 
 **Synthetic acceptance.** The verifier keeps draft j with a set conditional probability (a constant
 one solving a mean acceptance length, or per-position rates) instead of comparing it with the AR
@@ -40,10 +49,11 @@ from orthrus.errors import UserInputError
 CANDIDATES = (1, 2, 4, 8, 16, 32)
 PRIOR_RATE = 0.5
 PRIOR_WEIGHT = 4.0
-OPTIMISM = 0.5  # a position's rate is raised by OPTIMISM / sqrt(1 + cycles that reached it), so a chooser
-# that has not tried drafting (or a deep position) tries it, and stops once measured acceptance says no
+OPTIMISM = 0.5  # a trial cycle's estimates: each position raised by OPTIMISM / sqrt(1 + cycles that reached it)
+EXPLORATION = 0.03  # trial cycles may take at most this fraction of the engine's decode seconds
 CONTEXT_GRAIN = 256  # costs are kept per context bucket of this many positions
 CORRECTION = 0.2  # weight of the newest measured / predicted ratio in its running mean
+COST_ROUNDS = 5  # timed rounds over every candidate when costs are measured (after one untimed round)
 PROFILE_FORMAT = "orthrus-latency-profile"
 
 
@@ -106,10 +116,13 @@ def _is_number(value: Any) -> bool:
 class CostTable:
     """Seconds of one step at K for a batch size and a context bucket: measured, or from a profile."""
 
-    def __init__(self, measure: Callable[[int, int, int], float] | None, profile: dict[str, Any] | None) -> None:
-        self.measure = measure  # (batch, context, K) -> seconds, on the engine's own passes
+    def __init__(
+        self, measure: Callable[[int, int, Sequence[int]], dict[int, float]] | None, profile: dict[str, Any] | None
+    ) -> None:
+        self.measure = measure  # (batch, context, blocks) -> {K: seconds}, on the engine's own passes
         self.profile = profile
         self.table: dict[tuple[int, int, int], float] = {}
+        self.blocks: tuple[int, ...] = ()  # every K asked for so far: measured together
 
     @staticmethod
     def bucket(context: int) -> int:
@@ -118,22 +131,24 @@ class CostTable:
     def prepare(self, batch: int, context: int, blocks: Sequence[int]) -> None:
         """Make sure every cost the chooser may need at this batch and context is known (called
         before a call's clock starts)."""
+        self.blocks = tuple(sorted(set(self.blocks) | set(blocks)))
         key = self.bucket(context)
-        for block in blocks:
-            if (batch, key, block) not in self.table:
-                self.table[(batch, key, block)] = self._cost(batch, key, block)
+        missing = [block for block in self.blocks if (batch, key, block) not in self.table]
+        if not missing:
+            return
+        if self.profile is not None:
+            costs = {block: profile_cost(self.profile, batch, key, block) for block in missing}
+        else:
+            assert self.measure is not None
+            costs = self.measure(batch, key, missing)
+        for block in missing:
+            self.table[(batch, key, block)] = costs[block]
 
     def cost(self, batch: int, context: int, block: int) -> float:
         key = (batch, self.bucket(context), block)
         if key not in self.table:  # a context the call outgrew: measured once, then kept
-            self.table[key] = self._cost(batch, key[1], block)
+            self.prepare(batch, context, (block,))
         return self.table[key]
-
-    def _cost(self, batch: int, context: int, block: int) -> float:
-        if self.profile is not None:
-            return profile_cost(self.profile, batch, context, block)
-        assert self.measure is not None
-        return self.measure(batch, context, block)
 
 
 def profile_cost(profile: dict[str, Any], batch: int, context: int, block: int) -> float:
@@ -217,30 +232,46 @@ class BlockChooser:
         self.tried = [0.0] * width  # cycles that reached draft position j (1-based, index j - 1)
         self.kept = [0.0] * width
         self.correction: dict[tuple[int, int], float] = {}  # (K, batch) -> running measured / predicted
+        self.elapsed = 0.0  # decode seconds observed (every step)
+        self.explored = 0.0  # of which in trial cycles
+        self.trials = 0  # trial cycles taken
+        self._trial = False  # the K last chosen is a trial
 
-    def rates(self) -> list[float]:
-        """Conditional acceptance per draft position: the posterior mean, raised optimistically where few
-        cycles reached the position (so drafting is tried before it is ruled out)."""
-        return [
-            min(1.0, (k + PRIOR_RATE * PRIOR_WEIGHT) / (t + PRIOR_WEIGHT) + OPTIMISM / math.sqrt(1.0 + t))
-            for k, t in zip(self.kept, self.tried)
-        ]
+    def rates(self, optimistic: bool = False) -> list[float]:
+        """Conditional acceptance per draft position: the posterior mean (raised by the optimism of a
+        trial where few cycles reached the position), never above the position before it."""
+        rates, ceiling = [], 1.0
+        for k, t in zip(self.kept, self.tried):
+            rate = (k + PRIOR_RATE * PRIOR_WEIGHT) / (t + PRIOR_WEIGHT)
+            if optimistic:
+                rate += OPTIMISM / math.sqrt(1.0 + t)
+            ceiling = min(ceiling, rate)
+            rates.append(ceiling)
+        return rates
 
     def predicted(self, block: int, batch: int, context: int) -> float:
         return self.costs.cost(batch, context, block) * self.correction.get((block, batch), 1.0)
 
-    def choose(self, batch: int, context: int, budget: int) -> int:
-        """The K with the most expected tokens per second for ``batch`` rows at ``context`` (at most
-        ``budget``, the most tokens a row may still commit)."""
-        rates = self.rates()
-        best, best_rate = 1, -1.0
+    def best(self, rates: Sequence[float], batch: int, context: int, budget: int) -> tuple[int, float]:
+        """The K with the most expected tokens per second under ``rates`` (at most ``budget``) and
+        its predicted seconds."""
+        best, best_rate, best_cost = 1, -1.0, 0.0
         for block in self.candidates:
             if block > max(budget, 1):
                 break
-            rate = expected_tokens(rates, block) / self.predicted(block, batch, context)
+            cost = self.predicted(block, batch, context)
+            rate = expected_tokens(rates, block) / cost
             if rate > best_rate:
-                best, best_rate = block, rate
-        return best
+                best, best_rate, best_cost = block, rate, cost
+        return best, best_cost
+
+    def choose(self, batch: int, context: int, budget: int) -> int:
+        """The K for the next step of ``batch`` rows at ``context`` (at most ``budget``, the most tokens
+        a row may still commit): the best under the estimates, or a trial within the budget."""
+        chosen, _ = self.best(self.rates(), batch, context, budget)
+        trial, seconds = self.best(self.rates(optimistic=True), batch, context, budget)
+        self._trial = trial != chosen and self.explored + seconds <= EXPLORATION * (self.elapsed + seconds)
+        return trial if self._trial else chosen
 
     def observe(
         self, block: int, batch: int, context: int, seconds: float, drafted: Sequence[int], accepted: Sequence[int]
@@ -252,8 +283,15 @@ class BlockChooser:
                     self.tried[j] += 1
                     if a > j:
                         self.kept[j] += 1
+        usable = seconds > 0 and math.isfinite(seconds)
+        if usable:
+            self.elapsed += seconds
+            if self._trial:
+                self.explored += seconds
+        self.trials += self._trial
+        self._trial = False
         base = self.costs.cost(batch, context, block)
-        if base > 0 and seconds > 0 and math.isfinite(seconds):
+        if base > 0 and usable:
             key = (block, batch)
             ratio = seconds / base
             self.correction[key] = (
@@ -261,14 +299,16 @@ class BlockChooser:
             )
 
 
-def timed(fn: Callable[[], Any], repeats: int, synchronize: Callable[[], None]) -> float:
-    """The median seconds of ``repeats`` calls after one untimed call."""
-    fn()
-    synchronize()
-    samples = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        fn()
-        synchronize()
-        samples.append(time.perf_counter() - begin)
-    return sorted(samples)[len(samples) // 2]
+def timed_rounds(steps: dict[int, Callable[[], Any]], rounds: int, synchronize: Callable[[], None]) -> dict[int, float]:
+    """The median seconds of each step over ``rounds`` rounds that run every step once, in turn (after
+    one untimed round), so a slow moment of the machine is spread over the steps instead of landing
+    on one of them."""
+    samples: dict[int, list[float]] = {key: [] for key in steps}
+    for round_ in range(rounds + 1):
+        for key, step in steps.items():
+            begin = time.perf_counter()
+            step()
+            synchronize()
+            if round_:
+                samples[key].append(time.perf_counter() - begin)
+    return {key: sorted(times)[len(times) // 2] for key, times in samples.items()}

@@ -13,7 +13,7 @@ The committed text is exactly what the AR view alone would produce.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,11 +32,12 @@ from orthrus.engines.base import (
 from orthrus.engines.block_choice import (
     CANDIDATES,
     CONTEXT_GRAIN,
+    COST_ROUNDS,
     BlockChooser,
     CostTable,
     read_profile,
     synthetic_acceptance_rates,
-    timed,
+    timed_rounds,
 )
 from orthrus.engines.decoding import CachedEngine
 from orthrus.errors import UserInputError
@@ -134,24 +135,30 @@ class OrthrusEngine(CachedEngine):
             for context in range(low, high + CONTEXT_GRAIN, CONTEXT_GRAIN):
                 self.chooser.costs.prepare(len(prompts), min(context, high), self.chooser.candidates)
 
-    def _measured_cost(self, batch: int, context: int, block: int) -> float:
-        """Seconds of one step at ``block`` (decode at 1; draft + verify otherwise) on this engine's own
-        passes over a scratch cache holding ``context`` entries per row (values do not matter)."""
-        cache = self.model.new_cache(batch, context + block)
-        ids = torch.full((batch, block), self.mask_token_id, dtype=torch.long, device=self.device)
+    def _measured_cost(self, batch: int, context: int, blocks: Sequence[int]) -> dict[int, float]:
+        """Seconds of one step at each of ``blocks`` (decode at 1; draft + verify otherwise) on this
+        engine's own passes over a scratch cache holding ``context`` entries per row (values do not
+        matter), measured in interleaved rounds."""
+        width = max(blocks)
+        cache = self.model.new_cache(batch, context + width)
         starts = [context] * batch
 
-        def step() -> None:
-            if block > 1:
-                self.forward(ids, cache, starts, [block] * batch).argmax(-1)
-            self.forward(ids, cache, starts)[:, -1].argmax(-1).tolist()
+        def step(block: int) -> Callable[[], None]:
+            ids = torch.full((batch, block), self.mask_token_id, dtype=torch.long, device=self.device)
+
+            def run() -> None:
+                if block > 1:
+                    self.forward(ids, cache, starts, [block] * batch).argmax(-1)
+                self.forward(ids, cache, starts)[:, -1].argmax(-1).tolist()
+
+            return run
 
         def synchronize() -> None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
 
         with torch.inference_mode():
-            return timed(step, 3, synchronize)
+            return timed_rounds({block: step(block) for block in blocks}, COST_ROUNDS, synchronize)
 
     def extra_parameter_tensors(self) -> list:
         return self.model.diffusion_parameters()  # the *_diff projections and norms of the diffusion view
