@@ -18,13 +18,13 @@ from orthrus.errors import UserInputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cell(label: str, batch_size: int = 1) -> Cell:
+def cell(label: str, batch_size: int = 1, context: int = 64) -> Cell:
     return Cell(
         engine=EngineSpec(0, label, label, "base"),
         model=ModelSpec("base", "tiny-base", None),
         draft_model=None,
         source=PromptSourceSpec(0, "synthetic", "synthetic"),
-        context_length=64,
+        context_length=context,
         block_size=None,
         sampling=Sampling(),
         max_new_tokens=8,
@@ -34,9 +34,9 @@ def cell(label: str, batch_size: int = 1) -> Cell:
     )
 
 
-def planned(label: str, prompts: int = 2, batch_size: int = 1, **reason: str) -> PlannedCell:
+def planned(label: str, prompts: int = 2, batch_size: int = 1, context: int = 64, **reason: str) -> PlannedCell:
     ids = tuple(SimpleNamespace(prompt_id=f"p{i}", ids=[i]) for i in range(prompts))
-    return PlannedCell(cell(label, batch_size), () if reason else ids, **reason)
+    return PlannedCell(cell(label, batch_size, context), () if reason else ids, **reason)
 
 
 def run(items, measure, existing=None, e2e_ms=10.0, fail=()):
@@ -103,6 +103,19 @@ def test_interleaved_measures_batch_i_of_every_cell_before_i_plus_1_and_batched_
         ("orthrus-b2", 0, 0, 1, None),
         ("orthrus-b2", 1, 0, 0, None),
     ]
+
+
+def test_interleaved_runs_the_cells_one_ratio_compares_next_to_each_other():
+    """A sweep lists an engine's cells together; interleaved measures an engine beside its AR
+    counterpart (same context, batch, ...) instead of a sweep later, in the suite's order otherwise."""
+    items = [planned(label, context=ctx, prompts=1) for label in ("ar", "orthrus", "auto") for ctx in (64, 128)]
+    items += [planned(label, prompts=2, batch_size=2, context=ctx) for label in ("ar", "auto") for ctx in (128, 64)]
+    units = list(schedule(items, MeasureSpec(repetitions=1, warmup=0, order="interleaved"), {}))
+    assert [(u.cell.label, u.cell.context_length, u.batch_id) for u in units] == [
+        ("ar", 64, 0), ("orthrus", 64, 0), ("auto", 64, 0),
+        ("ar", 128, 0), ("orthrus", 128, 0), ("auto", 128, 0),
+        ("ar", 128, 0), ("auto", 128, 0), ("ar", 64, 0), ("auto", 64, 0),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("order", ["cells", "rounds", "interleaved"])

@@ -10,7 +10,10 @@ the warm-up calls to make before it. Three orders give the same units in differe
 * ``rounds``: repetition r of every cell before repetition r + 1 of any, each cell warmed up again in
   each round, so the cells a ratio compares share the machine's load;
 * ``interleaved``: as rounds, and within a round batch i of every cell before batch i + 1 of any
-  (batched cells after the round's batch-1 cells, whose tokens their rows are checked against).
+  (batched cells after the round's batch-1 cells, whose tokens their rows are checked against);
+  the cells one ratio compares (the same context, batch size, sampling, ... : every ``ar_match``
+  axis, engines apart) run next to each other, so an engine and its AR counterpart time the same
+  batch seconds apart, not a sweep apart.
 
 Also decided here, once for every order and executor: what is already measured (``--resume``: a
 unit whose records all exist is not scheduled again; a cell closed by one record is closed), a
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from orthrus.bench.suite.spec import ROUND_ORDERS, Cell, MeasureSpec
 from orthrus.errors import UserInputError
+from orthrus.results.vocabulary import AR_MATCH
 
 if TYPE_CHECKING:
     from orthrus.bench.prompts import Prompt
@@ -163,6 +167,15 @@ def _cells(planned: list[PlannedCell], measure: MeasureSpec, existing: Mapping[K
                 repeat += 1
 
 
+def _side_by_side(items: list[PlannedCell]) -> list[PlannedCell]:
+    """``items`` with the cells that one ratio compares (equal on every ``ar_match`` axis) next to each
+    other, the suite's order kept within them and between them (by first appearance)."""
+    groups: dict[tuple, list[PlannedCell]] = {}
+    for item in items:
+        groups.setdefault(tuple(repr(item.cell.params.get(axis)) for axis in AR_MATCH), []).append(item)
+    return [item for group in groups.values() for item in group]
+
+
 def _rounds(
     planned: list[PlannedCell], measure: MeasureSpec, existing: Mapping[Key, Any], interleave: bool
 ) -> Iterator[Unit]:
@@ -173,7 +186,10 @@ def _rounds(
     runnable = [item for item in planned if not (item.failure or item.skip)]
     for repeat in range(measure.repetitions):
         if interleave:  # batch-1 cells first: batched rows are checked against their tokens
-            groups = [[i for i in runnable if i.cell.batch_size == 1], [i for i in runnable if i.cell.batch_size != 1]]
+            groups = [
+                _side_by_side([i for i in runnable if i.cell.batch_size == 1]),
+                _side_by_side([i for i in runnable if i.cell.batch_size != 1]),
+            ]
         else:
             groups = [[item] for item in runnable]
         for group in groups:
