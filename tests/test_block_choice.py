@@ -10,8 +10,7 @@ import pytest
 import torch
 import yaml
 
-from orthrus.engines import build_engine
-from orthrus.engines import block_choice
+from orthrus.engines import block_choice, build_engine
 from orthrus.engines.block_choice import (
     BlockChooser,
     CostTable,
