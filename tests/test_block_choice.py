@@ -59,6 +59,7 @@ def test_it_learns_acceptance_and_corrects_costs_from_what_it_measures():
 
 
 ZOO_RATES = [0.86, 0.41, 0.19, 0.03, 0.01]  # tiny-orthrus's conditional acceptance by position (batch suite)
+CPU_COSTS = {1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}  # this CPU at batch 1: a cycle costs 2.4-4.7 steps
 
 
 def lifetime(costs: dict[int, float], rates: list[float], calls: int = 20, tokens: int = 32) -> dict:
@@ -89,8 +90,7 @@ def lifetime(costs: dict[int, float], rates: list[float], calls: int = 20, token
 
 
 def test_where_drafting_never_pays_trials_stay_within_their_budget_and_it_keeps_ar_speed():
-    costs = {1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}  # this CPU at batch 1: drafting costs 2.4-4.7 steps
-    life = lifetime(costs, ZOO_RATES)
+    life = lifetime(CPU_COSTS, ZOO_RATES)
     chooser = life["chooser"]
     assert chooser.trials > 0  # it did try drafting
     assert chooser.explored <= block_choice.EXPLORATION * chooser.elapsed
@@ -102,7 +102,7 @@ def test_without_the_budget_the_trials_would_cost_more_than_it(monkeypatch):
     """The control: the budget is what bounds the trials (unbounded, the same life spends more on them)."""
     budget = block_choice.EXPLORATION
     monkeypatch.setattr(block_choice, "EXPLORATION", 1.0)
-    life = lifetime({1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}, ZOO_RATES)
+    life = lifetime(CPU_COSTS, ZOO_RATES)
     assert life["chooser"].explored > budget * life["chooser"].elapsed
 
 

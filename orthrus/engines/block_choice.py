@@ -289,8 +289,9 @@ class BlockChooser:
         self, block: int, batch: int, context: int, seconds: float, drafted: Sequence[int], accepted: Sequence[int]
     ) -> None:
         """What one step at ``block`` cost and, per row that drafted, how many drafts it kept."""
-        for d, a in zip(drafted, accepted):
+        if drafted:  # acceptance changes: the expected tokens are computed again at the next choice
             self._expected = None
+        for d, a in zip(drafted, accepted):
             for j in range(min(d, len(self.tried))):
                 if a >= j:  # the cycle reached draft j + 1
                     self.tried[j] += 1
