@@ -209,7 +209,7 @@ def summarize(records: list[dict[str, Any]], by_category: bool = False) -> pd.Da
         if ar is not None:
             mine = per_prompt_median(group, FIELD.e2e_ms, by_node)
             theirs = e2e_by_cell[ar["cell_id"]]
-            ratios = [theirs[p] / mine[p] for p in mine if p in theirs and mine[p] > 0]
+            ratios = [theirs[p] / mine[p] for p in mine if p in theirs]  # per_prompt_median keeps positive values only
             speedup = geometric_mean_ci(ratios)
         row[COLUMN.speedup_vs_ar], row[COLUMN.speedup_vs_ar_ci_low], row[COLUMN.speedup_vs_ar_ci_high] = speedup
         throughput = (None, None, None)
