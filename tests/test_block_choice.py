@@ -62,15 +62,18 @@ ZOO_RATES = [0.86, 0.41, 0.19, 0.03, 0.01]  # tiny-orthrus's conditional accepta
 CPU_COSTS = {1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}  # this CPU at batch 1: a cycle costs 2.4-4.7 steps
 
 
-def lifetime(costs: dict[int, float], rates: list[float], calls: int = 20, tokens: int = 32) -> dict:
+def lifetime(
+    costs: dict[int, float], rates: list[float], calls: int = 20, tokens: int = 32, tabled: dict | None = None
+) -> dict:
     """An engine's life in a simulation: ``calls`` calls of ``tokens`` tokens at batch 1, each step
-    costing ``costs[K]`` (+-5%, seeded) and each draft kept with its position's conditional rate."""
+    costing ``costs[K]`` (+-5%, seeded) and each draft kept with its position's conditional rate; the
+    chooser's cost table says ``tabled`` (a misread one) or ``costs``."""
     generator = torch.Generator().manual_seed(0)
 
     def draw() -> float:
         return float(torch.rand(1, generator=generator))
 
-    chooser = BlockChooser(table(lambda k: costs[k]))
+    chooser = BlockChooser(table(lambda k: (tabled or costs)[k]))
     chooser.costs.prepare(1, 512, chooser.candidates)
     seconds = committed = 0.0
     chosen = []
@@ -112,6 +115,41 @@ def test_where_drafting_pays_the_trials_find_it():
     assert life["speed"] > 2.0
     assert life["chooser"].choose(1, 512, 64) >= 8  # what it learned: long blocks
     assert life["chooser"].explored <= block_choice.EXPLORATION * life["chooser"].elapsed
+
+
+def test_a_misread_ar_cost_is_checked_with_plain_steps_and_corrected():
+    """The table read a plain step at twice its cost (a slow moment when it was measured), so drafting at
+    K = 4 looks better than AR under it, and drafting alone never times a plain step: a few plain steps
+    within the budget check AR's cost, and it goes back to AR's speed."""
+    misread = {**CPU_COSTS, 1: 2.0 * CPU_COSTS[1]}
+    life = lifetime(CPU_COSTS, ZOO_RATES, calls=1, tokens=640, tabled=misread)  # one long call: no short tail
+    chooser = life["chooser"]
+    assert chooser.checks >= 1
+    assert chooser.explored <= block_choice.EXPLORATION * chooser.elapsed
+    assert abs(chooser.predicted(1, 1, 512) - CPU_COSTS[1]) < 0.06
+    assert life["speed"] >= 1 - block_choice.EXPLORATION
+    assert life["chosen"][-200:].count(1) >= 190
+
+
+def test_without_checks_the_misread_cost_would_hold(monkeypatch):
+    """The control: with no checks the same life keeps drafting on the misread AR cost, below AR's speed."""
+    monkeypatch.setattr(block_choice, "CHECKS", 0)
+    life = lifetime(CPU_COSTS, ZOO_RATES, calls=1, tokens=640, tabled={**CPU_COSTS, 1: 2.0 * CPU_COSTS[1]})
+    assert life["chooser"].checks == 0
+    assert life["speed"] < 0.95 and life["chosen"][-200:].count(1) < 100
+
+
+def test_corrections_are_kept_per_context_bucket_and_pooled_where_a_bucket_has_none():
+    chooser = BlockChooser(table(lambda k: 1.0))
+    for _ in range(5):
+        chooser.observe(1, 1, 4096, 2.0, [], [])  # plain steps at 4096 cost twice the table
+        chooser.observe(1, 1, 512, 1.0, [], [])  # and at 512 what it says
+    assert chooser.predicted(1, 1, 4096) == 2.0 and chooser.predicted(1, 1, 512) == 1.0
+    assert chooser.predicted(1, 1, 2048) == 1.5  # no step there yet: the median over every bucket
+    assert chooser.predicted(1, 4, 2048) == 1.0  # another batch size: the table's until it runs
+    for _ in range(4):
+        chooser.observe(1, 1, 4096, 40.0, [], [])  # a slow moment (fewer steps than the rest) moves a median little
+    assert chooser.predicted(1, 1, 4096) == 2.0
 
 
 def test_no_position_is_estimated_above_the_one_before_it():
@@ -207,6 +245,9 @@ def test_synthetic_records_are_marked_and_kept_out_of_exactness_gates_and_the_he
     assert all("synthetic" in r["extra"]["identity"] for r in syn)
     auto = [r for r in records if r["cell"]["engine_options"].get("block_size") == "auto"]
     assert auto and all(r["identity_exact"] and r["chosen_blocks"] for r in auto)
+    belief = auto[0]["extra"]["block_chooser"]  # what the chooser believed: kept for diagnosing a choice
+    assert set(belief["costs_ms"]["256"]) == {"1", "2", "4", "8", "16", "32"}
+    assert all(tabled > 0 and corrected > 0 for tabled, corrected in belief["costs_ms"]["256"].values())
     html = (out / "auto" / "r" / "report.html").read_text()
     assert "syn vs fastest AR" not in html
 

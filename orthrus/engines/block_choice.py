@@ -15,16 +15,23 @@ hand: from a latency profile of this device and model (the ``profile`` option: `
 profile``'s file) or, without one, measured on the engine's own passes before the clock of the first
 call that needs it (all candidates in interleaved rounds, the median of each, so a slow moment of the
 machine does not land on one K only), then corrected from the engine's own measured cycle and step
-times as it runs (per K and batch size: a running ratio of measured to predicted), so a profile from a
-machine that is not this one cannot mislead it for long.
+times as it runs: per K, batch size and context bucket, the median ratio of measured to tabled
+seconds over the last ``WINDOW`` steps (a bucket with no step of that K yet borrows the median over
+every bucket), so neither a profile from another machine nor a slow moment while the table was
+measured misleads it for long.
+
+**Checks in the other direction.** Drafting only ever times cycles, so an AR step cost the table
+overstates would never be corrected by drafting alone, and ``auto`` would draft where AR is faster.
+So where the estimates favour drafting at a (batch size, context bucket) with fewer than ``CHECKS``
+timed plain steps, the next step is a plain AR step (a check) when the budget below allows it.
 
 **Exploration has a budget.** The K it takes is the best under the estimates above. Drafting must be
 tried before measured acceptance can rule it in or out, so the K that is best under optimistic
 estimates (each position raised by ``OPTIMISM / sqrt(1 + cycles that reached it)``) is taken instead
-when it differs, but only while the seconds spent on such trial cycles stay within ``EXPLORATION`` of
-all the decode seconds the engine has run: where drafting never pays, ``auto`` loses at most that
-fraction to finding it out (less, since a trial cycle still commits its tokens); where it pays, the
-trials raise the estimates until the best K under them drafts. One K serves every row of a batch.
+when it differs, but only while the seconds spent on such trial cycles and on checks stay within
+``EXPLORATION`` of all the decode seconds the engine has run: where drafting never pays, ``auto``
+loses at most that fraction to finding it out (less, since a trial cycle still commits its tokens);
+where it pays, the trials raise the estimates until the best K under them drafts. One K serves every row of a batch.
 ``choose`` and ``observe`` do a few dozen float operations over at most ``len(CANDIDATES)``
 candidates per cycle (about 20 us in CPython, the expected tokens kept between cycles that change no
 acceptance; a step takes milliseconds), inside the timed region.
@@ -39,7 +46,9 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +61,8 @@ PRIOR_WEIGHT = 4.0
 OPTIMISM = 0.5  # a trial cycle's estimates: each position raised by OPTIMISM / sqrt(1 + cycles that reached it)
 EXPLORATION = 0.03  # trial cycles may take at most this fraction of the engine's decode seconds
 CONTEXT_GRAIN = 256  # costs are kept per context bucket of this many positions
-CORRECTION = 0.2  # weight of the newest measured / predicted ratio in its running mean
+WINDOW = 15  # a cost's correction: the median of its last WINDOW measured / tabled ratios
+CHECKS = 3  # plain steps a (batch, context bucket) gets, within the budget, before drafting there is trusted
 COST_ROUNDS = 5  # timed rounds over every candidate when costs are measured (after one untimed round)
 PROFILE_FORMAT = "orthrus-latency-profile"
 
@@ -231,12 +241,38 @@ class BlockChooser:
         width = max(self.candidates)
         self.tried = [0.0] * width  # cycles that reached draft position j (1-based, index j - 1)
         self.kept = [0.0] * width
-        self.correction: dict[tuple[int, int], float] = {}  # (K, batch) -> running measured / predicted
+        # measured / tabled seconds: the last WINDOW ratios per (K, batch, context bucket) and pooled per
+        # (K, batch), and their medians (a bucket's own once it has one, else the pool's)
+        self.ratios: dict[tuple[int, ...], deque[float]] = {}
+        self.correction: dict[tuple[int, ...], float] = {}
         self.elapsed = 0.0  # decode seconds observed (every step)
         self.explored = 0.0  # of which in trial cycles
         self.trials = 0  # trial cycles taken
-        self._trial = False  # the K last chosen is a trial
+        self.checks = 0  # plain steps taken to check AR's cost where the estimates said to draft
+        self._trial = False  # the K last chosen is a trial or a check (its seconds count as explored)
+        self._check = False  # the K last chosen is a check
         self._expected: tuple[list[float], list[float]] | None = None  # see expectations()
+
+    def snapshot(self, batch: int, contexts: Sequence[int]) -> dict[str, Any]:
+        """What the chooser believed at the end of a call, for the records (to diagnose a choice): per
+        context bucket the call reached, each candidate's cost in ms as measured or profiled and as
+        corrected by the steps run; the estimated acceptance per draft position; trial and check
+        counts and the fraction of decode seconds they took."""
+        buckets = sorted({self.costs.bucket(c) for c in contexts})
+        return {
+            "costs_ms": {
+                str(bucket): {
+                    str(block): [round(self.costs.cost(batch, bucket, block) * 1e3, 4),
+                                 round(self.predicted(block, batch, bucket) * 1e3, 4)]
+                    for block in self.candidates
+                }
+                for bucket in buckets
+            },
+            "rates": [round(r, 4) for r in self.rates()[:8]],
+            "trials": self.trials,
+            "checks": self.checks,
+            "explored_fraction": round(self.explored / self.elapsed, 4) if self.elapsed else 0.0,
+        }
 
     def rates(self, optimistic: bool = False) -> list[float]:
         """Conditional acceptance per draft position: the posterior mean (raised by the optimism of a
@@ -251,7 +287,16 @@ class BlockChooser:
         return rates
 
     def predicted(self, block: int, batch: int, context: int) -> float:
-        return self.costs.cost(batch, context, block) * self.correction.get((block, batch), 1.0)
+        """A step's seconds: the table's, times the median measured / tabled ratio of this K and batch
+        size at this context bucket (at another bucket before it has one; 1 before any)."""
+        bucket = self.costs.bucket(context)
+        factor = self.correction.get((block, batch, bucket)) or self.correction.get((block, batch), 1.0)
+        return self.costs.cost(batch, context, block) * factor
+
+    def affordable(self, seconds: float) -> bool:
+        """Whether a step of ``seconds`` that the estimates do not favour keeps trials and checks within
+        ``EXPLORATION`` of the decode seconds."""
+        return self.explored + seconds <= EXPLORATION * (self.elapsed + seconds)
 
     def expectations(self) -> tuple[list[float], list[float]]:
         """E[tokens per cycle] at each candidate under the estimates and under a trial's optimistic
@@ -281,8 +326,15 @@ class BlockChooser:
         a row may still commit): the best under the estimates, or a trial within the budget."""
         means, hopes = self.expectations()
         chosen, _ = self.best(means, batch, context, budget)
+        if chosen > 1 and len(self.ratios.get((1, batch, self.costs.bucket(context)), ())) < CHECKS:
+            # drafting is favoured where no (or few) plain steps were timed: its edge over AR rests on the
+            # table's AR cost here, which drafting alone would never correct; check it (a plain step)
+            seconds = self.predicted(1, batch, context)
+            self._trial = self._check = self.affordable(seconds)
+            if self._check:
+                return 1
         trial, seconds = self.best(hopes, batch, context, budget)
-        self._trial = trial != chosen and self.explored + seconds <= EXPLORATION * (self.elapsed + seconds)
+        self._trial = trial != chosen and self.affordable(seconds)
         return trial if self._trial else chosen
 
     def observe(
@@ -302,15 +354,15 @@ class BlockChooser:
             self.elapsed += seconds
             if self._trial:
                 self.explored += seconds
-        self.trials += self._trial
-        self._trial = False
+        self.checks += self._check
+        self.trials += self._trial and not self._check
+        self._trial = self._check = False
         base = self.costs.cost(batch, context, block)
         if base > 0 and usable:
-            key = (block, batch)
-            ratio = seconds / base
-            self.correction[key] = (
-                ratio if key not in self.correction else ((1 - CORRECTION) * self.correction[key] + CORRECTION * ratio)
-            )
+            for key in ((block, batch, self.costs.bucket(context)), (block, batch)):
+                window = self.ratios.setdefault(key, deque(maxlen=WINDOW))
+                window.append(seconds / base)
+                self.correction[key] = statistics.median(window)
 
 
 def timed_rounds(steps: dict[int, Callable[[], Any]], rounds: int, synchronize: Callable[[], None]) -> dict[int, float]:
