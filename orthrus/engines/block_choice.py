@@ -31,7 +31,8 @@ estimates (each position raised by ``OPTIMISM / sqrt(1 + cycles that reached it)
 when it differs, but only while the seconds spent on such trial cycles and on checks stay within
 ``EXPLORATION`` of all the decode seconds the engine has run: where drafting never pays, ``auto``
 loses at most that fraction to finding it out (less, since a trial cycle still commits its tokens);
-where it pays, the trials raise the estimates until the best K under them drafts. One K serves every row of a batch.
+where it pays, the trials raise the estimates until the best K under them drafts. One K serves every
+row of a batch.
 ``choose`` and ``observe`` do a few dozen float operations over at most ``len(CANDIDATES)``
 candidates per cycle (about 20 us in CPython, the expected tokens kept between cycles that change no
 acceptance; a step takes milliseconds), inside the timed region.
@@ -59,7 +60,7 @@ CANDIDATES = (1, 2, 4, 8, 16, 32)
 PRIOR_RATE = 0.5
 PRIOR_WEIGHT = 4.0
 OPTIMISM = 0.5  # a trial cycle's estimates: each position raised by OPTIMISM / sqrt(1 + cycles that reached it)
-EXPLORATION = 0.03  # trial cycles may take at most this fraction of the engine's decode seconds
+EXPLORATION = 0.03  # trials and checks may take at most this fraction of the engine's decode seconds
 CONTEXT_GRAIN = 256  # costs are kept per context bucket of this many positions
 WINDOW = 15  # a cost's correction: the median of its last WINDOW measured / tabled ratios
 CHECKS = 3  # plain steps a (batch, context bucket) gets, within the budget, before drafting there is trusted
@@ -246,7 +247,7 @@ class BlockChooser:
         self.ratios: dict[tuple[int, ...], deque[float]] = {}
         self.correction: dict[tuple[int, ...], float] = {}
         self.elapsed = 0.0  # decode seconds observed (every step)
-        self.explored = 0.0  # of which in trial cycles
+        self.explored = 0.0  # of which in trials and checks
         self.trials = 0  # trial cycles taken
         self.checks = 0  # plain steps taken to check AR's cost where the estimates said to draft
         self._trial = False  # the K last chosen is a trial or a check (its seconds count as explored)
@@ -262,8 +263,10 @@ class BlockChooser:
         return {
             "costs_ms": {
                 str(bucket): {
-                    str(block): [round(self.costs.cost(batch, bucket, block) * 1e3, 4),
-                                 round(self.predicted(block, batch, bucket) * 1e3, 4)]
+                    str(block): [
+                        round(self.costs.cost(batch, bucket, block) * 1e3, 4),
+                        round(self.predicted(block, batch, bucket) * 1e3, 4),
+                    ]
                     for block in self.candidates
                 }
                 for bucket in buckets
