@@ -232,12 +232,13 @@ class OrthrusEngine(CachedEngine):
                     row.chosen_blocks.append(size if drafting[r] else 1)
                 active[r] = not row_finished(row, max_new_tokens, eos_token_id)
             self.after_cycle(cache, lengths, [row.tokens for row in rows])
-        if self.chooser is not None:  # what it believed, for diagnosing its choices (a few dozen numbers)
+        result = batch.finish(kv_bytes=cache.storage_bytes())
+        if self.chooser is not None:  # what it believed, for diagnosing its choices: after the clock stopped
             reached = [row.prompt_tokens for row in rows] + list(lengths)
             belief = self.chooser.snapshot(len(rows), [*range(min(reached), max(reached), CONTEXT_GRAIN), max(reached)])
             for row in rows:
                 row.extra["block_chooser"] = belief
-        return batch.finish(kv_bytes=cache.storage_bytes())
+        return result
 
     def _cycle(
         self,
