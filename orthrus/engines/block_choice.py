@@ -124,6 +124,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def contexts_between(low: int, high: int) -> list[int]:
+    """A context in every bucket from ``low`` to ``high`` (both included): the contexts a call reaches."""
+    return [*range(low, high, CONTEXT_GRAIN), high]
+
+
 class CostTable:
     """Seconds of one step at K for a batch size and a context bucket: measured, or from a profile."""
 

@@ -31,10 +31,10 @@ from orthrus.engines.base import (
 )
 from orthrus.engines.block_choice import (
     CANDIDATES,
-    CONTEXT_GRAIN,
     COST_ROUNDS,
     BlockChooser,
     CostTable,
+    contexts_between,
     read_profile,
     synthetic_acceptance_rates,
     timed_rounds,
@@ -132,8 +132,8 @@ class OrthrusEngine(CachedEngine):
             self._synthetic_generator = torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
         if self.chooser is not None:  # every cost this call may need, measured (or read) now
             low, high = min(map(len, prompts)), max(map(len, prompts)) + max_new_tokens
-            for context in range(low, high + CONTEXT_GRAIN, CONTEXT_GRAIN):
-                self.chooser.costs.prepare(len(prompts), min(context, high), self.chooser.candidates)
+            for context in contexts_between(low, high):
+                self.chooser.costs.prepare(len(prompts), context, self.chooser.candidates)
 
     def _measured_cost(self, batch: int, context: int, blocks: Sequence[int]) -> dict[int, float]:
         """Seconds of one step at each of ``blocks`` (decode at 1; draft + verify otherwise) on this
@@ -235,7 +235,7 @@ class OrthrusEngine(CachedEngine):
         result = batch.finish(kv_bytes=cache.storage_bytes())
         if self.chooser is not None:  # what it believed, for diagnosing its choices: after the clock stopped
             reached = [row.prompt_tokens for row in rows] + list(lengths)
-            belief = self.chooser.snapshot(len(rows), [*range(min(reached), max(reached), CONTEXT_GRAIN), max(reached)])
+            belief = self.chooser.snapshot(len(rows), contexts_between(min(reached), max(reached)))
             for row in rows:
                 row.extra["block_chooser"] = belief
         return result
