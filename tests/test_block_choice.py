@@ -5,6 +5,7 @@ keeps the output identical to AR, and synthetic records are never counted as exa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -62,18 +63,29 @@ ZOO_RATES = [0.86, 0.41, 0.19, 0.03, 0.01]  # tiny-orthrus's conditional accepta
 CPU_COSTS = {1: 1.0, 2: 2.4, 4: 3.0, 8: 3.4, 16: 3.8, 32: 4.7}  # this CPU at batch 1: a cycle costs 2.4-4.7 steps
 
 
+def steady(seconds: float) -> float:
+    return 1.0
+
+
 def lifetime(
-    costs: dict[int, float], rates: list[float], calls: int = 20, tokens: int = 32, tabled: dict | None = None
+    costs: dict[int, float],
+    rates: list[float],
+    calls: int = 20,
+    tokens: int = 32,
+    tabled: dict | None = None,
+    pace: Callable[[float], float] = steady,
+    kind: type[BlockChooser] = BlockChooser,
 ) -> dict:
     """An engine's life in a simulation: ``calls`` calls of ``tokens`` tokens at batch 1, each step
-    costing ``costs[K]`` (+-5%, seeded) and each draft kept with its position's conditional rate; the
-    chooser's cost table says ``tabled`` (a misread one) or ``costs``."""
+    costing ``costs[K]`` (+-5%, seeded) times the machine's ``pace`` at the seconds elapsed so far, and
+    each draft kept with its position's conditional rate; the chooser's cost table says ``tabled`` (a
+    misread one) or ``costs``. Its speed is against plain AR steps at the same pace."""
     generator = torch.Generator().manual_seed(0)
 
     def draw() -> float:
         return float(torch.rand(1, generator=generator))
 
-    chooser = BlockChooser(table(lambda k: (tabled or costs)[k]))
+    chooser = kind(table(lambda k: (tabled or costs)[k]))
     chooser.costs.prepare(1, 512, chooser.candidates)
     seconds = committed = 0.0
     chosen = []
@@ -84,12 +96,14 @@ def lifetime(
             kept = 0
             while kept < size - 1 and kept < len(rates) and draw() < rates[kept]:
                 kept += 1
-            spent = costs[size] * (0.95 + 0.1 * draw())
+            spent = costs[size] * pace(seconds) * (0.95 + 0.1 * draw())
             chooser.observe(size, 1, 512, spent, [size - 1] if size > 1 else [], [kept] if size > 1 else [])
             seconds, committed, left = seconds + spent, committed + kept + 1, left - kept - 1
             chosen.append(size)
-    speed = committed / seconds / (1 / costs[1])  # over plain AR steps at costs[1] each
-    return {"speed": speed, "chooser": chooser, "chosen": chosen}
+    ar_seconds = 0.0  # plain AR steps at costs[1] each, for as many tokens, on the same machine
+    for _ in range(int(committed)):
+        ar_seconds += costs[1] * pace(ar_seconds)
+    return {"speed": ar_seconds / seconds, "chooser": chooser, "chosen": chosen}
 
 
 def test_where_drafting_never_pays_trials_stay_within_their_budget_and_it_keeps_ar_speed():
@@ -147,9 +161,44 @@ def test_corrections_are_kept_per_context_bucket_and_pooled_where_a_bucket_has_n
     assert chooser.predicted(1, 1, 4096) == 2.0 and chooser.predicted(1, 1, 512) == 1.0
     assert chooser.predicted(1, 1, 2048) == 1.5  # no step there yet: the median over every bucket
     assert chooser.predicted(1, 4, 2048) == 1.0  # another batch size: the table's until it runs
-    for _ in range(4):
-        chooser.observe(1, 1, 4096, 40.0, [], [])  # a slow moment (fewer steps than the rest) moves a median little
-    assert chooser.predicted(1, 1, 4096) == 2.0
+    for _ in range(4):  # a slow moment: the machine's pace, not the cost of one bucket against another
+        chooser.observe(1, 1, 4096, 40.0, [], [])
+    assert chooser.corrected(1, 1, 4096) == 2.0 and chooser.pace == 20.0
+    assert chooser.predicted(1, 1, 4096) == 2 * chooser.predicted(1, 1, 512) == 40.0
+
+
+def swinging(seconds: float) -> float:
+    """A shared machine: it runs at half speed in every other stretch of 20 step-seconds."""
+    return 2.0 if int(seconds // 20) % 2 else 1.0
+
+
+class Paceless(BlockChooser):
+    """The control: corrections in absolute seconds, as if the machine kept one pace."""
+
+    def observe(self, *args, **kwargs) -> None:
+        super().observe(*args, **kwargs)
+        self.pace = 1.0
+
+
+def test_a_slow_stretch_of_the_machine_scales_every_k_alike_and_changes_no_choice():
+    """Plain steps timed in a slow stretch beside a cycle cost timed in a fast one would make drafting at
+    K = 4 look cheaper than AR (and stay so, since drafting then times no plain step): the pace, shared
+    by every K, keeps the choice on what differs between them."""
+    life = lifetime(CPU_COSTS, ZOO_RATES, calls=1, tokens=2000, pace=swinging)
+    assert life["speed"] >= 1 - block_choice.EXPLORATION
+    assert life["chosen"].count(1) >= 0.97 * len(life["chosen"])
+    assert 1.0 <= life["chooser"].pace <= 2.2
+
+
+def test_without_the_shared_pace_the_slow_stretches_would_draft_below_ar():
+    life = lifetime(CPU_COSTS, ZOO_RATES, calls=1, tokens=2000, pace=swinging, kind=Paceless)
+    assert life["speed"] < 0.9 and life["chosen"].count(1) < 0.5 * len(life["chosen"])
+
+
+def test_where_drafting_pays_a_swinging_machine_still_drafts():
+    costs = {1: 1.0, 2: 1.9, 4: 1.95, 8: 2.0, 16: 2.1, 32: 2.4}
+    life = lifetime(costs, [0.9] * 31, calls=1, tokens=2000, pace=swinging)
+    assert life["speed"] > 2.0 and life["chosen"][-100:].count(1) <= 10
 
 
 def test_no_position_is_estimated_above_the_one_before_it():

@@ -20,6 +20,15 @@ seconds over the last ``WINDOW`` steps (a bucket with no step of that K yet borr
 every bucket), so neither a profile from another machine nor a slow moment while the table was
 measured misleads it for long.
 
+**The machine's pace is shared by every K.** A shared machine runs slower for seconds or minutes at
+a time, and the K being run is the only one timed then: an AR step timed in a slow minute beside a
+cycle cost timed in a fast one makes drafting look cheaper than it is (and the reverse). So each
+step's seconds are split in two: the pace, the median over the last ``PACE_WINDOW`` steps of any K
+of measured / expected seconds (tabled times that K's correction), and the correction above, kept
+in units of the pace at the time. A predicted cost is tabled x correction x pace: a slow minute
+scales every candidate alike and changes no choice, and only what differs between K moves one K
+against another.
+
 **Checks in the other direction.** Drafting only ever times cycles, so an AR step cost the table
 overstates would never be corrected by drafting alone, and ``auto`` would draft where AR is faster.
 So where the estimates favour drafting at a (batch size, context bucket) with fewer than ``CHECKS``
@@ -63,6 +72,7 @@ OPTIMISM = 0.5  # a trial cycle's estimates: each position raised by OPTIMISM / 
 EXPLORATION = 0.03  # trials and checks may take at most this fraction of the engine's decode seconds
 CONTEXT_GRAIN = 256  # costs are kept per context bucket of this many positions
 WINDOW = 15  # a cost's correction: the median of its last WINDOW measured / tabled ratios
+PACE_WINDOW = 5  # the machine's pace: the median of the last PACE_WINDOW steps' measured / expected seconds
 CHECKS = 3  # plain steps a (batch, context bucket) gets, within the budget, before drafting there is trusted
 COST_ROUNDS = 5  # timed rounds over every candidate when costs are measured (after one untimed round)
 PROFILE_FORMAT = "orthrus-latency-profile"
@@ -251,6 +261,8 @@ class BlockChooser:
         # (K, batch), and their medians (a bucket's own once it has one, else the pool's)
         self.ratios: dict[tuple[int, ...], deque[float]] = {}
         self.correction: dict[tuple[int, ...], float] = {}
+        self.surprises: deque[float] = deque(maxlen=PACE_WINDOW)  # measured / expected seconds of recent steps
+        self.pace = 1.0  # their median: how slow the machine runs now, against the corrections
         self.elapsed = 0.0  # decode seconds observed (every step)
         self.explored = 0.0  # of which in trials and checks
         self.trials = 0  # trial cycles taken
@@ -262,8 +274,8 @@ class BlockChooser:
     def snapshot(self, batch: int, contexts: Sequence[int]) -> dict[str, Any]:
         """What the chooser believed at the end of a call, for the records (to diagnose a choice): per
         context bucket the call reached, each candidate's cost in ms as measured or profiled and as
-        corrected by the steps run; the estimated acceptance per draft position; trial and check
-        counts and the fraction of decode seconds they took."""
+        corrected by the steps run (at the current pace); the estimated acceptance per draft position;
+        trial and check counts and the fraction of decode seconds they took; the machine's pace."""
         buckets = sorted({self.costs.bucket(c) for c in contexts})
         return {
             "costs_ms": {
@@ -280,6 +292,7 @@ class BlockChooser:
             "trials": self.trials,
             "checks": self.checks,
             "explored_fraction": round(self.explored / self.elapsed, 4) if self.elapsed else 0.0,
+            "pace": round(self.pace, 4),
         }
 
     def rates(self, optimistic: bool = False) -> list[float]:
@@ -294,12 +307,17 @@ class BlockChooser:
             rates.append(ceiling)
         return rates
 
-    def predicted(self, block: int, batch: int, context: int) -> float:
-        """A step's seconds: the table's, times the median measured / tabled ratio of this K and batch
-        size at this context bucket (at another bucket before it has one; 1 before any)."""
+    def corrected(self, block: int, batch: int, context: int) -> float:
+        """A step's seconds at the pace its corrections are kept in: the table's, times the median
+        measured / expected ratio of this K and batch size at this context bucket (at another bucket
+        before it has one; 1 before any)."""
         bucket = self.costs.bucket(context)
         factor = self.correction.get((block, batch, bucket)) or self.correction.get((block, batch), 1.0)
         return self.costs.cost(batch, context, block) * factor
+
+    def predicted(self, block: int, batch: int, context: int) -> float:
+        """A step's seconds now: corrected, at the machine's current pace."""
+        return self.corrected(block, batch, context) * self.pace
 
     def affordable(self, seconds: float) -> bool:
         """Whether a step of ``seconds`` that the estimates do not favour keeps trials and checks within
@@ -367,10 +385,14 @@ class BlockChooser:
         self._trial = self._check = False
         base = self.costs.cost(batch, context, block)
         if base > 0 and usable:
+            # this K's correction first, in units of the pace so far (so a K's first step cannot move
+            # the pace), then the pace, from what the step cost against what it was expected to cost
             for key in ((block, batch, self.costs.bucket(context)), (block, batch)):
                 window = self.ratios.setdefault(key, deque(maxlen=WINDOW))
-                window.append(seconds / base)
+                window.append(seconds / (base * self.pace))
                 self.correction[key] = statistics.median(window)
+            self.surprises.append(seconds / self.corrected(block, batch, context))
+            self.pace = statistics.median(self.surprises)
 
 
 def timed_rounds(steps: dict[int, Callable[[], Any]], rounds: int, synchronize: Callable[[], None]) -> dict[int, float]:
