@@ -77,12 +77,16 @@ def test_interleaved_measures_prompt_i_of_every_cell_before_prompt_i_plus_1(both
     assert len(records) == MEASUREMENTS and all(r["status"] == "ok" for r in records)
     repeats = [r["repeat"] for r in records]
     assert repeats == sorted(repeats), "round r + 1 began before round r ended"
+    openers = set()
     for k in range(3):
         round_ = [r for r in records if r["repeat"] == k]
         solo = [r for r in round_ if r["cell"]["batch_size"] == 1]
         assert round_ == solo + [r for r in round_ if r["cell"]["batch_size"] > 1], "batches after batch 1"
-        cells = list(dict.fromkeys(r["cell_id"] for r in solo))
-        assert len(cells) == 4 and [r["cell_id"] for r in solo] == cells * 2  # prompt 0 of each cell, then 1
+        first, second = solo[:4], solo[4:]  # prompt 0 of each cell, then prompt 1 of each
+        assert len({r["cell_id"] for r in first}) == 4 and {r["cell_id"] for r in first} == {r["cell_id"] for r in second}
+        assert all(a["prompt_id"] != b["prompt_id"] for a in first for b in second if a["cell_id"] == b["cell_id"])
+        openers.update({first[0]["cell_id"], second[0]["cell_id"]})
+    assert len(openers) > 1  # the cells take turns going first
 
 
 @pytest.mark.parametrize("order", ["rounds", "interleaved"])

@@ -94,14 +94,20 @@ def test_rounds_measure_repetition_r_of_every_cell_before_r_plus_1_and_warm_up_e
 
 def test_interleaved_measures_batch_i_of_every_cell_before_i_plus_1_and_batched_cells_last():
     items = [planned("ar"), planned("orthrus-b2", prompts=4, batch_size=2), planned("orthrus")]
-    order, _ = run(items, MeasureSpec(repetitions=1, warmup=1, order="interleaved"))
+    order, _ = run(items, MeasureSpec(repetitions=2, warmup=1, order="interleaved"))
     assert order == [
         ("ar", 0, 0, 1, None),
         ("orthrus", 0, 0, 1, None),
+        ("orthrus", 1, 0, 0, None),  # the cells one ratio compares take turns going first
         ("ar", 1, 0, 0, None),
-        ("orthrus", 1, 0, 0, None),
         ("orthrus-b2", 0, 0, 1, None),
         ("orthrus-b2", 1, 0, 0, None),
+        ("orthrus", 0, 1, 1, None),  # and start each round one place further along
+        ("ar", 0, 1, 1, None),
+        ("ar", 1, 1, 0, None),
+        ("orthrus", 1, 1, 0, None),
+        ("orthrus-b2", 0, 1, 1, None),
+        ("orthrus-b2", 1, 1, 0, None),
     ]
 
 

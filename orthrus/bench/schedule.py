@@ -13,7 +13,10 @@ the warm-up calls to make before it. Three orders give the same units in differe
   (batched cells after the round's batch-1 cells, whose tokens their rows are checked against);
   the cells one ratio compares (the same context, batch size, sampling, ... : every ``ar_match``
   axis, engines apart) run next to each other, so an engine and its AR counterpart time the same
-  batch seconds apart, not a sweep apart.
+  batch seconds apart, not a sweep apart; and they take turns going first (batch i of round r
+  starts (i + r) places further along the suite's order), so no engine always runs in the same
+  place after the same neighbour (on a 2-core CPU an engine measured last read 3-5% slower than
+  the same engine measured first: the A/A check, ``suites/same_work.yaml``).
 
 Also decided here, once for every order and executor: what is already measured (``--resume``: a
 unit whose records all exist is not scheduled again; a cell closed by one record is closed), a
@@ -167,13 +170,19 @@ def _cells(planned: list[PlannedCell], measure: MeasureSpec, existing: Mapping[K
                 repeat += 1
 
 
-def _side_by_side(items: list[PlannedCell]) -> list[PlannedCell]:
-    """``items`` with the cells that one ratio compares (equal on every ``ar_match`` axis) next to each
-    other, the suite's order kept within them and between them (by first appearance)."""
+def _side_by_side(items: list[PlannedCell]) -> list[list[PlannedCell]]:
+    """``items`` grouped into the cells that one ratio compares (equal on every ``ar_match`` axis), the
+    suite's order kept within the groups and between them (by first appearance)."""
     groups: dict[tuple, list[PlannedCell]] = {}
     for item in items:
         groups.setdefault(tuple(repr(item.cell.params.get(axis)) for axis in AR_MATCH), []).append(item)
-    return [item for group in groups.values() for item in group]
+    return list(groups.values())
+
+
+def _turn(comparing: list[PlannedCell], shift: int) -> list[PlannedCell]:
+    """The cells one ratio compares, starting ``shift`` places along (taking turns to go first)."""
+    shift %= len(comparing)
+    return comparing[shift:] + comparing[:shift]
 
 
 def _rounds(
@@ -191,11 +200,11 @@ def _rounds(
                 _side_by_side([i for i in runnable if i.cell.batch_size != 1]),
             ]
         else:
-            groups = [[item] for item in runnable]
+            groups = [[[item]] for item in runnable]
         for group in groups:
             warmed: set[int] = set()
-            for batch_id in range(max((len(item.batches) for item in group), default=0)):
-                for item in group:
+            for batch_id in range(max((len(item.batches) for comparing in group for item in comparing), default=0)):
+                for item in (item for comparing in group for item in _turn(comparing, batch_id + repeat)):
                     if batch_id >= len(item.batches) or _closed(item, existing):
                         continue
                     unit = Unit(item, batch_id, repeat, 0 if id(item) in warmed else measure.warmup)

@@ -164,6 +164,7 @@ class MeasureSpec:
     # of one run are measured under the same machine load (their ratios hold on a shared machine);
     # "interleaved": as rounds, and within a round prompt i (batch i) of every cell before prompt
     # i + 1 of any, so the engines compared on one prompt are measured seconds apart, not a cell apart
+    # (and take turns going first: orthrus.bench.schedule)
     order: str = "cells"
 
 
