@@ -77,10 +77,14 @@ class KVCache:
     def scatter(
         self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row r's block at its own slots (``index`` [B, Hkv, T, D] of slot numbers); returns the keys and
-        values of slots ``[0, span)`` (views)."""
-        self.keys[layer].scatter_(2, index, k)
-        self.values[layer].scatter_(2, index, v)
+        """Row r's block at its own slots (``index`` [B, Hkv, T, D] of slot numbers, the same across heads
+        and dims: ``drafting.scatter_index``); returns the keys and values of slots ``[0, span)`` (views).
+        Written by indexing the B x T slots, which touches only them: ``scatter_`` on the CPU copied
+        the whole layer, a cost that grew with the context at every step of a ragged batch."""
+        slots = index[:, 0, :, 0]  # [B, T]
+        rows = torch.arange(slots.shape[0], device=slots.device).unsqueeze(1).expand_as(slots)
+        self.keys[layer][rows, :, slots] = k.transpose(1, 2)  # [B, T, Hkv, D] into slots (rows, slots)
+        self.values[layer][rows, :, slots] = v.transpose(1, 2)
         return self.keys[layer][:, :, :span], self.values[layer][:, :, :span]
 
     def prefix(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
