@@ -87,7 +87,6 @@ def test_extra_kv_memory_is_one_block_and_flat_in_context(orthrus_model, cache_k
 def test_a_ragged_write_puts_each_rows_entries_in_its_own_slots_and_touches_nothing_else():
     """KVCache.scatter (rows at their own positions: a ragged batch, a drafter's spill) writes what
     torch's scatter_ would, slot for slot, and leaves every other slot's bytes as they were."""
-    from orthrus.models.drafting import scatter_index
     from orthrus.models.kv_cache import KVCache
 
     generator = torch.Generator().manual_seed(0)
@@ -99,8 +98,8 @@ def test_a_ragged_write_puts_each_rows_entries_in_its_own_slots_and_touches_noth
         before = [t.clone() for t in (*cache.keys, *cache.values)]
         slots = torch.stack([torch.randperm(capacity, generator=generator)[:steps] for _ in range(batch)])
         k, v = (torch.randn(batch, heads, steps, dim, generator=generator) for _ in range(2))
-        index = scatter_index(slots, heads, dim)
-        keys, values = cache.scatter(1, index, k, v, capacity - 1)
+        keys, values = cache.scatter(1, slots, k, v, capacity - 1)
+        index = slots.view(batch, 1, steps, 1).expand(-1, heads, -1, dim)  # torch's scatter_ index
         assert keys.shape[2] == values.shape[2] == capacity - 1
         assert torch.equal(cache.keys[1], before[1].scatter(2, index, k))
         assert torch.equal(cache.values[1], before[3].scatter(2, index, v))

@@ -53,7 +53,6 @@ from orthrus.models.drafting import (
     read_drafter_config,
     rope,
     save_drafter,
-    scatter_index,
     spill_layout,
     target_facts,
 )
@@ -302,11 +301,9 @@ class DFlashDrafter(nn.Module):
         context = self.hidden_norm(self.fc(features.to(self.fc.weight.dtype)))
         slots, positions, _ = spill_layout(starts, counts, width, cache.capacity - 1, features.device)
         cos, sin = self.rotary_emb(context, positions)
-        attn = self.layers[0].self_attn
-        index = scatter_index(slots, attn.num_kv_heads, attn.head_dim)
         for i, layer in enumerate(self.layers):
             k, v = layer.self_attn.keys_values(context, cos, sin)
-            cache.scatter(i, index, k, v, 0)
+            cache.scatter(i, slots, k, v, 0)
 
     def draft_block(
         self, embeds: torch.Tensor, starts: Sequence[int], widths: Sequence[int], cache: KVCache
@@ -325,14 +322,12 @@ class DFlashDrafter(nn.Module):
         cos, sin = self.rotary_emb(embeds, positions)
         attend = attention_function(self.attn_implementation)
         hidden = embeds.to(self.fc.weight.dtype)
-        attn0 = self.layers[0].self_attn
-        index = scatter_index(positions, attn0.num_kv_heads, attn0.head_dim)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
             q = rope(attn.heads(attn.q_proj(x), attn.q_norm), cos, sin)
             k, v = attn.keys_values(x, cos, sin)
-            keys, values = cache.scatter(i, index, k, v, span)
+            keys, values = cache.scatter(i, positions, k, v, span)
             out = attend(q, keys, values, mask, False, attn.scaling, attn.num_heads != attn.num_kv_heads)
             hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, size, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))

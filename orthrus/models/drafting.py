@@ -51,11 +51,6 @@ def spill_layout(
     return slots, positions, real
 
 
-def scatter_index(slots: torch.Tensor, kv_heads: int, head_dim: int) -> torch.Tensor:
-    """KVCache.scatter's index [B, Hkv, T, D] for entries going to ``slots`` [B, T]."""
-    return slots.view(slots.shape[0], 1, slots.shape[1], 1).expand(-1, kv_heads, -1, head_dim)
-
-
 # ---------------------------------------------------------------------- files
 def read_drafter_config(path: str | Path, trust_remote_code: bool, what: str) -> tuple[Path, dict[str, Any]]:
     """(directory, config.json) of a drafter checkpoint: a local directory or a zoo name. One that

@@ -63,7 +63,6 @@ from orthrus.models.drafting import (
     read_drafter_config,
     rope,
     save_drafter,
-    scatter_index,
     target_facts,
 )
 from orthrus.models.kv_cache import KVCache
@@ -335,7 +334,7 @@ class Eagle3Drafter(nn.Module):
         k = rope(attn.heads(attn.k_proj(x)), cos, sin)
         v = attn.heads(attn.v_proj(x))
         span = int(positions.max()) + 1
-        keys, values = cache.scatter(0, scatter_index(slots, attn.num_kv_heads, attn.head_dim), k, v, span)
+        keys, values = cache.scatter(0, slots, k, v, span)
         if steps > 1 and bool((positions[:, 0] == 0).all()):
             # every row from position 0 (the prompts): plain causal attention over slots [0, T), no
             # T x T mask (a row's padding follows its entries, and no real query sees it)

@@ -75,13 +75,12 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def scatter(
-        self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: int
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row r's block at its own slots (``index`` [B, Hkv, T, D] of slot numbers, the same across heads
-        and dims: ``drafting.scatter_index``); returns the keys and values of slots ``[0, span)`` (views).
-        Written by indexing the B x T slots, which touches only them: ``scatter_`` on the CPU copied
-        the whole layer, a cost that grew with the context at every step of a ragged batch."""
-        slots = index[:, 0, :, 0]  # [B, T]
+        """Row r's block at its own slots: ``k``/``v`` [B, Hkv, T, D] go to slots ``slots`` [B, T];
+        returns the keys and values of slots ``[0, span)`` (views). Written by indexing the B x T
+        slots, which touches only them: ``scatter_`` on the CPU copied the whole layer, a cost that
+        grew with the context at every step of a ragged batch."""
         rows = torch.arange(slots.shape[0], device=slots.device).unsqueeze(1).expand_as(slots)
         self.keys[layer][rows, :, slots] = k.transpose(1, 2)  # [B, T, Hkv, D] into slots (rows, slots)
         self.values[layer][rows, :, slots] = v.transpose(1, 2)
