@@ -5,6 +5,8 @@ keeps the output identical to AR, and synthetic records are never counted as exa
 from __future__ import annotations
 
 import json
+import random
+import statistics
 from collections.abc import Callable
 
 import pytest
@@ -13,9 +15,11 @@ import yaml
 
 from orthrus.engines import block_choice, build_engine
 from orthrus.engines.block_choice import (
+    CANDIDATES,
     BlockChooser,
     CostTable,
     constant_rate_for,
+    expected_by_block,
     expected_tokens,
     read_profile,
     synthetic_acceptance_rates,
@@ -57,6 +61,22 @@ def test_it_learns_acceptance_and_corrects_costs_from_what_it_measures():
     for _ in range(30):  # a machine on which a K = 8 cycle costs four times what the table says
         chooser.observe(8, 1, 512, 4.0, [7], [3])
     assert chooser.predicted(8, 1, 512) > 3.0 and chooser.predicted(4, 1, 512) == 1.0
+
+
+def test_the_expected_tokens_of_every_candidate_in_one_pass_are_those_of_each_alone():
+    generator = random.Random(0)
+    for _ in range(50):
+        rates = [generator.random() for _ in range(generator.randint(0, 40))]
+        together = expected_by_block(rates, CANDIDATES)
+        assert together == pytest.approx([expected_tokens(rates, block) for block in CANDIDATES], rel=1e-12)
+    for size in range(1, 16):
+        values = [generator.random() for _ in range(size)]
+        assert block_choice.median(values) == statistics.median(values)
+    chooser = learned(BlockChooser(table(lambda k: 1.0)), 0.6)
+    means = chooser.rates()
+    assert all(a >= b for a, b in zip(means, means[1:])) and len(means) == max(CANDIDATES)
+    hopes = chooser.rates(optimistic=True)
+    assert all(h >= m for h, m in zip(hopes, means)) and all(a >= b for a, b in zip(hopes, hopes[1:]))
 
 
 ZOO_RATES = [0.86, 0.41, 0.19, 0.03, 0.01]  # tiny-orthrus's conditional acceptance by position (batch suite)
@@ -297,6 +317,7 @@ def test_synthetic_records_are_marked_and_kept_out_of_exactness_gates_and_the_he
     belief = auto[0]["extra"]["block_chooser"]  # what the chooser believed: kept for diagnosing a choice
     assert set(belief["costs_ms"]["256"]) == {"1", "2", "4", "8", "16", "32"}
     assert all(tabled > 0 and corrected > 0 for tabled, corrected in belief["costs_ms"]["256"].values())
+    assert belief["own_us_per_step"] > 0  # what choosing cost, timed by the engine (its size is the run's finding)
     html = (out / "auto" / "r" / "report.html").read_text()
     assert "syn vs fastest AR" not in html
 

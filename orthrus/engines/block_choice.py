@@ -43,8 +43,9 @@ loses at most that fraction to finding it out (less, since a trial cycle still c
 where it pays, the trials raise the estimates until the best K under them drafts. One K serves every
 row of a batch.
 ``choose`` and ``observe`` do a few dozen float operations over at most ``len(CANDIDATES)``
-candidates per cycle (about 20 us in CPython, the expected tokens kept between cycles that change no
-acceptance; a step takes milliseconds), inside the timed region.
+candidates per step, inside the timed region; the expected tokens are kept between steps that change
+no acceptance (plain steps), so a plain step pays the least. The engine times them and the records
+say what they cost (``own_us_per_step`` in ``extra.block_chooser``).
 
 **Synthetic acceptance.** The verifier keeps draft j with a set conditional probability (a constant
 one solving a mean acceptance length, or per-position rates) instead of comparing it with the AR
@@ -56,10 +57,10 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ def expected_tokens(rates: Sequence[float], block: int) -> float:
         reach *= rates[j] if j < len(rates) else 0.0
         total += reach
     return total
+
+
+def expected_by_block(rates: Sequence[float], blocks: Sequence[int]) -> list[float]:
+    """``expected_tokens`` at each of ``blocks`` (ascending), in one pass over the rates."""
+    totals, total, reach, j, known = [], 1.0, 1.0, 0, len(rates)
+    for block in blocks:
+        while j < block - 1:
+            reach *= rates[j] if j < known else 0.0
+            total += reach
+            j += 1
+        totals.append(total)
+    return totals
 
 
 def constant_rate_for(length: float, block: int) -> float:
@@ -270,12 +283,15 @@ class BlockChooser:
         self._trial = False  # the K last chosen is a trial or a check (its seconds count as explored)
         self._check = False  # the K last chosen is a check
         self._expected: tuple[list[float], list[float]] | None = None  # see expectations()
+        self.steps = 0  # steps observed
+        self.own_seconds = 0.0  # spent in choose and observe (the engine times them), for the records
 
     def snapshot(self, batch: int, contexts: Sequence[int]) -> dict[str, Any]:
         """What the chooser believed at the end of a call, for the records (to diagnose a choice): per
         context bucket the call reached, each candidate's cost in ms as measured or profiled and as
         corrected by the steps run (at the current pace); the estimated acceptance per draft position;
-        trial and check counts and the fraction of decode seconds they took; the machine's pace."""
+        trial and check counts and the fraction of decode seconds they took; the machine's pace; and
+        what choosing itself cost, microseconds per step over the engine's life so far."""
         buckets = sorted({self.costs.bucket(c) for c in contexts})
         return {
             "costs_ms": {
@@ -293,19 +309,18 @@ class BlockChooser:
             "checks": self.checks,
             "explored_fraction": round(self.explored / self.elapsed, 4) if self.elapsed else 0.0,
             "pace": round(self.pace, 4),
+            "own_us_per_step": round(self.own_seconds / self.steps * 1e6, 2) if self.steps else None,
         }
 
     def rates(self, optimistic: bool = False) -> list[float]:
         """Conditional acceptance per draft position: the posterior mean (raised by the optimism of a
         trial where few cycles reached the position), never above the position before it."""
-        rates, ceiling = [], 1.0
-        for k, t in zip(self.kept, self.tried):
-            rate = (k + PRIOR_RATE * PRIOR_WEIGHT) / (t + PRIOR_WEIGHT)
-            if optimistic:
-                rate += OPTIMISM / math.sqrt(1.0 + t)
-            ceiling = min(ceiling, rate)
-            rates.append(ceiling)
-        return rates
+        prior, sqrt = PRIOR_RATE * PRIOR_WEIGHT, math.sqrt
+        if optimistic:
+            rates = [(k + prior) / (t + PRIOR_WEIGHT) + OPTIMISM / sqrt(1.0 + t) for k, t in zip(self.kept, self.tried)]
+        else:
+            rates = [(k + prior) / (t + PRIOR_WEIGHT) for k, t in zip(self.kept, self.tried)]
+        return list(accumulate(rates, min, initial=1.0))[1:]
 
     def corrected(self, block: int, batch: int, context: int) -> float:
         """A step's seconds at the pace its corrections are kept in: the table's, times the median
@@ -319,6 +334,16 @@ class BlockChooser:
         """A step's seconds now: corrected, at the machine's current pace."""
         return self.corrected(block, batch, context) * self.pace
 
+    def predicted_all(self, batch: int, context: int, blocks: Sequence[int]) -> list[float]:
+        """``predicted`` at each of ``blocks`` (the context's bucket found once: this runs every step)."""
+        bucket, table, correction, pace = self.costs.bucket(context), self.costs.table, self.correction, self.pace
+        costs = []
+        for block in blocks:
+            tabled = table.get((batch, bucket, block)) or self.costs.cost(batch, context, block)
+            factor = correction.get((block, batch, bucket)) or correction.get((block, batch), 1.0)
+            costs.append(tabled * factor * pace)
+        return costs
+
     def affordable(self, seconds: float) -> bool:
         """Whether a step of ``seconds`` that the estimates do not favour keeps trials and checks within
         ``EXPLORATION`` of the decode seconds."""
@@ -329,20 +354,14 @@ class BlockChooser:
         ones; kept until a cycle's acceptance changes them (plain AR steps do not)."""
         if self._expected is None:
             means, hopes = self.rates(), self.rates(optimistic=True)
-            self._expected = (
-                [expected_tokens(means, block) for block in self.candidates],
-                [expected_tokens(hopes, block) for block in self.candidates],
-            )
+            self._expected = (expected_by_block(means, self.candidates), expected_by_block(hopes, self.candidates))
         return self._expected
 
-    def best(self, expected: Sequence[float], batch: int, context: int, budget: int) -> tuple[int, float]:
-        """The candidate with the most ``expected`` tokens per predicted second (at most ``budget``)
-        and its predicted seconds."""
+    def best(self, expected: Sequence[float], costs: Sequence[float]) -> tuple[int, float]:
+        """The candidate with the most ``expected`` tokens per predicted second (``costs``: each
+        candidate's predicted seconds, as far as the budget allows) and its predicted seconds."""
         best, best_rate, best_cost = 1, -1.0, 0.0
-        for block, tokens in zip(self.candidates, expected):
-            if block > max(budget, 1):
-                break
-            cost = self.predicted(block, batch, context)
+        for block, tokens, cost in zip(self.candidates, expected, costs):
             if tokens / cost > best_rate:
                 best, best_rate, best_cost = block, tokens / cost, cost
         return best, best_cost
@@ -351,15 +370,17 @@ class BlockChooser:
         """The K for the next step of ``batch`` rows at ``context`` (at most ``budget``, the most tokens
         a row may still commit): the best under the estimates, or a trial within the budget."""
         means, hopes = self.expectations()
-        chosen, _ = self.best(means, batch, context, budget)
+        budget = max(budget, 1)
+        costs = self.predicted_all(batch, context, [block for block in self.candidates if block <= budget])
+        chosen, _ = self.best(means, costs)
         if chosen > 1 and len(self.ratios.get((1, batch, self.costs.bucket(context)), ())) < CHECKS:
             # drafting is favoured where no (or few) plain steps were timed: its edge over AR rests on the
             # table's AR cost here, which drafting alone would never correct; check it (a plain step)
-            seconds = self.predicted(1, batch, context)
+            seconds = costs[0]
             self._trial = self._check = self.affordable(seconds)
             if self._check:
                 return 1
-        trial, seconds = self.best(hopes, batch, context, budget)
+        trial, seconds = self.best(hopes, costs)
         self._trial = trial != chosen and self.affordable(seconds)
         return trial if self._trial else chosen
 
@@ -375,6 +396,7 @@ class BlockChooser:
                     self.tried[j] += 1
                     if a > j:
                         self.kept[j] += 1
+        self.steps += 1
         usable = seconds > 0 and math.isfinite(seconds)
         if usable:
             self.elapsed += seconds
@@ -387,12 +409,23 @@ class BlockChooser:
         if base > 0 and usable:
             # this K's correction first, in units of the pace so far (so a K's first step cannot move
             # the pace), then the pace, from what the step cost against what it was expected to cost
-            for key in ((block, batch, self.costs.bucket(context)), (block, batch)):
-                window = self.ratios.setdefault(key, deque(maxlen=WINDOW))
+            own = (block, batch, self.costs.bucket(context))
+            for key in (own, (block, batch)):
+                window = self.ratios.get(key)
+                if window is None:
+                    window = self.ratios[key] = deque(maxlen=WINDOW)
                 window.append(seconds / (base * self.pace))
-                self.correction[key] = statistics.median(window)
-            self.surprises.append(seconds / self.corrected(block, batch, context))
-            self.pace = statistics.median(self.surprises)
+                self.correction[key] = median(window)
+            self.surprises.append(seconds / (base * self.correction[own]))
+            self.pace = median(self.surprises)
+
+
+def median(values: Sequence[float]) -> float:
+    """statistics.median's value (the mean of the middle two of an even count), without its checks:
+    the chooser takes three per step."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def timed_rounds(steps: dict[int, Callable[[], Any]], rounds: int, synchronize: Callable[[], None]) -> dict[int, float]:

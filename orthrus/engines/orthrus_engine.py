@@ -193,8 +193,10 @@ class OrthrusEngine(CachedEngine):
             block, context, began = self.block_size, 0, 0.0
             if self.chooser is not None:  # one K for every row of the batch, from the load at hand
                 context = max(length for length, live in zip(lengths, active) if live)
+                asked = time.perf_counter()
                 block = self.chooser.choose(len(rows), context, max(budgets))
                 began = time.perf_counter()
+                self.chooser.own_seconds += began - asked
             # the last blocks shrink; a compiled engine keeps whole blocks (fixed shapes) and caps
             # what each row may keep by its budget instead, which commits the same tokens
             size = min(block, max(budgets))
@@ -215,8 +217,9 @@ class OrthrusEngine(CachedEngine):
             drafting = [live and limit > 0 for live, limit in zip(active, limits)]
             if self.chooser is not None:  # what the step cost and what each drafting row kept
                 kept = [(limit, acc) for limit, acc, d in zip(limits, accepted, drafting) if d]
-                seconds = time.perf_counter() - began
-                self.chooser.observe(size, len(rows), context, seconds, [k[0] for k in kept], [k[1] for k in kept])
+                done = time.perf_counter()
+                self.chooser.observe(size, len(rows), context, done - began, [k[0] for k in kept], [k[1] for k in kept])
+                self.chooser.own_seconds += time.perf_counter() - done
             for kind in passes:
                 batch.record_pass(kind, drafting if kind == "draft" else active)
             for r, row in enumerate(rows):
