@@ -38,8 +38,9 @@ timed plain steps, the next step is a plain AR step (a check) when the budget be
 tried before measured acceptance can rule it in or out, so the K that is best under optimistic
 estimates (each position raised by ``OPTIMISM / sqrt(1 + cycles that reached it)``) is taken instead
 when it differs, but only while the seconds spent on such trial cycles and on checks stay within
-``EXPLORATION`` of all the decode seconds the engine has run: where drafting never pays, ``auto``
-loses at most that fraction to finding it out (less, since a trial cycle still commits its tokens);
+``EXPLORATION`` of all the decode seconds the engine has run (a step is allowed on its predicted
+seconds, so what it really took can run a little over): where drafting never pays, ``auto`` loses
+about that fraction to finding it out (less, since a trial cycle still commits its tokens);
 where it pays, the trials raise the estimates until the best K under them drafts. One K serves every
 row of a batch.
 ``choose`` and ``observe`` do a few dozen float operations over at most ``len(CANDIDATES)``
