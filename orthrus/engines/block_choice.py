@@ -327,9 +327,12 @@ class BlockChooser:
         """A step's seconds at the pace its corrections are kept in: the table's, times the median
         measured / expected ratio of this K and batch size at this context bucket (at another bucket
         before it has one; 1 before any)."""
-        bucket = self.costs.bucket(context)
-        factor = self.correction.get((block, batch, bucket)) or self.correction.get((block, batch), 1.0)
-        return self.costs.cost(batch, context, block) * factor
+        return self.costs.cost(batch, context, block) * self.factor(block, batch, self.costs.bucket(context))
+
+    def factor(self, block: int, batch: int, bucket: int) -> float:
+        """The correction of this K and batch size at this context bucket (the pooled one before the
+        bucket has its own; 1 before any)."""
+        return self.correction.get((block, batch, bucket)) or self.correction.get((block, batch), 1.0)
 
     def predicted(self, block: int, batch: int, context: int) -> float:
         """A step's seconds now: corrected, at the machine's current pace."""
@@ -337,13 +340,8 @@ class BlockChooser:
 
     def predicted_all(self, batch: int, context: int, blocks: Sequence[int]) -> list[float]:
         """``predicted`` at each of ``blocks`` (the context's bucket found once: this runs every step)."""
-        bucket, table, correction, pace = self.costs.bucket(context), self.costs.table, self.correction, self.pace
-        costs = []
-        for block in blocks:
-            tabled = table.get((batch, bucket, block)) or self.costs.cost(batch, context, block)
-            factor = correction.get((block, batch, bucket)) or correction.get((block, batch), 1.0)
-            costs.append(tabled * factor * pace)
-        return costs
+        bucket = self.costs.bucket(context)
+        return [self.costs.cost(batch, context, block) * self.factor(block, batch, bucket) * self.pace for block in blocks]
 
     def affordable(self, seconds: float) -> bool:
         """Whether a step of ``seconds`` that the estimates do not favour keeps trials and checks within

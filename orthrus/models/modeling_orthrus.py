@@ -450,7 +450,7 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             # simplest attention that sees exactly the allowed slots
             start = starts[0]
             positions = torch.arange(start, span, device=device).unsqueeze(0)
-            mask, causal, rows_at = None, False, None
+            mask, causal = None, False
             if not suffix and steps > 1:  # AR over a block: causal, offset by the cached prefix
                 if start == 0 or cache is None:
                     causal = True
@@ -473,7 +473,6 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             # row from slot 0) is plain causal attention: the fused causal kernel, no mask.
             causal = not suffix and max(starts) == 0
             mask = None if causal else visible.unsqueeze(1)
-            rows_at = positions  # row r's entries go to slots starts[r] ..
         cos, sin = self.model.rotary_emb(hidden, positions)
         kept: dict[int, torch.Tensor] = {}  # the hidden states a caller asked for, by index
         for layer in self.model.layers:
@@ -483,10 +482,10 @@ class OrthrusForCausalLM(OrthrusPreTrainedModel):
             q, k, v = attn.project(layer.input_layernorm(hidden), cos, sin, suffix)
             if cache is None:
                 pass
-            elif rows_at is None:
+            elif start is not None:  # every row at the same slots
                 k, v = cache.write(attn.layer_idx, start, k, v)
-            else:  # row r's block into slots starts[r] .. starts[r] + T - 1
-                k, v = cache.scatter(attn.layer_idx, rows_at, k, v, span)
+            else:  # row r's block into slots starts[r] .. starts[r] + T - 1 (its positions)
+                k, v = cache.scatter(attn.layer_idx, positions, k, v, span)
             hidden = layer.feed_forward(hidden, attn.attend(q, k, v, mask, causal, suffix))
         features = None
         if hidden_layers is not None:
